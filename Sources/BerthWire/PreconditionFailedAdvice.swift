@@ -68,7 +68,10 @@ public enum PreconditionFailedAdvice {
             case .topicQueue, .controlExchange:
                 fix =
                     value == "true"
-                    ? "set amqp_durable_queues=true"
+                    // Both options make the exchange and topic queues durable; which one the deployment uses
+                    // shows only on the queues (x-queue-type), so name both.
+                    ? "set amqp_durable_queues=true (classic durable queues) or rabbit_quorum_queue=true "
+                        + "(quorum queues), whichever the deployment uses"
                     : (options.rabbitQuorumQueue
                         ? "set rabbit_quorum_queue=false and amqp_durable_queues=false (quorum forces durable)"
                         : "set amqp_durable_queues=false")

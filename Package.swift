@@ -1,0 +1,62 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Berth",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "berth", targets: ["berth"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+    ],
+    targets: [
+        // C libraries, linked through pkg-config (Debian's -dev packages).
+        .systemLibrary(
+            name: "CRabbitMQ", pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]),
+        .systemLibrary(
+            name: "CLibvirt", pkgConfig: "libvirt",
+            providers: [.apt(["libvirt-dev"])]),
+        .systemLibrary(
+            name: "CJSONC", pkgConfig: "json-c",
+            providers: [.apt(["libjson-c-dev"])]),
+        // What Swift cannot call directly: variadic amqp_login, libvirt error capture.
+        .target(name: "CBerthShims", dependencies: ["CRabbitMQ", "CLibvirt"]),
+
+        .target(name: "BerthJSON", dependencies: ["CJSONC"]),
+        .target(name: "BerthWire", dependencies: ["BerthJSON"]),
+        .target(
+            name: "BerthAMQP",
+            dependencies: ["CRabbitMQ", "CBerthShims", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "BerthLibvirt",
+            dependencies: ["CLibvirt", "CBerthShims", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "BerthWorker",
+            dependencies: [
+                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
+        .executableTarget(
+            name: "berth",
+            dependencies: [
+                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt", "BerthWorker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
+
+        .testTarget(name: "BerthJSONTests", dependencies: ["BerthJSON"], exclude: ["Fixtures"]),
+        .testTarget(name: "BerthWireTests", dependencies: ["BerthWire", "BerthJSON"], exclude: ["Fixtures"]),
+        .testTarget(name: "BerthWorkerTests", dependencies: ["BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP"]),
+        .testTarget(name: "BerthLibvirtTests", dependencies: ["BerthLibvirt"]),
+        .testTarget(
+            name: "BerthIntegrationTests",
+            dependencies: ["BerthAMQP", "BerthLibvirt", "BerthWire", "BerthJSON", "BerthWorker"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

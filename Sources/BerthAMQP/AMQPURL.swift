@@ -1,0 +1,111 @@
+import Foundation
+
+/// A broker address in the form oslo.messaging's `transport_url` uses for one host:
+/// `amqp://user:password@host:port/vhost?heartbeat=60`, or `amqps://` for TLS.
+///
+/// The password never appears in `description`, so a URL can be logged as it is.
+public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public var user: String
+    public var password: String
+    public var vhost: String
+    /// Seconds; 0 turns heartbeats off. oslo's default is 60 (`heartbeat_timeout_threshold`).
+    public var heartbeat: Int
+    public var tls: Bool
+    /// CA bundle for `amqps://` (query `cacert=`); certificate and host-name checks are always on.
+    public var caCertificatePath: String?
+    public var connectTimeout: Double
+
+    public init(
+        host: String = "127.0.0.1", port: Int? = nil, user: String = "guest", password: String = "guest",
+        vhost: String = "/", heartbeat: Int = 60, tls: Bool = false, caCertificatePath: String? = nil,
+        connectTimeout: Double = 5
+    ) {
+        self.host = host
+        self.port = port ?? (tls ? 5671 : 5672)
+        self.user = user
+        self.password = password
+        self.vhost = vhost
+        self.heartbeat = heartbeat
+        self.tls = tls
+        self.caCertificatePath = caCertificatePath
+        self.connectTimeout = connectTimeout
+    }
+
+    /// Parses one URL, or the first host of an oslo-style comma list (`amqp://u:p@h1:5672,u:p@h2:5672/`).
+    public static func parseList(_ text: String) throws(AMQPError) -> [AMQPURL] {
+        guard let schemeEnd = text.range(of: "://") else {
+            throw AMQPError(.invalidURL, "transport URL '\(redacted(text))' has no scheme; use amqp://user:password@host:5672/vhost")
+        }
+        let scheme = String(text[..<schemeEnd.lowerBound])
+        let rest = text[schemeEnd.upperBound...]
+        // The vhost and query follow the last host, and apply to every host in the list.
+        let pathStart = rest.firstIndex(of: "/") ?? rest.endIndex
+        let hosts = rest[..<pathStart].split(separator: ",", omittingEmptySubsequences: false)
+        let tail = rest[pathStart...]
+        return try hosts.map { host throws(AMQPError) in try parse("\(scheme)://\(host)\(tail)") }
+    }
+
+    public static func parse(_ text: String) throws(AMQPError) -> AMQPURL {
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased() else {
+            throw AMQPError(.invalidURL, "transport URL '\(redacted(text))' is not a URL; use amqp://user:password@host:5672/vhost")
+        }
+        let tls: Bool
+        switch scheme {
+        case "amqp", "rabbit": tls = false
+        case "amqps": tls = true
+        default:
+            throw AMQPError(.invalidURL, "transport URL scheme '\(scheme)' is not supported; use amqp:// or amqps://")
+        }
+        guard let host = components.host, !host.isEmpty else {
+            throw AMQPError(.invalidURL, "transport URL '\(redacted(text))' has no host")
+        }
+        var url = AMQPURL(
+            host: host, port: components.port, user: components.user?.removingPercentEncoding ?? "guest",
+            password: components.password?.removingPercentEncoding ?? "guest", tls: tls)
+        // RabbitMQ's URI spec: an empty path is the default vhost "/", otherwise the path minus its slash,
+        // percent-decoded ("/%2F" is "/").
+        let path = components.percentEncodedPath
+        if path.isEmpty || path == "/" {
+            url.vhost = "/"
+        } else {
+            url.vhost = String(path.dropFirst()).removingPercentEncoding ?? String(path.dropFirst())
+        }
+        for item in components.queryItems ?? [] {
+            switch item.name {
+            case "heartbeat":
+                guard let value = item.value.flatMap(Int.init), (0...3600).contains(value) else {
+                    throw AMQPError(.invalidURL, "heartbeat must be 0-3600 seconds, got '\(item.value ?? "")'")
+                }
+                url.heartbeat = value
+            case "cacert", "ssl_ca_file":
+                url.caCertificatePath = item.value
+            case "connection_timeout":
+                guard let value = item.value.flatMap(Double.init), value > 0 else {
+                    throw AMQPError(.invalidURL, "connection_timeout must be a positive number of seconds")
+                }
+                url.connectTimeout = value
+            default:
+                throw AMQPError(
+                    .invalidURL, "unknown transport URL option '\(item.name)'; known: heartbeat, cacert, connection_timeout")
+            }
+        }
+        return url
+    }
+
+    public var description: String {
+        let vhostPart = vhost == "/" ? "" : vhost.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? vhost
+        return "\(tls ? "amqps" : "amqp")://\(user):***@\(host):\(port)/\(vhostPart)"
+    }
+
+    /// The text with anything between `://user:` and `@` replaced, for error messages about unparsable URLs.
+    static func redacted(_ text: String) -> String {
+        guard let at = text.lastIndex(of: "@"), let schemeEnd = text.range(of: "://"), schemeEnd.upperBound < at else {
+            return text
+        }
+        let userInfo = text[schemeEnd.upperBound..<at]
+        guard let colon = userInfo.firstIndex(of: ":") else { return text }
+        return String(text[..<colon]) + ":***" + String(text[at...])
+    }
+}

@@ -1,0 +1,75 @@
+import BerthJSON
+import BerthWire
+
+/// What to do with one delivery on an RPC queue, decided before any work starts. Pure, so every way a
+/// message can be wrong is tested without a broker.
+public enum MessageDisposition: Sendable, Equatable {
+    /// A valid request for a method we serve.
+    case dispatch(RPCRequest, method: String)
+    /// A valid request the dispatcher refuses (NoSuchMethod, UnsupportedVersion): answer it and ack.
+    /// A cast has nobody to answer, so only the log sees it, as with oslo.
+    case refuse(RPCRequest, RPCFailure)
+    /// A message oslo's `_unique_id` filter has already seen on this worker: ack and drop, as oslo does.
+    case duplicate(uniqueID: String)
+    /// Cannot be decoded or validated: dead-letter it with the reason, and when it was a call whose reply
+    /// address could still be read, answer the caller with an `InvalidRequest` failure.
+    case deadLetter(reason: String, reply: ReplyAddress?)
+}
+
+public struct ReplyAddress: Sendable, Equatable {
+    public var msgID: String
+    public var replyQueue: String
+
+    public init(msgID: String, replyQueue: String) {
+        self.msgID = msgID
+        self.replyQueue = replyQueue
+    }
+}
+
+/// The intake rules of an RPC server: content type, size, envelope, request fields, duplicates, dispatch.
+public struct MessageIntake: Sendable {
+    public var dispatcher: RPCDispatcher
+    public var limits: JSONLimits
+    public var duplicates: DuplicateFilter
+
+    public init(dispatcher: RPCDispatcher, limits: JSONLimits, duplicateWindow: Int = 16) {
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.duplicates = DuplicateFilter(capacity: duplicateWindow)
+    }
+
+    /// - Parameter redelivered: the broker's flag. A redelivered message is never a duplicate: its first
+    ///   attempt was not acked, so the caller is still waiting for the answer.
+    public mutating func classify(contentType: String?, body: [UInt8], redelivered: Bool) -> MessageDisposition {
+        guard body.count <= limits.maxBytes else {
+            return .deadLetter(
+                reason: "message body is \(body.count) bytes; the limit is \(limits.maxBytes) bytes "
+                    + "(berth worker --max-message-bytes)",
+                reply: nil)
+        }
+        let message: JSONObject
+        do {
+            message = try OsloEnvelope.unwrap(body, limits: limits)
+        } catch {
+            return .deadLetter(reason: error.message, reply: nil)
+        }
+        let address = RPCRequest.replyAddress(of: message).map { ReplyAddress(msgID: $0.msgID, replyQueue: $0.replyQueue) }
+        if let problem = WireError.contentType(contentType) {
+            return .deadLetter(reason: problem.message, reply: address)
+        }
+        let request: RPCRequest
+        do {
+            request = try RPCRequest.decode(message)
+        } catch {
+            return .deadLetter(reason: error.message, reply: address)
+        }
+        if let uniqueID = request.uniqueID {
+            if !redelivered && duplicates.contains(uniqueID) { return .duplicate(uniqueID: uniqueID) }
+            duplicates.record(uniqueID)
+        }
+        switch dispatcher.route(request) {
+        case .dispatch(let method): return .dispatch(request, method: method)
+        case .fail(let failure): return .refuse(request, failure)
+        }
+    }
+}

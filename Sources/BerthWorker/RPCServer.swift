@@ -1,0 +1,323 @@
+import BerthAMQP
+import BerthJSON
+import BerthWire
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// What a method sees of its call.
+public struct RPCCall: Sendable {
+    public let request: RPCRequest
+    public let host: String
+    public let logger: Logger
+
+    public var args: JSONObject { request.args }
+    public var requestID: String? { request.context["request_id"]?.stringValue }
+}
+
+public typealias RPCMethod = @Sendable (RPCCall) async throws -> JSONValue
+
+/// The methods of one endpoint (namespace + version), as oslo's dispatcher sees them.
+public struct RPCEndpointMethods: Sendable {
+    public var endpoint: RPCEndpoint
+    public var methods: [String: RPCMethod]
+
+    public init(namespace: String? = nil, version: RPCVersion = .oneZero, methods: [String: RPCMethod]) {
+        self.endpoint = RPCEndpoint(namespace: namespace, version: version, methods: Set(methods.keys))
+        self.methods = methods
+    }
+}
+
+public struct RPCServerConfiguration: Sendable {
+    public var urls: [AMQPURL]
+    public var host: String
+    public var topic: String = "compute"
+    public var options: RabbitOptions = RabbitOptions()
+    /// Requests worked on at once; also the `basic.qos` prefetch, so the broker never hands this worker
+    /// more than it is working on and the rest stay in the queue for other workers.
+    public var concurrency: Int = 8
+    public var limits: JSONLimits = JSONLimits(maxBytes: 1 << 20, maxDepth: 32)
+    public var gracePeriod: Duration = .seconds(30)
+    public var deadLetter = DeadLetterRoute()
+    /// How long to retry a reply whose queue is gone (the caller may be reconnecting) before dropping it.
+    public var replyRetry: Duration = .seconds(5)
+
+    public init(urls: [AMQPURL], host: String) {
+        self.urls = urls
+        self.host = host
+    }
+}
+
+/// The RPC server: consumes `<topic>`, `<topic>.<host>` and the fanout queue, runs each request, answers
+/// calls, and acks a request only once its reply is confirmed by the broker — so a crash at any point
+/// before that leaves the request in the queue for this or another worker.
+public final class RPCServer: Service, Sendable {
+    public let configuration: RPCServerConfiguration
+    let endpoints: [RPCEndpointMethods]
+    let client: AMQPClient
+    let topology: RPCServerTopology
+    let logger: Logger
+    let intake: Mutex<MessageIntake>
+    let inFlight = Mutex(0)
+    let draining = Mutex(false)
+
+    public init(configuration: RPCServerConfiguration, endpoints: [RPCEndpointMethods], logger: Logger) throws {
+        try configuration.options.validate()
+        self.configuration = configuration
+        self.endpoints = endpoints
+        self.logger = logger
+        let topology = RPCServerTopology(
+            options: configuration.options, topic: configuration.topic, server: configuration.host)
+        self.topology = topology
+        var amqp = AMQPTopology()
+        amqp.exchanges = topology.exchanges.map(ExchangeSpec.init) + [configuration.deadLetter.exchangeSpec]
+        amqp.queues = topology.queues.map(QueueSpec.init) + [configuration.deadLetter.queueSpec]
+        amqp.bindings = topology.bindings.map(BindingSpec.init) + [configuration.deadLetter.binding]
+        amqp.prefetchCount = UInt16(clamping: configuration.concurrency)
+        amqp.consumers = [
+            (topology.topicQueue.name, "berth-\(configuration.host)-topic", []),
+            (topology.serverQueue.name, "berth-\(configuration.host)-server", []),
+            (topology.fanoutQueue.name, "berth-\(configuration.host)-fanout", AMQPTable(topology.fanoutConsumerArguments)),
+        ]
+        client = AMQPClient(
+            configuration: .init(
+                urls: configuration.urls, connectionName: "berth-worker \(configuration.host)", topology: amqp),
+            logger: logger)
+        intake = Mutex(
+            MessageIntake(dispatcher: RPCDispatcher(endpoints: endpoints.map(\.endpoint)), limits: configuration.limits))
+    }
+
+    /// Connects and declares; throws with advice when the broker refuses a declaration (406).
+    public func start() async throws {
+        do {
+            try await client.start()
+        } catch let error as AMQPError where error.replyCode == 406 {
+            throw AMQPError(
+                .channelClosed, PreconditionFailedAdvice.explain(error.message, options: configuration.options),
+                replyCode: 406)
+        }
+        logger.info(
+            "RPC server consuming",
+            metadata: [
+                "topic": "\(configuration.topic)", "host": "\(configuration.host)",
+                "exchange": "\(configuration.options.controlExchange)", "concurrency": "\(configuration.concurrency)",
+            ])
+    }
+
+    public func run() async throws {
+        if case .connecting = client.status { try await start() }
+        await withDiscardingTaskGroup { group in
+            await withGracefulShutdownHandler {
+                for await delivery in client.deliveries {
+                    inFlight.withLock { $0 += 1 }
+                    group.addTask {
+                        await self.process(delivery)
+                        self.inFlight.withLock { $0 -= 1 }
+                    }
+                }
+            } onGracefulShutdown: {
+                Task { await self.drain() }
+            }
+            // The stream ended: the client stopped. Work still running past the grace period is cancelled;
+            // its requests were not acked and go back to the queue.
+            group.cancelAll()
+        }
+        logger.info("RPC server stopped")
+    }
+
+    /// Stops taking requests, lets the ones in hand finish within the grace period, then closes the
+    /// connection, which hands anything unfinished back to the broker.
+    func drain() async {
+        let alreadyDraining = draining.withLock { state in
+            defer { state = true }
+            return state
+        }
+        guard !alreadyDraining else { return }
+        logger.info("draining", metadata: ["in_flight": "\(inFlight.withLock { $0 })"])
+        await client.cancelConsumers()
+        let deadline = ContinuousClock.now + configuration.gracePeriod
+        while inFlight.withLock({ $0 }) > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        let left = inFlight.withLock { $0 }
+        if left > 0 {
+            logger.warning("grace period over; handing unfinished requests back to the broker", metadata: ["left": "\(left)"])
+        }
+        if topology.deletesFanoutQueueOnShutdown {
+            do { try await client.deleteQueue(topology.fanoutQueue.name) } catch {
+                logger.debug("could not delete the fanout queue", metadata: ["error": "\(error)"])
+            }
+        }
+        await client.stop()
+    }
+
+    // MARK: One delivery
+
+    func process(_ delivery: AMQPDelivery) async {
+        let disposition = intake.withLock {
+            $0.classify(contentType: delivery.properties.contentType, body: delivery.body, redelivered: delivery.redelivered)
+        }
+        switch disposition {
+        case .duplicate(let uniqueID):
+            logger.info("dropping duplicate message", metadata: ["unique_id": "\(uniqueID)"])
+            client.ack(delivery)
+        case .deadLetter(let reason, let reply):
+            await deadLetter(delivery, reason: reason, reply: reply)
+        case .refuse(let request, let failure):
+            var log = requestLogger(request)
+            log[metadataKey: "error"] = "\(failure.className): \(failure.message)"
+            log.warning("refusing request")
+            if let msgID = request.msgID, let replyQueue = request.replyQueue {
+                guard await reply(RPCReply.failure(failure, msgID: msgID), to: replyQueue, logger: log) else { return }
+            }
+            client.ack(delivery)
+        case .dispatch(let request, let method):
+            await dispatch(delivery, request, method: method)
+        }
+    }
+
+    private func dispatch(_ delivery: AMQPDelivery, _ request: RPCRequest, method: String) async {
+        let log = requestLogger(request)
+        guard let function = endpoints.first(where: { $0.endpoint == dispatcherEndpoint(for: request) })?
+            .methods[method]
+        else {
+            // The intake routed it, so the method exists; this cannot happen short of a programming error.
+            client.reject(delivery, requeue: false)
+            return
+        }
+        log.debug("dispatching", metadata: ["redelivered": "\(delivery.redelivered)"])
+        let call = RPCCall(request: request, host: configuration.host, logger: log)
+        let outcome: Result<JSONValue, RPCFailure> = await withCallMonitor(request, logger: log) {
+            do {
+                return .success(try await function(call))
+            } catch let failure as RPCFailure {
+                return .failure(failure)
+            } catch is CancellationError {
+                return .failure(.berth("BuildFailed", "the worker stopped before the request finished; retry it"))
+            } catch {
+                return .failure(.berth("InternalError", "\(error)"))
+            }
+        }
+        if Task.isCancelled {
+            // Shutdown overtook the work: leave the request unacked so the broker hands it to another worker.
+            return
+        }
+        switch outcome {
+        case .success:
+            log.info("request done")
+        case .failure(let failure):
+            log.warning("request failed", metadata: ["error": "\(failure.className): \(failure.message)"])
+        }
+        if let msgID = request.msgID, let replyQueue = request.replyQueue {
+            let message: JSONObject
+            switch outcome {
+            case .success(let value): message = RPCReply.result(value, msgID: msgID)
+            case .failure(let failure): message = RPCReply.failure(failure, msgID: msgID)
+            }
+            guard await reply(message, to: replyQueue, logger: log) else { return }
+        }
+        client.ack(delivery)
+    }
+
+    private func dispatcherEndpoint(for request: RPCRequest) -> RPCEndpoint? {
+        RPCDispatcher(endpoints: endpoints.map(\.endpoint)).endpoint(for: request)
+    }
+
+    /// Runs the work, sending call-monitor heartbeats alongside when the caller asked for them.
+    private func withCallMonitor<T: Sendable>(
+        _ request: RPCRequest, logger: Logger, _ work: @Sendable () async -> T
+    ) async -> T {
+        guard let msgID = request.msgID, let replyQueue = request.replyQueue,
+            let interval = CallMonitor.heartbeatInterval(callMonitorTimeout: request.callMonitorTimeout)
+        else { return await work() }
+        return await withTaskGroup(of: T?.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    if Task.isCancelled { break }
+                    _ = await self.reply(RPCReply.heartbeat(msgID: msgID), to: replyQueue, logger: logger, retry: false)
+                }
+                return nil
+            }
+            let result = await work()
+            group.cancelAll()
+            return result
+        }
+    }
+
+    /// Publishes a reply and waits for the broker's confirm. Returns false when the connection was lost
+    /// (the request will be redelivered, so it must not be acked); a reply whose queue is gone is retried
+    /// for a while, then logged and dropped (returns true: the work is done, nobody is listening).
+    private func reply(
+        _ message: JSONObject, to replyQueue: String, logger: Logger, retry: Bool = true
+    ) async -> Bool {
+        let body = OsloEnvelope.wrap(message)
+        let deadline = ContinuousClock.now + configuration.replyRetry
+        while true {
+            do {
+                let outcome = try await client.publish(
+                    exchange: "", routingKey: replyQueue, body: body, properties: .oslo(), mandatory: true)
+                switch outcome {
+                case .confirmed:
+                    return true
+                case .nacked:
+                    logger.warning("broker refused the reply (nack); retrying")
+                case .returned(let returned):
+                    guard retry, ContinuousClock.now < deadline else {
+                        logger.warning(
+                            "reply queue is gone; dropping the reply",
+                            metadata: ["reply_queue": "\(replyQueue)", "broker": "\(returned.replyText)"])
+                        return true
+                    }
+                }
+                try await Task.sleep(for: .milliseconds(250))
+            } catch {
+                logger.warning("could not publish the reply", metadata: ["error": "\(error)"])
+                return false
+            }
+        }
+    }
+
+    /// Republishes an unusable message to the dead-letter exchange with the reason, answers the caller when
+    /// possible, then acks the original, so it is neither lost nor redelivered for ever.
+    private func deadLetter(_ delivery: AMQPDelivery, reason: String, reply address: ReplyAddress?) async {
+        logger.warning(
+            "dead-lettering message",
+            metadata: ["reason": "\(reason)", "routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
+        if let address {
+            let failure = RPCFailure.berth("InvalidRequest", reason)
+            guard await reply(RPCReply.failure(failure, msgID: address.msgID), to: address.replyQueue, logger: logger)
+            else { return }
+        }
+        var properties = delivery.properties
+        var headers = properties.headers ?? []
+        headers.append((key: "x-berth-reason", value: .string(String(reason.prefix(1024)))))
+        headers.append((key: "x-berth-original-exchange", value: .string(delivery.exchange)))
+        headers.append((key: "x-berth-original-routing-key", value: .string(delivery.routingKey)))
+        headers.append((key: "x-berth-host", value: .string(configuration.host)))
+        properties.headers = headers
+        properties.expiration = nil
+        do {
+            let outcome = try await client.publish(
+                exchange: configuration.deadLetter.exchange, routingKey: delivery.routingKey, body: delivery.body,
+                properties: properties)
+            guard outcome == .confirmed else {
+                logger.error("dead-letter exchange refused the message (nack); dropping it", metadata: ["reason": "\(reason)"])
+                client.reject(delivery, requeue: false)
+                return
+            }
+            client.ack(delivery)
+        } catch {
+            logger.warning("could not dead-letter the message", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func requestLogger(_ request: RPCRequest) -> Logger {
+        var log = logger
+        log[metadataKey: "method"] = "\(request.method)"
+        if let id = request.context["request_id"]?.stringValue { log[metadataKey: "request_id"] = "\(id)" }
+        if let id = request.msgID { log[metadataKey: "msg_id"] = "\(id)" }
+        return log
+    }
+}

@@ -1,0 +1,353 @@
+import ArgumentParser
+import BerthAMQP
+import BerthJSON
+import BerthLibvirt
+import BerthWire
+import BerthWorker
+import Foundation
+import Logging
+import ServiceLifecycle
+
+@main
+struct Berth: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "berth",
+        abstract: "A message-queue driven compute worker that speaks oslo.messaging's RabbitMQ protocol.",
+        version: BerthVersion.string,
+        subcommands: [Worker.self, Call.self, Notify.self])
+}
+
+/// Broker options shared by every command that talks to RabbitMQ.
+struct BusOptions: ParsableArguments {
+    @Option(
+        name: .customLong("transport-url"),
+        help: ArgumentHelp(
+            "Broker URL, oslo style: amqp://user:password@host:5672/vhost (several hosts: h1:5672,h2:5672). Prefer the BERTH_TRANSPORT_URL environment variable or --transport-url-file, which keep the password out of process listings.",
+            valueName: "url"))
+    var transportURL: String?
+
+    @Option(help: ArgumentHelp("File holding the transport URL; must not be readable by group or others (0600).", valueName: "path"))
+    var transportURLFile: String?
+
+    @Option(help: "oslo's control_exchange.")
+    var controlExchange = "berth"
+
+    @Option(help: "RPC topic.")
+    var topic = "compute"
+
+    @Flag(help: "oslo amqp_durable_queues: durable control exchange and topic queues.")
+    var amqpDurableQueues = false
+
+    @Flag(help: "oslo rabbit_quorum_queue: topic queues are quorum queues.")
+    var rabbitQuorumQueue = false
+
+    @Flag(help: "oslo rabbit_transient_quorum_queue: reply and fanout queues are quorum queues.")
+    var rabbitTransientQuorumQueue = false
+
+    @Option(help: "oslo rabbit_transient_queues_ttl in seconds (x-expires of reply and fanout queues; 0: none).")
+    var transientQueuesTTL = 1800
+
+    @Option(help: "oslo rabbit_quorum_delivery_limit (0: none).")
+    var quorumDeliveryLimit = 0
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func urls() throws -> [AMQPURL] {
+        let text: String
+        if let transportURL {
+            text = transportURL
+        } else if let transportURLFile {
+            text = try Self.readSecretFile(transportURLFile)
+        } else if let environment = ProcessInfo.processInfo.environment["BERTH_TRANSPORT_URL"], !environment.isEmpty {
+            text = environment
+        } else {
+            text = "amqp://guest:guest@127.0.0.1:5672/"
+        }
+        do {
+            return try AMQPURL.parseList(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+
+    func rabbitOptions() throws -> RabbitOptions {
+        var options = RabbitOptions()
+        options.controlExchange = controlExchange
+        options.amqpDurableQueues = amqpDurableQueues
+        options.rabbitQuorumQueue = rabbitQuorumQueue
+        options.rabbitTransientQuorumQueue = rabbitTransientQuorumQueue
+        options.transientQueuesTTL = transientQueuesTTL
+        options.quorumDeliveryLimit = quorumDeliveryLimit
+        do {
+            try options.validate()
+        } catch {
+            throw ValidationError(error.message)
+        }
+        return options
+    }
+
+    func logger(_ label: String) throws -> Logger {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+
+    /// Reads a credentials file, refusing one that others can read: a password there is as good as public.
+    static func readSecretFile(_ path: String) throws -> String {
+        let attributes: [FileAttributeKey: Any]
+        do {
+            attributes = try FileManager.default.attributesOfItem(atPath: path)
+        } catch {
+            throw ValidationError("cannot read --transport-url-file '\(path)': \(error.localizedDescription)")
+        }
+        let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue ?? 0
+        guard mode & 0o077 == 0 else {
+            throw ValidationError(
+                "--transport-url-file '\(path)' has mode \(String(mode, radix: 8)); make it private with chmod 600 \(path)")
+        }
+        guard let text = FileManager.default.contents(atPath: path).flatMap({ String(data: $0, encoding: .utf8) }) else {
+            throw ValidationError("cannot read --transport-url-file '\(path)' as UTF-8 text")
+        }
+        return text
+    }
+}
+
+enum Bootstrap {
+    static let once: Void = {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .trace
+            return handler
+        }
+    }()
+}
+
+struct Worker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Consume compute RPCs and run them.",
+        discussion: """
+            Consumes <topic> (shared by the pool), <topic>.<host> and the fanout queue on the control exchange,
+            declared exactly as oslo.messaging declares them for the same options. Stops on SIGTERM after
+            finishing (or handing back) the requests in hand.
+
+            Example:
+              BERTH_TRANSPORT_URL=amqp://berth:secret@127.0.0.1:5672/ berth worker --host compute-1 --libvirt-uri qemu:///system
+            """)
+
+    @OptionGroup var bus: BusOptions
+
+    @Option(help: "Server name: the worker serves <topic>.<host>. Default: this machine's host name.")
+    var host: String?
+
+    @Option(help: "Requests worked on at once (also the basic.qos prefetch).")
+    var concurrency = 8
+
+    @Option(help: "libvirt connection URI (test:///default for the in-process test driver).")
+    var libvirtURI = "qemu:///system"
+
+    @Option(help: "Largest accepted message body in bytes; larger ones are dead-lettered.")
+    var maxMessageBytes = 1 << 20
+
+    @Option(help: "Seconds to finish in-flight requests after SIGTERM before handing them back.")
+    var gracePeriod = 30.0
+
+    @Flag(help: "Also serve the berth.debug namespace (sleep, fail, record), for tests.")
+    var debugRPC = false
+
+    func validate() throws {
+        guard (1...256).contains(concurrency) else { throw ValidationError("--concurrency must be 1-256") }
+        guard (1024...(64 << 20)).contains(maxMessageBytes) else {
+            throw ValidationError("--max-message-bytes must be between 1024 and 67108864")
+        }
+        guard gracePeriod >= 0, gracePeriod <= 3600 else { throw ValidationError("--grace-period must be 0-3600 s") }
+        if let host { try HostName.validate(host) }
+    }
+
+    func run() async throws {
+        Bootstrap.once
+        let logger = try bus.logger("berth.worker")
+        let hostName = host ?? ProcessInfo.processInfo.hostName
+        try HostName.validate(hostName)
+
+        var configuration = RPCServerConfiguration(urls: try bus.urls(), host: hostName)
+        configuration.topic = bus.topic
+        configuration.options = try bus.rabbitOptions()
+        configuration.concurrency = concurrency
+        configuration.limits = JSONLimits(maxBytes: maxMessageBytes, maxDepth: 32)
+        configuration.gracePeriod = .milliseconds(Int(gracePeriod * 1000))
+
+        let libvirt = LibvirtHost(uri: libvirtURI, logger: logger)
+        do {
+            try await libvirt.connect()
+        } catch {
+            logger.warning("libvirt is not reachable yet; methods that need it will fail until it is", metadata: ["error": "\(error)"])
+        }
+        var endpoints = [ComputeEndpoints(host: hostName, libvirt: libvirt).endpoint]
+        if debugRPC { endpoints.append(DebugEndpoints.endpoint) }
+
+        let server = try RPCServer(configuration: configuration, endpoints: endpoints, logger: logger)
+        do {
+            try await server.start()
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        logger.info("worker exited cleanly")
+    }
+}
+
+enum HostName {
+    /// Host names become queue names and routing keys; keep them to what both accept unescaped.
+    static func validate(_ name: String) throws {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:")
+        guard !name.isEmpty, name.count <= 128, name.allSatisfy(allowed.contains) else {
+            throw ValidationError("host name '\(name.prefix(64))' must be 1-128 characters of letters, digits, '.', '-', '_', ':'")
+        }
+    }
+}
+
+struct Call: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Call or cast an RPC method, as an oslo.messaging RPCClient would.",
+        discussion: """
+            Prints the result as JSON. Exit status: 0 success, 1 remote failure (printed as <class>: <message>
+            on stderr), 2 timeout, 3 not delivered.
+
+            Examples:
+              berth call ping
+              berth call describe_host --server compute-1 --timeout 10
+              berth call ping --fanout --cast
+            """)
+
+    @OptionGroup var bus: BusOptions
+
+    @Argument(help: "Method name.")
+    var method: String
+
+    @Option(help: "Keyword arguments as a JSON object.")
+    var args = "{}"
+
+    @Option(help: "Target one server (<topic>.<server>).")
+    var server: String?
+
+    @Flag(help: "Cast: send without waiting for a result.")
+    var cast = false
+
+    @Flag(help: "Cast to every server of the topic (implies --cast).")
+    var fanout = false
+
+    @Option(help: "Seconds to wait for the result.")
+    var timeout = 60.0
+
+    @Option(help: "Call-monitor timeout in seconds (_timeout): the server heartbeats while it works.")
+    var callMonitorTimeout: Int?
+
+    @Option(help: "Endpoint namespace.")
+    var namespace: String?
+
+    @Option(name: .customLong("api-version"), help: "Requested RPC API version (oslo's target version).")
+    var apiVersion = "1.0"
+
+    func run() async throws {
+        Bootstrap.once
+        var logger = try bus.logger("berth.call")
+        if bus.logLevel == "info" { logger.logLevel = .warning }
+        guard case .object(let arguments) = try? JSONCodec.parse(args) else {
+            throw ValidationError("--args must be a JSON object, e.g. --args '{\"instance_uuid\": \"...\"}'")
+        }
+        guard let requestedVersion = RPCVersion(apiVersion) else { throw ValidationError("--api-version must look like 1.0") }
+        let client = OsloRPCClient(urls: try bus.urls(), options: try bus.rabbitOptions(), topic: bus.topic, logger: logger)
+        do {
+            try await client.start()
+        } catch {
+            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
+            throw ExitCode(3)
+        }
+        defer { Task { await client.stop() } }
+        do {
+            if cast || fanout {
+                try await client.cast(
+                    method, args: arguments, server: server, fanout: fanout, namespace: namespace, version: requestedVersion)
+                await client.stop()
+                return
+            }
+            let result = try await client.call(
+                method, args: arguments, server: server, namespace: namespace, version: requestedVersion,
+                timeout: .milliseconds(Int(timeout * 1000)), callMonitorTimeout: callMonitorTimeout)
+            print(JSONCodec.serializeString(result))
+            await client.stop()
+        } catch {
+            await client.stop()
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            switch error {
+            case .remote: throw ExitCode(1)
+            case .timeout: throw ExitCode(2)
+            case .notDelivered: throw ExitCode(3)
+            }
+        }
+    }
+}
+
+struct Notify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Publish one oslo notification (messagingv2), as the worker does for its events.",
+        discussion: """
+            Example:
+              berth notify instance.create.end --payload '{"instance_uuid": "...", "image_id": "..."}'
+            """)
+
+    @OptionGroup var bus: BusOptions
+
+    @Argument(help: "Event type, e.g. instance.create.end.")
+    var eventType: String
+
+    @Option(help: "Payload as JSON.")
+    var payload = "{}"
+
+    @Option(help: "Priority: audit, debug, info, warn, error, critical, sample.")
+    var priority = "info"
+
+    @Option(help: "Host in publisher_id compute.<host>. Default: this machine's host name.")
+    var publisherHost: String?
+
+    @Option(help: "Notification topic.")
+    var notificationTopic = "notifications"
+
+    func run() async throws {
+        Bootstrap.once
+        var logger = try bus.logger("berth.notify")
+        if bus.logLevel == "info" { logger.logLevel = .warning }
+        guard let payloadValue = try? JSONCodec.parse(payload) else {
+            throw ValidationError("--payload must be JSON")
+        }
+        guard let level = OsloNotification.Priority(wireValue: priority) else {
+            throw ValidationError("--priority must be one of audit, debug, info, warn, error, critical, sample")
+        }
+        let options = try bus.rabbitOptions()
+        let client = AMQPClient(
+            configuration: .init(
+                urls: try bus.urls(), connectionName: "berth-notify",
+                topology: Notifier.topology(options: options, topics: [notificationTopic])),
+            logger: logger)
+        do {
+            try await client.start()
+            let notifier = Notifier(
+                client: client, options: options, host: publisherHost ?? ProcessInfo.processInfo.hostName,
+                topics: [notificationTopic])
+            try await notifier.notify(eventType: eventType, payload: payloadValue, priority: level)
+            await client.stop()
+        } catch {
+            await client.stop()
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(3)
+        }
+    }
+}
