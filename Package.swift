@@ -28,6 +28,8 @@ let package = Package(
 
         .target(name: "BerthJSON", dependencies: ["CJSONC"]),
         .target(name: "BerthWire", dependencies: ["BerthJSON"]),
+        // Pure rules: properties, kernel command line, boot variants, domain XML. No C, no I/O.
+        .target(name: "BerthCore", dependencies: ["BerthJSON"]),
         .target(
             name: "BerthAMQP",
             dependencies: ["CRabbitMQ", "CBerthShims", .product(name: "Logging", package: "swift-log")]),
@@ -53,6 +55,7 @@ let package = Package(
         .testTarget(name: "BerthJSONTests", dependencies: ["BerthJSON"], exclude: ["Fixtures"]),
         .testTarget(name: "BerthWireTests", dependencies: ["BerthWire", "BerthJSON"], exclude: ["Fixtures"]),
         .testTarget(name: "BerthWorkerTests", dependencies: ["BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP"]),
+        .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON"]),
         .testTarget(name: "BerthLibvirtTests", dependencies: ["BerthLibvirt"]),
         .testTarget(
             name: "BerthIntegrationTests",
