@@ -1,0 +1,277 @@
+import BerthCore
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension LocalCatalog {
+    public func image(id: String) async throws -> CatalogImage {
+        try await perform { () throws(CatalogError) in
+            let id = try Self.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
+            return try self.withLock(exclusive: false) { () throws(CatalogError) in try self.loadImage(id) }
+        }
+    }
+
+    public func images() async throws -> [CatalogImage] {
+        try await perform { () throws(CatalogError) in
+            try self.withLock(exclusive: false) { () throws(CatalogError) in
+                try self.listRecords(CatalogImage.self, in: self.layout.images, recordID: \.id)
+            }.sorted { ($0.createdAt, $0.id) > ($1.createdAt, $1.id) }
+        }
+    }
+
+    public func createImage(
+        id: String?, name: String, diskFormat: String, containerFormat: String, properties: [String: String],
+        data: ImageDataSource?
+    ) async throws -> CatalogImage {
+        try await perform { () throws(CatalogError) in
+            let id = try Self.newID(id, kind: "image")
+            try ImageRules.checkName(name, of: "image")
+            try ImageRules.checkFormats(disk: diskFormat, container: containerFormat)
+            try ImageRules.checkCount(properties.count)
+            let references = try ImageRules.check(properties)
+            let now = RecordCoding.now()
+            var image = CatalogImage(
+                id: id.value, name: name, diskFormat: diskFormat, containerFormat: containerFormat,
+                status: "queued", properties: properties, createdAt: now, updatedAt: now)
+            try self.prepareLayout()
+            var staged: StagedImageData?
+            if let data {
+                staged = try self.stageImageData(data, diskFormat: diskFormat, for: self.layout.imageData(id))
+                staged!.apply(to: &image)
+            } else if image.isPlaceholder {
+                // Content-free placeholder for a volume-backed image (DESIGN §5): usable as it is.
+                image.status = "active"
+            }
+            do throws(CatalogError) {
+                try self.commitNew(
+                    record: try RecordCoding.encode(image), at: self.layout.imageRecord(id), data: staged?.file,
+                    at: self.layout.imageData(id)
+                ) { () throws(CatalogError) in
+                    guard !Files.exists(self.layout.imageRecord(id)) else { throw Self.alreadyExists("image", id) }
+                    try self.checkReferences(references)
+                }
+            } catch {
+                if let staged { Files.discard(staged.file.path) }
+                throw error
+            }
+            return image
+        }
+    }
+
+    public func uploadImageData(id: String, data: ImageDataSource) async throws -> CatalogImage {
+        try await perform { () throws(CatalogError) in
+            let id = try Self.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
+            let queued = try self.withLock(exclusive: false) { () throws(CatalogError) in try self.loadImage(id) }
+            try Self.requireQueued(queued)
+            let staged = try self.stageImageData(data, diskFormat: queued.diskFormat, for: self.layout.imageData(id))
+            defer { staged.file.closeQuietly() }
+            do throws(CatalogError) {
+                return try self.withLock(exclusive: true) { () throws(CatalogError) in
+                    // Checked again under the lock: another upload may have won the race.
+                    var image = try self.loadImage(id)
+                    try Self.requireQueued(image)
+                    try self.faults.check(.beforeCommit)
+                    staged.apply(to: &image)
+                    image.updatedAt = RecordCoding.now()
+                    try Files.rename(staged.file.path, to: self.layout.imageData(id))
+                    do throws(CatalogError) {
+                        try Files.syncDirectory(self.layout.images)
+                        try self.faults.check(.dataCommitted)
+                        try Files.writeAtomically(try RecordCoding.encode(image), to: self.layout.imageRecord(id))
+                    } catch {
+                        // The queued record does not point at data; unless the new record landed, drop the data.
+                        if (try? self.loadImage(id))?.status == "queued" { Files.discard(self.layout.imageData(id)) }
+                        throw error
+                    }
+                    return image
+                }
+            } catch {
+                Files.discard(staged.file.path)
+                throw error
+            }
+        }
+    }
+
+    public func updateImage(id: String, setProperties: [String: String], removeProperties: Set<String>) async throws
+        -> CatalogImage
+    {
+        try await perform { () throws(CatalogError) in
+            let id = try Self.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
+            if let both = setProperties.keys.sorted().first(where: removeProperties.contains) {
+                throw .invalidRequest("property \(both) is both set and removed in one update; do one or the other")
+            }
+            let references = try ImageRules.check(setProperties)
+            return try self.withLock(exclusive: true) { () throws(CatalogError) in
+                var image = try self.loadImage(id)
+                for key in removeProperties { image.properties[key] = nil }
+                image.properties.merge(setProperties) { _, new in new }
+                try ImageRules.checkCount(image.properties.count)
+                try self.checkReferences(references)
+                image.updatedAt = RecordCoding.now()
+                try Files.writeAtomically(try RecordCoding.encode(image), to: self.layout.imageRecord(id))
+                return image
+            }
+        }
+    }
+
+    public func deleteImage(id: String) async throws {
+        try await perform { () throws(CatalogError) in
+            let id = try Self.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
+            try self.withLock(exclusive: true) { () throws(CatalogError) in
+                _ = try self.loadImage(id)
+                // Record first: without it the data is an orphan nobody reads, and `sweep()` removes it if
+                // this process dies before the next line.
+                try Files.remove(self.layout.imageRecord(id))
+                try Files.syncDirectory(self.layout.images)
+                try Files.remove(self.layout.imageData(id))
+            }
+            _ = self.verified.withLock { $0.removeValue(forKey: id) }
+        }
+    }
+
+    public func localImageData(id: String) async throws -> String {
+        try await perform { () throws(CatalogError) in try self.checkedImageData(id, always: false) }
+    }
+
+    public func verifyImageData(id: String) async throws {
+        _ = try await perform { () throws(CatalogError) in try self.checkedImageData(id, always: true) }
+    }
+
+    // MARK: Helpers
+
+    /// The data path of an image, its content compared with the stored digests unless this process already
+    /// did so for the same, unchanged file. The file is opened under the lock and hashed outside it; a
+    /// delete meanwhile unlinks the name but not the open file, so the hash is of the right bytes.
+    private func checkedImageData(_ text: String, always: Bool) throws(CatalogError) -> String {
+        let id = try Self.existingID(text, notFound: CatalogError.imageNotFound, kind: "image")
+        let path = layout.imageData(id)
+        let (image, data) = try withLock(exclusive: false) { () throws(CatalogError) in
+            let image = try loadImage(id)
+            try Self.requireData(image)
+            var fd: Int32
+            repeat { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
+            guard fd >= 0 else {
+                if errno == ENOENT {
+                    throw .invalidImage(
+                        "the data file of image \(id) (\(path)) is missing; restore it from a backup or delete the "
+                            + "image and upload it again")
+                }
+                throw Files.failure("open", path, errno)
+            }
+            return (image, Descriptor(raw: fd, path: path))
+        }
+        defer { data.closeQuietly() }
+        let stamp = DataStamp(try Files.status(data), checksum: image.osHashValue ?? image.checksum)
+        if !always, verified.withLock({ $0[id] == stamp }) { return path }
+        let digests = try DataCopy.digests(of: data)
+        let expected = (sha512: image.osHashValue, md5: image.checksum)
+        guard digests.size == image.size, expected.sha512 == nil || expected.sha512 == digests.sha512,
+            expected.md5 == nil || expected.md5 == digests.md5
+        else {
+            verified.withLock { _ = $0.removeValue(forKey: id) }
+            throw .invalidImage(
+                "the data of image \(id) (\(path)) does not match its record (size \(digests.size), expected "
+                    + "\(image.size); sha512 \(digests.sha512.prefix(16))…, expected "
+                    + "\((expected.sha512 ?? "none").prefix(16))…): it was changed or corrupted on disk. Delete the "
+                    + "image and upload it again")
+        }
+        verified.withLock { $0[id] = stamp }
+        return path
+    }
+
+    static func requireData(_ image: CatalogImage) throws(CatalogError) {
+        if image.isPlaceholder {
+            throw .invalidImage(
+                "image \(image.id) is a placeholder without data; boot it from the volume or snapshot its "
+                    + "block_device_mapping names")
+        }
+        guard image.status == "active" else {
+            throw .invalidImage(
+                "image \(image.id) has no data yet (status \(image.status)); upload its data first")
+        }
+    }
+
+    static func requireQueued(_ image: CatalogImage) throws(CatalogError) {
+        guard image.status == "queued" else {
+            throw .invalidRequest(
+                "image \(image.id) is \(image.status), not queued: it already has data (or is a placeholder). "
+                    + "Create a new image for new data")
+        }
+    }
+
+    /// The referenced kernels, ramdisks, snapshots and volumes exist and are of the right kind. Run under
+    /// the exclusive lock so they cannot disappear before the write.
+    func checkReferences(_ references: [ImageRules.Reference]) throws(CatalogError) {
+        for reference in references {
+            let location = reference.location
+            let id = reference.id
+            switch reference.target {
+            case .kernel, .ramdisk:
+                let wanted = reference.target == .kernel ? "aki" : "ari"
+                let what = reference.target == .kernel ? "kernel" : "ramdisk"
+                guard let image = try readImage(id) else {
+                    throw .invalidProperty(
+                        "\(location) names image \(id), which is not in the catalog; upload the \(what) first "
+                            + "(disk_format \(wanted)) and use its id")
+                }
+                guard image.diskFormat == wanted else {
+                    throw .invalidProperty(
+                        "\(location) names image \(id) (\(CatalogID.quoted(image.name))), which has disk_format "
+                            + "\(image.diskFormat); a \(what) must be an image with disk_format \(wanted)")
+                }
+            case .snapshot:
+                guard try readSnapshot(id) != nil else {
+                    throw .invalidProperty(
+                        "\(location) names volume snapshot \(id), which is not in the catalog; snapshot the volume "
+                            + "first and use the snapshot's id")
+                }
+            case .volume:
+                guard try readVolume(id) != nil else {
+                    throw .invalidProperty(
+                        "\(location) names volume \(id), which is not in the catalog; use the id of an existing volume")
+                }
+            }
+        }
+    }
+
+    /// Copies image data into a temporary file next to its final name, hashing it and checking its format.
+    func stageImageData(_ source: ImageDataSource, diskFormat: String, for path: String) throws(CatalogError)
+        -> StagedImageData
+    {
+        let input: DataCopy.Source
+        switch source {
+        case .file(let file): input = .descriptor(try DataCopy.openSource(file))
+        case .bytes(let bytes): input = .bytes(bytes)
+        }
+        let temporary = try Files.createTemporary(for: path)
+        do throws(CatalogError) {
+            let copied = try DataCopy.copy(from: input, to: temporary, hashing: true, sparse: true)
+            let virtualSize = try DiskFormatProbe.virtualSize(
+                declared: diskFormat, head: copied.head, size: copied.size)
+            try faults.check(.dataStaged)
+            try Files.sync(temporary)
+            return StagedImageData(file: temporary, copied: copied, virtualSize: virtualSize)
+        } catch {
+            Files.discard(temporary.path)
+            throw error
+        }
+    }
+}
+
+/// Image data copied into a temporary file, with what was learnt while copying it.
+struct StagedImageData {
+    let file: Descriptor
+    let copied: DataCopy.Copied
+    let virtualSize: Int64?
+
+    func apply(to image: inout CatalogImage) {
+        image.status = "active"
+        image.size = copied.size
+        image.virtualSize = virtualSize
+        image.checksum = copied.md5
+        image.osHashAlgo = SHA512.algorithmName
+        image.osHashValue = copied.sha512
+    }
+}
