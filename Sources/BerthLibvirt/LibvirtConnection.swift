@@ -137,7 +137,8 @@ public final class LibvirtConnection {
         "\(version / 1_000_000).\(version / 1_000 % 1_000).\(version % 1_000)"
     }
 
-    private func liveHandle(doing context: String) throws -> virConnectPtr {
+    /// The open handle, for the domain and storage calls in this module's other files.
+    func liveHandle(doing context: String) throws -> virConnectPtr {
         guard let handle else { throw LibvirtError.closed(uri: uri, doing: context) }
         return handle
     }

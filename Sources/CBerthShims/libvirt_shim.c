@@ -144,3 +144,168 @@ int berth_virConnectActiveVcpus(virConnectPtr conn, unsigned long long *vcpus, b
     *vcpus = total;
     return 0;
 }
+
+/* The wrappers below differ only in the call they make, so they share the begin/capture steps. */
+#define BERTH_VIRT_INT(call)         \
+    do {                             \
+        berth_virt_begin(err);       \
+        int rc = (call);             \
+        if (rc < 0) {                \
+            berth_virt_capture(err); \
+        }                            \
+        return rc;                   \
+    } while (0)
+
+#define BERTH_VIRT_PTR(type, call)   \
+    do {                             \
+        berth_virt_begin(err);       \
+        type result = (call);        \
+        if (result == NULL) {        \
+            berth_virt_capture(err); \
+        }                            \
+        return result;               \
+    } while (0)
+
+virDomainPtr berth_virDomainDefineXML(virConnectPtr conn, const char *xml, berth_virt_error *err) {
+    BERTH_VIRT_PTR(virDomainPtr, virDomainDefineXML(conn, xml));
+}
+
+virDomainPtr berth_virDomainLookupByUUIDString(virConnectPtr conn, const char *uuid, berth_virt_error *err) {
+    BERTH_VIRT_PTR(virDomainPtr, virDomainLookupByUUIDString(conn, uuid));
+}
+
+virDomainPtr berth_virDomainLookupByName(virConnectPtr conn, const char *name, berth_virt_error *err) {
+    BERTH_VIRT_PTR(virDomainPtr, virDomainLookupByName(conn, name));
+}
+
+int berth_virConnectListAllDomains(virConnectPtr conn, virDomainPtr **domains, unsigned int flags,
+                                   berth_virt_error *err) {
+    BERTH_VIRT_INT(virConnectListAllDomains(conn, domains, flags));
+}
+
+int berth_virDomainFree(virDomainPtr domain, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainFree(domain));
+}
+
+int berth_virDomainCreate(virDomainPtr domain, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainCreate(domain));
+}
+
+int berth_virDomainDestroy(virDomainPtr domain, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainDestroy(domain));
+}
+
+int berth_virDomainUndefine(virDomainPtr domain, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainUndefine(domain));
+}
+
+int berth_virDomainUndefineFlags(virDomainPtr domain, unsigned int flags, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainUndefineFlags(domain, flags));
+}
+
+int berth_virDomainGetState(virDomainPtr domain, int *state, int *reason, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainGetState(domain, state, reason, 0));
+}
+
+int berth_virDomainGetInfo(virDomainPtr domain, virDomainInfoPtr info, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainGetInfo(domain, info));
+}
+
+int berth_virDomainIsActive(virDomainPtr domain, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainIsActive(domain));
+}
+
+int berth_virDomainIsPersistent(virDomainPtr domain, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainIsPersistent(domain));
+}
+
+char *berth_virDomainGetXMLDesc(virDomainPtr domain, unsigned int flags, berth_virt_error *err) {
+    BERTH_VIRT_PTR(char *, virDomainGetXMLDesc(domain, flags));
+}
+
+int berth_virDomainGetUUIDString(virDomainPtr domain, char *buf, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainGetUUIDString(domain, buf));
+}
+
+const char *berth_virDomainGetName(virDomainPtr domain, berth_virt_error *err) {
+    BERTH_VIRT_PTR(const char *, virDomainGetName(domain));
+}
+
+int berth_virDomainSetMetadata(virDomainPtr domain, int type, const char *metadata, const char *key,
+                               const char *uri, unsigned int flags, berth_virt_error *err) {
+    BERTH_VIRT_INT(virDomainSetMetadata(domain, type, metadata, key, uri, flags));
+}
+
+char *berth_virDomainGetMetadata(virDomainPtr domain, int type, const char *uri, unsigned int flags,
+                                 berth_virt_error *err) {
+    BERTH_VIRT_PTR(char *, virDomainGetMetadata(domain, type, uri, flags));
+}
+
+virStoragePoolPtr berth_virStoragePoolLookupByName(virConnectPtr conn, const char *name, berth_virt_error *err) {
+    BERTH_VIRT_PTR(virStoragePoolPtr, virStoragePoolLookupByName(conn, name));
+}
+
+virStoragePoolPtr berth_virStoragePoolDefineXML(virConnectPtr conn, const char *xml, berth_virt_error *err) {
+    BERTH_VIRT_PTR(virStoragePoolPtr, virStoragePoolDefineXML(conn, xml, 0));
+}
+
+int berth_virStoragePoolFree(virStoragePoolPtr pool, berth_virt_error *err) {
+    BERTH_VIRT_INT(virStoragePoolFree(pool));
+}
+
+int berth_virStoragePoolUndefine(virStoragePoolPtr pool, berth_virt_error *err) {
+    BERTH_VIRT_INT(virStoragePoolUndefine(pool));
+}
+
+int berth_virStoragePoolBuild(virStoragePoolPtr pool, unsigned int flags, berth_virt_error *err) {
+    BERTH_VIRT_INT(virStoragePoolBuild(pool, flags));
+}
+
+int berth_virStoragePoolCreate(virStoragePoolPtr pool, berth_virt_error *err) {
+    BERTH_VIRT_INT(virStoragePoolCreate(pool, 0));
+}
+
+int berth_virStoragePoolSetAutostart(virStoragePoolPtr pool, int autostart, berth_virt_error *err) {
+    BERTH_VIRT_INT(virStoragePoolSetAutostart(pool, autostart));
+}
+
+int berth_virStoragePoolIsActive(virStoragePoolPtr pool, berth_virt_error *err) {
+    BERTH_VIRT_INT(virStoragePoolIsActive(pool));
+}
+
+int berth_virStoragePoolRefresh(virStoragePoolPtr pool, berth_virt_error *err) {
+    BERTH_VIRT_INT(virStoragePoolRefresh(pool, 0));
+}
+
+char *berth_virStoragePoolGetXMLDesc(virStoragePoolPtr pool, berth_virt_error *err) {
+    BERTH_VIRT_PTR(char *, virStoragePoolGetXMLDesc(pool, 0));
+}
+
+const char *berth_virStoragePoolGetName(virStoragePoolPtr pool, berth_virt_error *err) {
+    BERTH_VIRT_PTR(const char *, virStoragePoolGetName(pool));
+}
+
+virStorageVolPtr berth_virStorageVolCreateXML(virStoragePoolPtr pool, const char *xml, unsigned int flags,
+                                              berth_virt_error *err) {
+    BERTH_VIRT_PTR(virStorageVolPtr, virStorageVolCreateXML(pool, xml, flags));
+}
+
+virStorageVolPtr berth_virStorageVolLookupByName(virStoragePoolPtr pool, const char *name, berth_virt_error *err) {
+    BERTH_VIRT_PTR(virStorageVolPtr, virStorageVolLookupByName(pool, name));
+}
+
+int berth_virStorageVolFree(virStorageVolPtr volume, berth_virt_error *err) {
+    BERTH_VIRT_INT(virStorageVolFree(volume));
+}
+
+char *berth_virStorageVolGetPath(virStorageVolPtr volume, berth_virt_error *err) {
+    BERTH_VIRT_PTR(char *, virStorageVolGetPath(volume));
+}
+
+const char *berth_virStorageVolGetName(virStorageVolPtr volume, berth_virt_error *err) {
+    BERTH_VIRT_PTR(const char *, virStorageVolGetName(volume));
+}
+
+int berth_virStorageVolDelete(virStorageVolPtr volume, berth_virt_error *err) {
+    BERTH_VIRT_INT(virStorageVolDelete(volume, 0));
+}

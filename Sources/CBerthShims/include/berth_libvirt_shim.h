@@ -29,4 +29,50 @@ int berth_virNodeGetFreeMemory(virConnectPtr conn, unsigned long long *bytes, be
  * must each be freed; keeping that loop here means Swift never holds a half-freed list. */
 int berth_virConnectActiveVcpus(virConnectPtr conn, unsigned long long *vcpus, berth_virt_error *err);
 
+/* Domains. Every virDomainPtr returned is the caller's reference; release it with berth_virDomainFree. */
+virDomainPtr berth_virDomainDefineXML(virConnectPtr conn, const char *xml, berth_virt_error *err);
+virDomainPtr berth_virDomainLookupByUUIDString(virConnectPtr conn, const char *uuid, berth_virt_error *err);
+virDomainPtr berth_virDomainLookupByName(virConnectPtr conn, const char *name, berth_virt_error *err);
+/* On success *domains is a malloc'ed array of the returned count; each element and the array are the caller's. */
+int berth_virConnectListAllDomains(virConnectPtr conn, virDomainPtr **domains, unsigned int flags,
+                                   berth_virt_error *err);
+int berth_virDomainFree(virDomainPtr domain, berth_virt_error *err);
+int berth_virDomainCreate(virDomainPtr domain, berth_virt_error *err);
+int berth_virDomainDestroy(virDomainPtr domain, berth_virt_error *err);
+int berth_virDomainUndefine(virDomainPtr domain, berth_virt_error *err);
+int berth_virDomainUndefineFlags(virDomainPtr domain, unsigned int flags, berth_virt_error *err);
+int berth_virDomainGetState(virDomainPtr domain, int *state, int *reason, berth_virt_error *err);
+int berth_virDomainGetInfo(virDomainPtr domain, virDomainInfoPtr info, berth_virt_error *err);
+int berth_virDomainIsActive(virDomainPtr domain, berth_virt_error *err);
+int berth_virDomainIsPersistent(virDomainPtr domain, berth_virt_error *err);
+char *berth_virDomainGetXMLDesc(virDomainPtr domain, unsigned int flags, berth_virt_error *err);
+/* Fills buf (at least VIR_UUID_STRING_BUFLEN bytes). */
+int berth_virDomainGetUUIDString(virDomainPtr domain, char *buf, berth_virt_error *err);
+/* The name belongs to the domain object: copy it, do not free it. */
+const char *berth_virDomainGetName(virDomainPtr domain, berth_virt_error *err);
+int berth_virDomainSetMetadata(virDomainPtr domain, int type, const char *metadata, const char *key,
+                               const char *uri, unsigned int flags, berth_virt_error *err);
+char *berth_virDomainGetMetadata(virDomainPtr domain, int type, const char *uri, unsigned int flags,
+                                 berth_virt_error *err);
+
+/* Storage pools and volumes; each returned pointer is the caller's reference, released by the matching Free. */
+virStoragePoolPtr berth_virStoragePoolLookupByName(virConnectPtr conn, const char *name, berth_virt_error *err);
+virStoragePoolPtr berth_virStoragePoolDefineXML(virConnectPtr conn, const char *xml, berth_virt_error *err);
+int berth_virStoragePoolFree(virStoragePoolPtr pool, berth_virt_error *err);
+int berth_virStoragePoolUndefine(virStoragePoolPtr pool, berth_virt_error *err);
+int berth_virStoragePoolBuild(virStoragePoolPtr pool, unsigned int flags, berth_virt_error *err);
+int berth_virStoragePoolCreate(virStoragePoolPtr pool, berth_virt_error *err);
+int berth_virStoragePoolSetAutostart(virStoragePoolPtr pool, int autostart, berth_virt_error *err);
+int berth_virStoragePoolIsActive(virStoragePoolPtr pool, berth_virt_error *err);
+int berth_virStoragePoolRefresh(virStoragePoolPtr pool, berth_virt_error *err);
+char *berth_virStoragePoolGetXMLDesc(virStoragePoolPtr pool, berth_virt_error *err);
+const char *berth_virStoragePoolGetName(virStoragePoolPtr pool, berth_virt_error *err);
+virStorageVolPtr berth_virStorageVolCreateXML(virStoragePoolPtr pool, const char *xml, unsigned int flags,
+                                              berth_virt_error *err);
+virStorageVolPtr berth_virStorageVolLookupByName(virStoragePoolPtr pool, const char *name, berth_virt_error *err);
+int berth_virStorageVolFree(virStorageVolPtr volume, berth_virt_error *err);
+char *berth_virStorageVolGetPath(virStorageVolPtr volume, berth_virt_error *err);
+const char *berth_virStorageVolGetName(virStorageVolPtr volume, berth_virt_error *err);
+int berth_virStorageVolDelete(virStorageVolPtr volume, berth_virt_error *err);
+
 #endif

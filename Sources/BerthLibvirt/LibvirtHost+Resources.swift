@@ -1,0 +1,144 @@
+// Both: libvirt's constants can belong to either module, depending on which clang built first.
+import CBerthShims
+import CLibvirt
+
+/// A domain as the worker sees it, copied out of libvirt so it can leave the libvirt thread.
+public struct DomainSummary: Sendable, Equatable {
+    public var name: String
+    public var uuid: String
+    public var state: DomainState
+    /// The live definition when running, else the persistent one.
+    public var xml: String
+
+    public init(name: String, uuid: String, state: DomainState, xml: String) {
+        self.name = name
+        self.uuid = uuid
+        self.state = state
+        self.xml = xml
+    }
+
+    init(_ domain: LibvirtDomain) throws {
+        self.init(name: domain.name, uuid: domain.uuidString, state: try domain.state(), xml: try domain.xmlDesc())
+    }
+}
+
+/// Domains and storage for the worker. Each method is safe to repeat: asking for what exists already, or
+/// deleting what is gone, answers instead of failing, so a retried request or a cleanup after a crash works.
+extension LibvirtHost {
+    /// Defines the domain and starts it. If it cannot start, a domain this call defined is undefined again, so a
+    /// failed boot leaves nothing behind; a domain that existed before (a retried request) is left as it was.
+    /// A domain that already runs is reported as it is, not started twice.
+    public func defineAndStart(xml: String) throws -> DomainSummary {
+        try withConnection { connection in
+            // Which uuids existed before tells "this call created it" from "it was there", without parsing
+            // the XML; the actor runs one call at a time, so nothing of this worker's comes in between.
+            let existing = Set(try connection.listDomains().map(\.uuidString))
+            let domain = try connection.defineDomain(xml: xml)
+            if try domain.isActive() {
+                return try DomainSummary(domain)
+            }
+            do {
+                try domain.create()
+            } catch {
+                if !existing.contains(domain.uuidString) {
+                    try? domain.undefine()
+                }
+                throw error
+            }
+            return try DomainSummary(domain)
+        }
+    }
+
+    /// Nil when no domain has this uuid.
+    public func domain(uuid: String) throws -> DomainSummary? {
+        try withConnection { connection in try connection.lookupDomain(uuid: uuid).map(DomainSummary.init) }
+    }
+
+    /// Nil when no domain has this name.
+    public func domain(name: String) throws -> DomainSummary? {
+        try withConnection { connection in try connection.lookupDomain(name: name).map(DomainSummary.init) }
+    }
+
+    /// Domains whose names start with `prefix` (Berth's are "berth-"), ordered by name.
+    public func listDomains(prefix: String) throws -> [DomainSummary] {
+        try withConnection { connection in
+            var summaries: [DomainSummary] = []
+            for domain in try connection.listDomains(namePrefix: prefix) {
+                do {
+                    summaries.append(try DomainSummary(domain))
+                } catch let error as LibvirtError where error.hasCode(VIR_ERR_NO_DOMAIN) {
+                    // Undefined between listing and reading: it is no longer there to report.
+                }
+            }
+            return summaries
+        }
+    }
+
+    /// Stops the domain if it runs and removes its definition. False when no such domain exists.
+    public func destroyAndUndefine(uuid: String) throws -> Bool {
+        try withConnection { connection in
+            guard let domain = try connection.lookupDomain(uuid: uuid) else { return false }
+            do {
+                let persistent = try domain.isPersistent()
+                try domain.destroy()
+                // A transient domain is gone once stopped; there is no definition to remove.
+                if persistent {
+                    try domain.undefine()
+                }
+            } catch let error as LibvirtError where error.hasCode(VIR_ERR_NO_DOMAIN) {
+                // Someone else removed it in between: the outcome the caller asked for.
+            }
+            return true
+        }
+    }
+
+    /// See `LibvirtConnection.ensureDirectoryPool`.
+    public func ensurePool(name: String, path: String) throws {
+        try withConnection { connection in _ = try connection.ensureDirectoryPool(name: name, path: path) }
+    }
+
+    /// Rescans a pool so files placed in its directory by other means become volumes.
+    public func refreshPool(name: String) throws {
+        try withConnection { connection in try connection.requirePool(name).refresh() }
+    }
+
+    /// Creates a qcow2 overlay volume over `backingPath` and returns the overlay's path. A volume of that name
+    /// that already exists is an error, not reused: it may hold a previous guest's writes, and deleting it here
+    /// could pull a disk from under a running domain. The caller decides (`deleteVolume`).
+    public func createOverlay(
+        pool: String, name: String, backingPath: String, backingFormat: DiskFormat, capacityBytes: UInt64
+    ) throws -> String {
+        try withConnection { connection in
+            let storagePool = try connection.requirePool(pool)
+            if try storagePool.lookupVolume(name: name) != nil {
+                throw LibvirtError(
+                    code: Int32(VIR_ERR_STORAGE_VOL_EXIST.rawValue), domain: Int32(VIR_FROM_STORAGE.rawValue),
+                    message: "volume \(name) already exists in storage pool \(pool); delete it first if it is left "
+                        + "from a failed boot (virsh vol-delete \(name) --pool \(pool))",
+                    libvirtMessage: "")
+            }
+            let xml = StorageXML.overlayVolume(
+                name: name, capacityBytes: capacityBytes, backingPath: backingPath, backingFormat: backingFormat)
+            return try storagePool.createVolume(xml: xml).path()
+        }
+    }
+
+    /// The path of a volume; nil when the pool or volume does not exist.
+    public func volumePath(pool: String, name: String) throws -> String? {
+        try withConnection { connection in try connection.lookupVolume(pool: pool, name: name)?.path() }
+    }
+
+    /// Deletes a volume and its file. False when it, or its whole pool, is already gone: either way there is
+    /// nothing left to delete.
+    public func deleteVolume(pool: String, name: String) throws -> Bool {
+        try withConnection { connection in
+            guard let volume = try connection.lookupVolume(pool: pool, name: name) else { return false }
+            do {
+                try volume.delete()
+            } catch let error as LibvirtError where error.hasCode(VIR_ERR_NO_STORAGE_VOL) {
+                return false
+            }
+            return true
+        }
+    }
+}
