@@ -30,6 +30,8 @@ let package = Package(
         .target(name: "BerthWire", dependencies: ["BerthJSON"]),
         // Pure rules: properties, kernel command line, boot variants, domain XML. No C, no I/O.
         .target(name: "BerthCore", dependencies: ["BerthJSON"]),
+        // The image/volume catalog: the local directory catalog (Glance later).
+        .target(name: "BerthCatalog", dependencies: ["BerthCore", "BerthJSON"]),
         .target(
             name: "BerthAMQP",
             dependencies: ["CRabbitMQ", "CBerthShims", .product(name: "Logging", package: "swift-log")]),
@@ -39,7 +41,7 @@ let package = Package(
         .target(
             name: "BerthWorker",
             dependencies: [
-                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt",
+                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt", "BerthCore", "BerthCatalog",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
@@ -52,10 +54,11 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
 
-        .testTarget(name: "BerthJSONTests", dependencies: ["BerthJSON"], exclude: ["Fixtures"]),
+        .testTarget(name: "BerthJSONTests", dependencies: ["BerthJSON"]),
         .testTarget(name: "BerthWireTests", dependencies: ["BerthWire", "BerthJSON"], exclude: ["Fixtures"]),
         .testTarget(name: "BerthWorkerTests", dependencies: ["BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP"]),
         .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON"]),
+        .testTarget(name: "BerthCatalogTests", dependencies: ["BerthCatalog", "BerthCore", "BerthJSON"]),
         .testTarget(name: "BerthLibvirtTests", dependencies: ["BerthLibvirt"]),
         .testTarget(
             name: "BerthIntegrationTests",

@@ -2,7 +2,8 @@
 # README command 1: sets everything up and runs the main job on a Debian 12 machine with Swift:
 # installs the Debian packages and the venv, starts RabbitMQ and libvirtd on loopback, builds
 # `berth`, starts one worker (host demo-host, libvirt qemu:///system), calls it over RabbitMQ the
-# way an oslo.messaging scheduler would, shows the answers, then stops the worker with SIGTERM.
+# way an oslo.messaging scheduler would, boots a real QEMU (TCG) guest from a catalog kernel and
+# initramfs, prints the kernel command line the guest saw, deletes it, then stops the worker.
 #
 # Debug build on purpose (BERTH_DEMO_CONFIG=release for a release one): it is the same build
 # scripts/test.sh makes in .build, so after either script the other does not compile again, and a
@@ -16,6 +17,7 @@ TRANSPORT_URL=${BERTH_TRANSPORT_URL:-amqp://guest:guest@127.0.0.1:5672/}
 LIBVIRT_URI=qemu:///system
 RUN_DIR=run
 LOG=$RUN_DIR/worker-demo.log
+STATE_DIR=$PWD/$RUN_DIR/state
 PIDFILE=$RUN_DIR/worker-demo.pid
 
 section() { echo; echo "===== [$(date +%H:%M:%S)] $* ====="; }
@@ -48,6 +50,7 @@ fi
 
 section "start a worker: berth worker --host $HOST --libvirt-uri $LIBVIRT_URI (log: $LOG)"
 "$BERTH" worker --transport-url "$TRANSPORT_URL" --host "$HOST" --libvirt-uri "$LIBVIRT_URI" \
+    --catalog "local:$STATE_DIR/catalog" --state-dir "$STATE_DIR" --storage-pool berth-demo \
     >"$LOG" 2>&1 </dev/null &
 WORKER=$!
 echo "$WORKER" >"$PIDFILE"
@@ -79,15 +82,33 @@ section "berth call describe_host --server $HOST"
 host_json=$(call describe_host --args '{}' --timeout 30)
 .venv/bin/python -m json.tool <<<"$host_json" 2>/dev/null || echo "$host_json"
 
-# ============================================================================================
-# BOOT — comes with the Boot issue. When `boot_instance` exists, this is where the demo boots a
-# real QEMU (TCG) domain through libvirtd and shows the result, e.g.:
-#   call boot_instance --timeout 600 --args '{"instance": {"uuid": "...", "name": "demo-1",
-#        "image_id": "<catalog image>", "flavor": {"name": "m1.tiny", "vcpus": 1, "memory_mb": 256, "root_gb": 1}}}'
-#   virsh -c qemu:///system dominfo berth-<uuid>
-# ============================================================================================
-section "boot_instance"
-echo "not implemented yet: the boot RPC arrives with the Boot issue (this demo shows ping and describe_host)"
+section "a catalog with the Debian kernel and a busybox initramfs (scripts/build-test-guest.sh)"
+GUEST_DIR=/var/tmp/berth-test-guest
+scripts/build-test-guest.sh "$GUEST_DIR"
+CATALOG=local:$STATE_DIR/catalog
+image() { "$BERTH" images create --catalog "$CATALOG" "$@" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
+KERNEL_ID=$(image --name demo-vmlinuz --disk-format aki --file "$GUEST_DIR/vmlinuz")
+RAMDISK_ID=$(image --name demo-initramfs --disk-format ari --file "$GUEST_DIR/initramfs.cpio.gz")
+qemu-img create -q -f raw "$RUN_DIR/demo-root.raw" 16M
+IMAGE_ID=$(image --name demo-busybox --disk-format raw --file "$RUN_DIR/demo-root.raw" \
+    --property kernel_id="$KERNEL_ID" --property ramdisk_id="$RAMDISK_ID" \
+    --property kernel_args="console=ttyS0 root=/dev/vda" --property kernel_extra_args="quiet berth.from=image")
+echo "kernel $KERNEL_ID, ramdisk $RAMDISK_ID, image $IMAGE_ID (kernel_args and kernel_extra_args set)"
+
+section "berth boot: boot_instance over RabbitMQ with a per-VM extra argument and timezone"
+UUID=$(cat /proc/sys/kernel/random/uuid)
+"$BERTH" boot --transport-url "$TRANSPORT_URL" --server "$HOST" --image "$IMAGE_ID" --uuid "$UUID" \
+    --name demo-1 --flavor m1.tiny:1:256:1 --meta kernel_extra_args=berth.from=instance \
+    --meta timezone=Europe/Paris --timeout 300 | tee "$RUN_DIR/demo-boot.json"
+virsh -c "$LIBVIRT_URI" dumpxml "berth-$UUID" | grep -E "<cmdline>|<clock" || true
+
+section "what the guest saw: its serial console ($STATE_DIR/consoles/$UUID.log)"
+CONSOLE=$STATE_DIR/consoles/$UUID.log
+for _ in $(seq 1 240); do grep -q "BERTH-CMDLINE" "$CONSOLE" 2>/dev/null && break; sleep 0.5; done
+grep -a "BERTH-CMDLINE" "$CONSOLE" || { echo "the guest printed nothing in 120 s; console:" >&2; tail -n 20 "$CONSOLE" >&2; exit 1; }
+
+section "delete_instance"
+call delete_instance --args "{\"instance_uuid\": \"$UUID\"}" --timeout 120
 
 section "stop the worker with SIGTERM"
 kill -TERM "$WORKER"
@@ -102,4 +123,4 @@ if [[ $rc -ne 0 ]]; then
     exit 1
 fi
 echo
-echo "demo done: worker $HOST answered over RabbitMQ and shut down cleanly (exit 0)"
+echo "demo done: worker $HOST booted a guest over RabbitMQ and shut down cleanly (exit 0)"

@@ -14,6 +14,8 @@ APT_PACKAGES=(
     qemu-system-x86 qemu-utils
     libclang-rt-14-dev
     python3-venv pkg-config
+    # The end-to-end boot tests: a Debian kernel and a busybox initramfs under QEMU/TCG, libvirt's schema check.
+    linux-image-amd64 busybox-static cpio libxml2-utils
 )
 
 SUDO=()

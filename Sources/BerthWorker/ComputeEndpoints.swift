@@ -1,3 +1,4 @@
+import BerthCore
 import BerthJSON
 import BerthLibvirt
 import BerthWire
@@ -14,21 +15,54 @@ public enum BerthVersion {
 public struct ComputeEndpoints: Sendable {
     public let host: String
     public let libvirt: LibvirtHost
+    public let compute: ComputeService
 
-    public init(host: String, libvirt: LibvirtHost) {
-        self.host = host
-        self.libvirt = libvirt
+    public init(compute: ComputeService) {
+        self.host = compute.host
+        self.libvirt = compute.libvirt
+        self.compute = compute
     }
 
     public var endpoint: RPCEndpointMethods {
         let host = self.host
         let libvirt = self.libvirt
+        let compute = self.compute
         return RPCEndpointMethods(
             namespace: nil, version: BerthVersion.rpcAPI,
             methods: [
                 "ping": { call in
                     try ArgumentCheck(call.args, method: "ping").allowOnly([])
                     return ["host": .string(host), "version": .string(BerthVersion.string)]
+                },
+                "boot_instance": { call in
+                    let check = ArgumentCheck(call.args, method: "boot_instance")
+                    try check.allowOnly(["instance"])
+                    guard let instance = call.args["instance"] else {
+                        throw RPCFailure.berth("InvalidRequest", "boot_instance: missing argument 'instance'")
+                    }
+                    let request = try BerthError.rpc { () throws(BerthError) in try BootRequest.decode(instance) }
+                    return try await InstanceEvents.around(
+                        "instance.create", uuid: request.uuid, imageID: request.imageID, call: call
+                    ) { () async throws(BerthError) -> JSONValue in
+                        .object(try await compute.boot(request, requestID: call.requestID, logger: call.logger))
+                    }
+                },
+                "get_instance": { call in
+                    let uuid = try ArgumentCheck(call.args, method: "get_instance").instanceUUID()
+                    return .object(try await BerthError.rpc { () async throws(BerthError) in try await compute.describe(uuid: uuid) })
+                },
+                "delete_instance": { call in
+                    let uuid = try ArgumentCheck(call.args, method: "delete_instance").instanceUUID()
+                    let (result, imageID) = try await BerthError.rpc { () async throws(BerthError) in
+                        try await compute.delete(uuid: uuid, logger: call.logger)
+                    }
+                    if let imageID {
+                        await call.events.emit(
+                            "instance.delete.end",
+                            payload: InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deleted"),
+                            error: false)
+                    }
+                    return .object(result)
                 },
                 "describe_host": { call in
                     try ArgumentCheck(call.args, method: "describe_host").allowOnly([])
@@ -110,6 +144,16 @@ public struct ArgumentCheck: Sendable {
         return text
     }
 
+    /// `instance_uuid`, the only argument of the per-instance methods.
+    public func instanceUUID() throws(RPCFailure) -> String {
+        try allowOnly(["instance_uuid"])
+        let uuid = try string("instance_uuid", maxLength: 36)
+        guard BootRequest.isCanonicalUUID(uuid) else {
+            throw invalid("'instance_uuid' must be a lowercase canonical UUID, got '\(uuid.prefix(40))'")
+        }
+        return uuid
+    }
+
     public func number(_ name: String, in range: ClosedRange<Double>) throws(RPCFailure) -> Double {
         guard let value = args[name] else { throw invalid("missing argument '\(name)'") }
         guard let number = value.doubleValue else { throw invalid("'\(name)' must be a number, got \(value.typeName)") }
@@ -121,5 +165,57 @@ public struct ArgumentCheck: Sendable {
 
     private func invalid(_ text: String) -> RPCFailure {
         .berth("InvalidRequest", "\(method): \(text)")
+    }
+}
+
+extension BerthError {
+    /// Runs Berth's rules and reports their errors in the RPC failure format.
+    static func rpc<T>(_ body: () async throws(BerthError) -> T) async throws(RPCFailure) -> T {
+        do {
+            return try await body()
+        } catch {
+            throw RPCFailure.berth(error.className, error.message)
+        }
+    }
+
+    static func rpc<T>(_ body: () throws(BerthError) -> T) throws(RPCFailure) -> T {
+        do {
+            return try body()
+        } catch {
+            throw RPCFailure.berth(error.className, error.message)
+        }
+    }
+}
+
+/// The `<operation>.start/.end/.error` events around an instance operation (DESIGN §7): every payload has
+/// `instance_uuid`, `image_id`, `host`, `request_id` and `state`; errors add `error` {class, message}.
+enum InstanceEvents {
+    static func payload(uuid: String, imageID: String, call: RPCCall, state: String) -> JSONObject {
+        [
+            "instance_uuid": .string(uuid), "image_id": .string(imageID), "host": .string(call.host),
+            "request_id": call.requestID.map(JSONValue.string) ?? .null, "state": .string(state),
+        ]
+    }
+
+    static func around(
+        _ operation: String, uuid: String, imageID: String, call: RPCCall,
+        _ work: () async throws(BerthError) -> JSONValue
+    ) async throws(RPCFailure) -> JSONValue {
+        await call.events.emit(
+            "\(operation).start", payload: payload(uuid: uuid, imageID: imageID, call: call, state: "building"),
+            error: false)
+        do {
+            let result = try await work()
+            var end = payload(uuid: uuid, imageID: imageID, call: call, state: "active")
+            if let line = result["kernel_cmdline"] { end["kernel_cmdline"] = line }
+            if let variant = result["boot_variant"] { end["boot_variant"] = variant }
+            await call.events.emit("\(operation).end", payload: end, error: false)
+            return result
+        } catch {
+            var failed = payload(uuid: uuid, imageID: imageID, call: call, state: "error")
+            failed["error"] = ["class": .string(error.className), "message": .string(error.message)]
+            await call.events.emit("\(operation).error", payload: failed, error: true)
+            throw RPCFailure.berth(error.className, error.message)
+        }
     }
 }

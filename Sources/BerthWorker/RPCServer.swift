@@ -11,6 +11,8 @@ public struct RPCCall: Sendable {
     public let request: RPCRequest
     public let host: String
     public let logger: Logger
+    /// Publishes this worker's status events (oslo notifications).
+    public let events: any EventSink
 
     public var args: JSONObject { request.args }
     public var requestID: String? { request.context["request_id"]?.stringValue }
@@ -42,6 +44,7 @@ public struct RPCServerConfiguration: Sendable {
     public var deadLetter = DeadLetterRoute()
     /// How long to retry a reply whose queue is gone (the caller may be reconnecting) before dropping it.
     public var replyRetry: Duration = .seconds(5)
+    public var notificationTopics = ["notifications"]
 
     public init(urls: [AMQPURL], host: String) {
         self.urls = urls
@@ -52,7 +55,7 @@ public struct RPCServerConfiguration: Sendable {
 /// The RPC server: consumes `<topic>`, `<topic>.<host>` and the fanout queue, runs each request, answers
 /// calls, and acks a request only once its reply is confirmed by the broker — so a crash at any point
 /// before that leaves the request in the queue for this or another worker.
-public final class RPCServer: Service, Sendable {
+public final class RPCServer: Service, EventSink, Sendable {
     public let configuration: RPCServerConfiguration
     let endpoints: [RPCEndpointMethods]
     let client: AMQPClient
@@ -74,6 +77,10 @@ public final class RPCServer: Service, Sendable {
         amqp.exchanges = topology.exchanges.map(ExchangeSpec.init) + [configuration.deadLetter.exchangeSpec]
         amqp.queues = topology.queues.map(QueueSpec.init) + [configuration.deadLetter.queueSpec]
         amqp.bindings = topology.bindings.map(BindingSpec.init) + [configuration.deadLetter.binding]
+        // Declared as oslo's notifier declares them, so events wait for a listener that starts later.
+        let notifications = Notifier.topology(options: configuration.options, topics: configuration.notificationTopics)
+        amqp.queues += notifications.queues
+        amqp.bindings += notifications.bindings
         amqp.prefetchCount = UInt16(clamping: configuration.concurrency)
         amqp.consumers = [
             (topology.topicQueue.name, "berth-\(configuration.host)-topic", []),
@@ -187,7 +194,7 @@ public final class RPCServer: Service, Sendable {
             return
         }
         log.debug("dispatching", metadata: ["redelivered": "\(delivery.redelivered)"])
-        let call = RPCCall(request: request, host: configuration.host, logger: log)
+        let call = RPCCall(request: request, host: configuration.host, logger: log, events: self)
         let outcome: Result<JSONValue, RPCFailure> = await withCallMonitor(request, logger: log) {
             do {
                 return .success(try await function(call))
@@ -310,6 +317,20 @@ public final class RPCServer: Service, Sendable {
             client.ack(delivery)
         } catch {
             logger.warning("could not dead-letter the message", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Publishes an event as `compute.<host>`, waiting for the broker's confirm. A failure is logged, not
+    /// raised: the operation it reports has happened either way.
+    public func emit(_ eventType: String, payload: JSONObject, error: Bool) async {
+        let notifier = Notifier(
+            client: client, options: configuration.options, host: configuration.host,
+            topics: configuration.notificationTopics)
+        do {
+            try await notifier.notify(eventType: eventType, payload: .object(payload), priority: error ? .error : .info)
+        } catch {
+            logger.warning(
+                "could not publish event", metadata: ["event_type": "\(eventType)", "error": "\(error)"])
         }
     }
 

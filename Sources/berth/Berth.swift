@@ -1,5 +1,7 @@
 import ArgumentParser
 import BerthAMQP
+import BerthCatalog
+import BerthCore
 import BerthJSON
 import BerthLibvirt
 import BerthWire
@@ -14,7 +16,7 @@ struct Berth: AsyncParsableCommand {
         commandName: "berth",
         abstract: "A message-queue driven compute worker that speaks oslo.messaging's RabbitMQ protocol.",
         version: BerthVersion.string,
-        subcommands: [Worker.self, Call.self, Notify.self])
+        subcommands: [Worker.self, Call.self, Boot.self, Status.self, Images.self, Volumes.self, Notify.self])
 }
 
 /// Broker options shared by every command that talks to RabbitMQ.
@@ -158,6 +160,17 @@ struct Worker: AsyncParsableCommand {
     @Flag(help: "Also serve the berth.debug namespace (sleep, fail, record), for tests.")
     var debugRPC = false
 
+    @OptionGroup var catalog: CatalogOptions
+
+    @Option(help: "Where the worker keeps its image cache, root disks (a libvirt storage pool), consoles and locks.")
+    var stateDir = "/var/lib/berth"
+
+    @Option(help: "libvirt storage pool (a dir pool under --state-dir/instances) for root disks.")
+    var storagePool = "berth"
+
+    @Option(help: "libvirt domain type: kvm, qemu (TCG) or test. Default: test for test:// URIs, kvm when /dev/kvm is usable, else qemu.")
+    var virtType: String?
+
     func validate() throws {
         guard (1...256).contains(concurrency) else { throw ValidationError("--concurrency must be 1-256") }
         guard (1024...(64 << 20)).contains(maxMessageBytes) else {
@@ -186,7 +199,20 @@ struct Worker: AsyncParsableCommand {
         } catch {
             logger.warning("libvirt is not reachable yet; methods that need it will fail until it is", metadata: ["error": "\(error)"])
         }
-        var endpoints = [ComputeEndpoints(host: hostName, libvirt: libvirt).endpoint]
+        let domainType: DomainSpec.DomainType
+        if let virtType {
+            guard let chosen = DomainSpec.DomainType(rawValue: virtType) else {
+                throw ValidationError("--virt-type must be one of kvm, qemu, test")
+            }
+            domainType = chosen
+        } else {
+            domainType = ComputeConfiguration.defaultDomainType(libvirtURI: libvirtURI)
+        }
+        var computeConfiguration = ComputeConfiguration(stateDirectory: stateDir, domainType: domainType)
+        computeConfiguration.poolName = storagePool
+        let compute = ComputeService(
+            host: hostName, catalog: try catalog.open(), libvirt: libvirt, configuration: computeConfiguration)
+        var endpoints = [ComputeEndpoints(compute: compute).endpoint]
         if debugRPC { endpoints.append(DebugEndpoints.endpoint) }
 
         let server = try RPCServer(configuration: configuration, endpoints: endpoints, logger: logger)
@@ -349,5 +375,83 @@ struct Notify: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(3)
         }
+    }
+}
+
+struct Boot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send boot_instance over the bus, as a scheduler would, and print the result.",
+        discussion: """
+            Example:
+              berth boot --image <id> --flavor tiny:1:256:1 --meta kernel_extra_args=quiet --meta timezone=Europe/Paris
+            """)
+
+    @OptionGroup var bus: BusOptions
+
+    @Option(help: "Image id.") var image: String
+    @Option(help: "Flavor as name:vcpus:memory_mb:root_gb.") var flavor = "tiny:1:256:1"
+    @Option(name: .customLong("meta"), help: "Per-VM metadata key=value (repeatable).") var metadata: [String] = []
+    @Option(help: "Instance name.") var name = "berth-instance"
+    @Option(help: "Instance uuid (default: a new one). Repeating a uuid repeats the boot.") var uuid: String?
+    @Option(help: "Send to one worker (compute.<server>).") var server: String?
+    @Option(help: "Seconds to wait.") var timeout = 300.0
+
+    func run() async throws {
+        Bootstrap.once
+        var logger = try bus.logger("berth.boot")
+        if bus.logLevel == "info" { logger.logLevel = .warning }
+        let parts = flavor.split(separator: ":")
+        guard parts.count == 4, let vcpus = Int64(parts[1]), let memory = Int64(parts[2]), let root = Int64(parts[3]) else {
+            throw ValidationError("--flavor must be name:vcpus:memory_mb:root_gb, e.g. tiny:1:256:1")
+        }
+        var meta = JSONObject()
+        for (key, value) in try parseProperties(metadata) { meta[key] = .string(value) }
+        let instance: JSONObject = [
+            "uuid": .string(uuid ?? UUID().uuidString.lowercased()), "name": .string(name), "image_id": .string(image),
+            "flavor": [
+                "name": .string(String(parts[0])), "vcpus": .int(vcpus), "memory_mb": .int(memory), "root_gb": .int(root),
+            ],
+            "metadata": .object(meta),
+        ]
+        let client = OsloRPCClient(urls: try bus.urls(), options: try bus.rabbitOptions(), topic: bus.topic, logger: logger)
+        do {
+            try await client.start()
+        } catch {
+            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
+            throw ExitCode(3)
+        }
+        do {
+            let result = try await client.call(
+                "boot_instance", args: ["instance": .object(instance)], server: server,
+                timeout: .milliseconds(Int(timeout * 1000)))
+            print(JSONCodec.serializeString(result))
+            await client.stop()
+        } catch {
+            await client.stop()
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            switch error {
+            case .remote: throw ExitCode(1)
+            case .timeout: throw ExitCode(2)
+            case .notDelivered: throw ExitCode(3)
+            }
+        }
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List this host's Berth instances from libvirt (JSON lines).")
+
+    @Option(help: "libvirt connection URI.") var libvirtURI = "qemu:///system"
+    @OptionGroup var catalog: CatalogOptions
+    @Option(help: "The worker's state directory.") var stateDir = "/var/lib/berth"
+
+    func run() async throws {
+        let libvirt = LibvirtHost(uri: libvirtURI)
+        let compute = ComputeService(
+            host: ProcessInfo.processInfo.hostName, catalog: try catalog.open(), libvirt: libvirt,
+            configuration: ComputeConfiguration(
+                stateDirectory: stateDir, domainType: ComputeConfiguration.defaultDomainType(libvirtURI: libvirtURI)))
+        for instance in try await compute.list() { Output.print(.object(instance)) }
     }
 }

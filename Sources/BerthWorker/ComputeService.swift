@@ -1,0 +1,452 @@
+import BerthCatalog
+import BerthCore
+import BerthJSON
+import BerthLibvirt
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+
+/// Where a worker keeps what it makes on its host.
+public struct ComputeConfiguration: Sendable {
+    /// `cache/` (image data per host), `instances/` (the libvirt storage pool of root disks), `consoles/`,
+    /// `locks/` (one lock file per instance uuid, so workers on one host never build the same instance twice).
+    public var stateDirectory: String
+    public var poolName: String = "berth"
+    /// The libvirt domain type: `qemu` (TCG), `kvm`, or `test` for the in-process test driver.
+    public var domainType: DomainSpec.DomainType
+
+    public init(stateDirectory: String, domainType: DomainSpec.DomainType) {
+        self.stateDirectory = stateDirectory
+        self.domainType = domainType
+    }
+
+    var cacheDirectory: String { stateDirectory + "/cache" }
+    var poolDirectory: String { stateDirectory + "/instances" }
+    var consoleDirectory: String { stateDirectory + "/consoles" }
+    var lockDirectory: String { stateDirectory + "/locks" }
+
+    /// `test` for the test driver's URIs, otherwise `qemu` (TCG). KVM is not chosen on its own: a `/dev/kvm`
+    /// that opens is no proof that guests run under it (nested or restricted hosts), and a kvm domain that
+    /// cannot run spins silently; operators with working KVM say `--virt-type kvm`, as Nova's `virt_type`.
+    public static func defaultDomainType(libvirtURI: String) -> DomainSpec.DomainType {
+        libvirtURI.hasPrefix("test:") ? .test : .qemu
+    }
+}
+
+/// Something that publishes status events (oslo notifications). The worker's RPC server is one.
+public protocol EventSink: Sendable {
+    func emit(_ eventType: String, payload: JSONObject, error: Bool) async
+}
+
+/// Boots, describes and deletes instances on this host: the catalog says what to boot, BerthCore decides how,
+/// libvirt does it. Every operation is idempotent by instance uuid.
+public struct ComputeService: Sendable {
+    public let host: String
+    public let catalog: any Catalog
+    public let libvirt: LibvirtHost
+    public let configuration: ComputeConfiguration
+    let locks: InstanceLocks
+    let cache: ImageCache
+
+    public init(host: String, catalog: any Catalog, libvirt: LibvirtHost, configuration: ComputeConfiguration) {
+        self.host = host
+        self.catalog = catalog
+        self.libvirt = libvirt
+        self.configuration = configuration
+        self.locks = InstanceLocks(directory: configuration.lockDirectory)
+        self.cache = ImageCache(directory: configuration.cacheDirectory)
+    }
+
+    // MARK: boot_instance
+
+    public func boot(_ request: BootRequest, requestID: String?, logger: Logger) async throws(BerthError) -> JSONObject {
+        guard request.target == .vm else {
+            throw .invalidRequest("instance.target 'baremetal' is not served by this worker yet; use target 'vm'")
+        }
+        let image = try await lookupImage(request.imageID)
+        if image.isPlaceholder {
+            throw .invalidImage(
+                "image \(image.id) is a placeholder for a volume snapshot; booting from volumes is not available on "
+                    + "this worker yet")
+        }
+        guard !image.isKernel, !image.isRamdisk else {
+            throw .invalidImage(
+                "image \(image.id) is a \(image.isKernel ? "kernel (aki)" : "ramdisk (ari)"); boot a disk image whose "
+                    + "kernel_id/ramdisk_id properties name it instead")
+        }
+        let capabilities = try await hostCapabilities()
+        let resolved = try ResolvedBoot.resolve(image: image, overrides: request.overrides, host: capabilities)
+        try await checkFlavorFits(request.flavor)
+
+        // Everything below touches shared state: one builder per instance uuid on this host.
+        return try await locks.withLock(request.uuid) { () async throws(BerthError) -> JSONObject in
+            var spec = try await domainSpec(for: request, image: image, resolved: resolved, requestID: requestID)
+            spec.metadata.fingerprint = spec.fingerprint
+            if let existing = try await existingInstance(request.uuid) {
+                return try repeatOrConflict(existing, spec: spec)
+            }
+            try spec.validate()
+            return try await create(spec, request: request, image: image, logger: logger)
+        }
+    }
+
+    private func lookupImage(_ id: String) async throws(BerthError) -> CatalogImage {
+        do {
+            return try await catalog.image(id: id)
+        } catch let error as CatalogError {
+            throw BerthError.from(error)
+        } catch {
+            throw .buildFailed("cannot read the catalog: \(error)")
+        }
+    }
+
+    private func hostCapabilities() async throws(BerthError) -> HostCapabilities {
+        do {
+            return try await libvirt.capabilities()
+        } catch {
+            throw .buildFailed("cannot read this host's libvirt capabilities: \(error)")
+        }
+    }
+
+    private func checkFlavorFits(_ flavor: Flavor) async throws(BerthError) {
+        let node: NodeInfo
+        do {
+            node = try await libvirt.nodeInfo()
+        } catch {
+            throw .buildFailed("cannot read this host's size from libvirt: \(error)")
+        }
+        var reasons: [String] = []
+        if flavor.vcpus > node.cpus {
+            reasons.append("flavor \(flavor.name) needs \(flavor.vcpus) vCPUs; this host has \(node.cpus)")
+        }
+        let hostMB = Int(node.memoryKiB / 1024)
+        if flavor.memoryMB > hostMB {
+            reasons.append("flavor \(flavor.name) needs \(flavor.memoryMB) MiB of memory; this host has \(hostMB) MiB")
+        }
+        guard reasons.isEmpty else {
+            throw .hostIncompatible(reasons.joined(separator: "; ") + "; choose a smaller flavor or another host")
+        }
+    }
+
+    /// The domain this request describes, with every path chosen by the worker (never by the request).
+    private func domainSpec(
+        for request: BootRequest, image: CatalogImage, resolved: ResolvedBoot, requestID: String?
+    ) async throws(BerthError) -> DomainSpec {
+        let boot: DomainSpec.Boot
+        if let kernelID = resolved.kernelID {
+            let kernel = try await cachedImage(kernelID, role: "kernel_id", mustBe: \.isKernel, format: "aki")
+            var initrd: String?
+            if let ramdiskID = resolved.ramdiskID {
+                initrd = try await cachedImage(ramdiskID, role: "ramdisk_id", mustBe: \.isRamdisk, format: "ari")
+            }
+            boot = .kernel(kernelPath: kernel, initrdPath: initrd, cmdline: resolved.kernelCommandLine?.text ?? "")
+        } else {
+            boot = .disk
+        }
+        let architecture = resolved.architecture.flatMap(GuestNames.architecture)
+        let metadata = DomainMetadata(
+            instanceName: request.name, imageID: image.id, flavor: request.flavor, requestID: requestID,
+            projectID: request.projectID, kernelCmdline: resolved.kernelCommandLine?.text,
+            bootVariant: resolved.selection.summary)
+        let rootFormat: DiskSpec.Format = .qcow2
+        return DomainSpec(
+            uuid: request.uuid, vcpus: request.flavor.vcpus, memoryMB: request.flavor.memoryMB,
+            domainType: configuration.domainType, osType: resolved.vmMode, architecture: architecture,
+            machineType: resolved.machineType, boot: boot,
+            disks: [
+                DiskSpec(
+                    source: .volume(pool: configuration.poolName, name: Self.rootVolumeName(request.uuid)),
+                    format: rootFormat, bus: resolved.diskBus)
+            ],
+            network: .none, clock: resolved.clock,
+            consoleLogPath: configuration.domainType == .test ? nil : consoleLogPath(request.uuid), metadata: metadata)
+    }
+
+    private func cachedImage(
+        _ id: String, role: String, mustBe check: KeyPath<CatalogImage, Bool>, format: String
+    ) async throws(BerthError) -> String {
+        let image: CatalogImage
+        do {
+            image = try await catalog.image(id: id)
+        } catch let error as CatalogError where error.kind == .imageNotFound {
+            throw .invalidImage("the image's \(role) \(id) is not in the catalog; upload it or fix the property")
+        } catch {
+            throw .buildFailed("cannot read the catalog: \(error)")
+        }
+        guard image[keyPath: check] else {
+            throw .invalidImage(
+                "the image's \(role) \(id) is a '\(image.diskFormat)' image; it must have disk_format \(format)")
+        }
+        return try await cache.path(for: image, catalog: catalog)
+    }
+
+    private func create(
+        _ spec: DomainSpec, request: BootRequest, image: CatalogImage, logger: Logger
+    ) async throws(BerthError) -> JSONObject {
+        let volume = Self.rootVolumeName(request.uuid)
+        do {
+            try FileManager.default.createDirectory(
+                atPath: configuration.consoleDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw .buildFailed("cannot create \(configuration.consoleDirectory): \(error.localizedDescription)")
+        }
+        guard image.size > 0 else {
+            throw .invalidImage("image \(image.id) has no data (status \(image.status)); upload its data first")
+        }
+        let backing = try await cache.path(for: image, catalog: catalog)
+        let rootBytes = max(UInt64(request.flavor.rootGB) << 30, UInt64(image.virtualSize ?? image.size), 1 << 20)
+        do {
+            try await libvirt.ensurePool(name: configuration.poolName, path: configuration.poolDirectory)
+            // A volume without a domain is a leftover of a boot that died half-way; this lock holder owns the uuid.
+            _ = try await libvirt.deleteVolume(pool: configuration.poolName, name: volume)
+            _ = try await libvirt.createOverlay(
+                pool: configuration.poolName, name: volume, backingPath: backing,
+                backingFormat: image.diskFormat == "qcow2" ? .qcow2 : .raw, capacityBytes: rootBytes)
+        } catch {
+            throw .buildFailed("cannot create the root disk in storage pool \(configuration.poolName): \(error)")
+        }
+        let xml = DomainXML.render(spec)
+        do {
+            let domain = try await libvirt.defineAndStart(xml: xml)
+            logger.info("instance started", metadata: ["domain": "\(domain.name)", "image_id": "\(image.id)"])
+        } catch {
+            _ = try? await libvirt.deleteVolume(pool: configuration.poolName, name: volume)
+            throw .buildFailed("libvirt could not start the instance: \(error)")
+        }
+        return result(uuid: spec.uuid, metadata: spec.metadata, status: "ACTIVE")
+    }
+
+    private func existingInstance(_ uuid: String) async throws(BerthError) -> DomainSummary? {
+        do {
+            return try await libvirt.domain(uuid: uuid)
+        } catch {
+            throw .buildFailed("cannot look up instance \(uuid) in libvirt: \(error)")
+        }
+    }
+
+    /// A request for a uuid that already exists: the same spec is a repeat (a redelivery, a retry) and gets
+    /// the same answer; anything else is a different instance that must not replace this one.
+    private func repeatOrConflict(_ existing: DomainSummary, spec: DomainSpec) throws(BerthError) -> JSONObject {
+        guard let metadata = try DomainMetadata.parse(xml: existing.xml) else {
+            throw .instanceExists(
+                "a libvirt domain with uuid \(spec.uuid) exists but was not made by Berth (\(existing.name)); use "
+                    + "another uuid", differences: [])
+        }
+        guard metadata.fingerprint == spec.metadata.fingerprint else {
+            throw .instanceExists(
+                "instance \(spec.uuid) exists with a different specification; delete it first or use another uuid",
+                differences: metadata.differences(from: spec.metadata))
+        }
+        return result(uuid: spec.uuid, metadata: metadata, status: Self.status(existing.state))
+    }
+
+    func result(uuid: String, metadata: DomainMetadata, status: String) -> JSONObject {
+        [
+            "uuid": .string(uuid), "status": .string(status), "host": .string(host),
+            "image_id": .string(metadata.imageID), "domain": .string(DomainSpec.namePrefix + uuid),
+            "kernel_cmdline": metadata.kernelCmdline.map(JSONValue.string) ?? .null,
+            "boot_variant": metadata.bootVariant.map(JSONValue.string) ?? .null,
+            "volume_id": metadata.volumeID.map(JSONValue.string) ?? .null,
+        ]
+    }
+
+    // MARK: get_instance / delete_instance
+
+    public func describe(uuid: String) async throws(BerthError) -> JSONObject {
+        guard let domain = try await existingInstance(uuid), let metadata = try DomainMetadata.parse(xml: domain.xml)
+        else {
+            throw .instanceNotFound(uuid)
+        }
+        var answer = result(uuid: uuid, metadata: metadata, status: Self.status(domain.state))
+        answer["name"] = .string(metadata.instanceName)
+        answer["power_state"] = .string("\(domain.state)")
+        answer["flavor"] = [
+            "name": .string(metadata.flavor.name), "vcpus": .int(Int64(metadata.flavor.vcpus)),
+            "memory_mb": .int(Int64(metadata.flavor.memoryMB)), "root_gb": .int(Int64(metadata.flavor.rootGB)),
+        ]
+        answer["project_id"] = metadata.projectID.map(JSONValue.string) ?? .null
+        answer["request_id"] = metadata.requestID.map(JSONValue.string) ?? .null
+        return answer
+    }
+
+    /// Destroys and undefines the domain and deletes its root disk and console log. Deleting what is not
+    /// there is not an error: the caller wanted it gone, and it is.
+    public func delete(uuid: String, logger: Logger) async throws(BerthError) -> (result: JSONObject, imageID: String?) {
+        try await locks.withLock(uuid) { () async throws(BerthError) in
+            let existing = try await existingInstance(uuid)
+            let imageID = existing.flatMap { try? DomainMetadata.parse(xml: $0.xml) }?.imageID
+            do {
+                if existing != nil { _ = try await libvirt.destroyAndUndefine(uuid: uuid) }
+                _ = try await libvirt.deleteVolume(pool: configuration.poolName, name: Self.rootVolumeName(uuid))
+            } catch {
+                throw .buildFailed("libvirt could not delete instance \(uuid): \(error)")
+            }
+            try? FileManager.default.removeItem(atPath: consoleLogPath(uuid))
+            if existing != nil { logger.info("instance deleted", metadata: ["instance_uuid": "\(uuid)"]) }
+            return (["uuid": .string(uuid), "status": "DELETED", "host": .string(host)], imageID)
+        }
+    }
+
+    /// This host's Berth instances, for `berth status`.
+    public func list() async throws -> [JSONObject] {
+        var answers: [JSONObject] = []
+        for domain in try await libvirt.listDomains(prefix: DomainSpec.namePrefix) {
+            guard let metadata = try? DomainMetadata.parse(xml: domain.xml) else { continue }
+            var answer = result(uuid: domain.uuid, metadata: metadata, status: Self.status(domain.state))
+            answer["name"] = .string(metadata.instanceName)
+            answers.append(answer)
+        }
+        return answers
+    }
+
+    // MARK: Names
+
+    static func rootVolumeName(_ uuid: String) -> String { "\(uuid)-root.qcow2" }
+
+    func consoleLogPath(_ uuid: String) -> String { "\(configuration.consoleDirectory)/\(uuid).log" }
+
+    /// Nova's instance states for libvirt's domain states.
+    static func status(_ state: DomainState) -> String {
+        switch state {
+        case .running, .blocked: "ACTIVE"
+        case .paused, .pmSuspended: "PAUSED"
+        case .shuttingDown, .shutOff: "SHUTOFF"
+        case .crashed: "ERROR"
+        default: "UNKNOWN"
+        }
+    }
+}
+
+extension HostCapabilities: HostRunCheck {
+    public func reasonsCannotRun(hypervisorType: String?, vmMode: String?, architecture: String?, pae: Bool?) -> [String] {
+        canRun(hypervisorType: hypervisorType, vmMode: vmMode, architecture: architecture, pae: pae)
+    }
+}
+
+extension BerthError {
+    static func from(_ error: CatalogError) -> BerthError {
+        switch error.rpcClassName {
+        case "ImageNotFound": BerthError(.imageNotFound, error.message)
+        case "VolumeNotFound": BerthError(.volumeNotFound, error.message)
+        case "InvalidImage": .invalidImage(error.message)
+        case "InvalidRequest": .invalidRequest(error.message)
+        default: .buildFailed(error.message)
+        }
+    }
+}
+
+/// Serialises work on one instance uuid: within this process with a task queue per uuid, and across worker
+/// processes on the same host with `flock` on `locks/<uuid>.lock`.
+final class InstanceLocks: Sendable {
+    let directory: String
+    private let waiting = Mutex<[String: [CheckedContinuation<Void, Never>]]>([:])
+
+    init(directory: String) {
+        self.directory = directory
+    }
+
+    func withLock<T: Sendable>(
+        _ uuid: String, _ body: () async throws(BerthError) -> T
+    ) async throws(BerthError) -> T {
+        await acquire(uuid)
+        defer { release(uuid) }
+        let descriptor = try await fileLock(uuid)
+        defer {
+            flock(descriptor, LOCK_UN)
+            close(descriptor)
+        }
+        return try await body()
+    }
+
+    private func acquire(_ uuid: String) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let mustWait = waiting.withLock { table in
+                if var queue = table[uuid] {
+                    queue.append(continuation)
+                    table[uuid] = queue
+                    return true
+                }
+                table[uuid] = []
+                return false
+            }
+            if !mustWait { continuation.resume() }
+        }
+    }
+
+    private func release(_ uuid: String) {
+        let next = waiting.withLock { table -> CheckedContinuation<Void, Never>? in
+            guard var queue = table[uuid], !queue.isEmpty else {
+                table[uuid] = nil
+                return nil
+            }
+            let first = queue.removeFirst()
+            table[uuid] = queue
+            return first
+        }
+        next?.resume()
+    }
+
+    /// Blocks on a dispatch thread, not the cooperative pool, while another process holds the lock.
+    private func fileLock(_ uuid: String) async throws(BerthError) -> Int32 {
+        let path = "\(directory)/\(uuid).lock"
+        let directory = self.directory
+        let result: Result<Int32, BerthError> = await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+                guard descriptor >= 0 else {
+                    continuation.resume(
+                        returning: .failure(
+                            .buildFailed("cannot open lock file \(path): \(String(cString: strerror(errno)))")))
+                    return
+                }
+                flock(descriptor, LOCK_EX)
+                continuation.resume(returning: .success(descriptor))
+            }
+        }
+        return try result.get()
+    }
+}
+
+/// Image data on this host, one file per image id, shared by every instance that boots from it. The local
+/// catalog's files never change once written, so a hard link is a free, safe cache entry; across file
+/// systems the data is copied once.
+final class ImageCache: Sendable {
+    let directory: String
+
+    init(directory: String) {
+        self.directory = directory
+    }
+
+    func path(for image: CatalogImage, catalog: any Catalog) async throws(BerthError) -> String {
+        let target = "\(directory)/\(image.id)"
+        if FileManager.default.fileExists(atPath: target) { return target }
+        let source: String
+        do {
+            source = try await catalog.localImageData(id: image.id)
+        } catch let error as CatalogError {
+            throw BerthError.from(error)
+        } catch {
+            throw .buildFailed("cannot read image \(image.id) from the catalog: \(error)")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let temporary = "\(directory)/.\(image.id).\(UUID().uuidString)"
+            if link(source, temporary) != 0 {
+                try FileManager.default.copyItem(atPath: source, toPath: temporary)
+            }
+            // rename() replaces atomically; a concurrent worker that cached it first wrote the same bytes.
+            guard rename(temporary, target) == 0 else {
+                let reason = String(cString: strerror(errno))
+                unlink(temporary)
+                throw BerthError.buildFailed("cannot cache image \(image.id) in \(directory): \(reason)")
+            }
+            return target
+        } catch let error as BerthError {
+            throw error
+        } catch {
+            throw .buildFailed("cannot cache image \(image.id) in \(directory): \(error.localizedDescription)")
+        }
+    }
+}

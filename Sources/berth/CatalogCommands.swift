@@ -1,0 +1,229 @@
+import ArgumentParser
+import BerthCatalog
+import BerthCore
+import BerthJSON
+import BerthLibvirt
+import BerthWorker
+import Foundation
+
+/// Where the catalog is: `local:PATH` (the default, `local:/var/lib/berth/catalog`).
+struct CatalogOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Image catalog: local:PATH.", valueName: "catalog"))
+    var catalog = "local:/var/lib/berth/catalog"
+
+    func open() throws -> LocalCatalog {
+        guard catalog.hasPrefix("local:"), catalog.count > 6 else {
+            throw ValidationError("--catalog must be local:PATH (e.g. local:/var/lib/berth/catalog)")
+        }
+        return LocalCatalog(root: String(catalog.dropFirst(6)))
+    }
+}
+
+/// Prints a value as JSON on one line, for scripts, or as an indented block.
+enum Output {
+    static func print(_ value: JSONValue) {
+        Swift.print(JSONCodec.serializeString(value))
+    }
+
+    static func print<T: Encodable>(_ value: T) throws {
+        print(try JSONValueEncoder().encode(value))
+    }
+
+    /// Runs a catalog or rules call and turns its errors into a message and exit status 1.
+    static func run<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as CatalogError {
+            FileHandle.standardError.write(Data("error: \(error.rpcClassName): \(error.message)\n".utf8))
+            throw ExitCode(1)
+        } catch let error as BerthError {
+            FileHandle.standardError.write(Data("error: \(error.className): \(error.message)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+func parseProperties(_ arguments: [String]) throws -> [String: String] {
+    var properties: [String: String] = [:]
+    for argument in arguments {
+        guard let equals = argument.firstIndex(of: "="), equals != argument.startIndex else {
+            throw ValidationError("--property takes key=value, got '\(argument)'")
+        }
+        properties[String(argument[..<equals])] = String(argument[argument.index(after: equals)...])
+    }
+    return properties
+}
+
+struct Images: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "images", abstract: "Manage images in the local catalog.",
+        subcommands: [Create.self, List.self, Show.self, Update.self, Delete.self, Check.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create an image from a file.",
+            discussion: """
+                Examples:
+                  berth images create --name vmlinuz --disk-format aki --file /boot/vmlinuz
+                  berth images create --name guest --disk-format raw --file disk.img \\
+                      --property kernel_id=<id> --property kernel_args="root=/dev/vda console=ttyS0"
+                """)
+        @OptionGroup var catalog: CatalogOptions
+        @Option(help: "Image name.") var name: String
+        @Option(help: "raw, qcow2, aki (kernel), ari (ramdisk), ami, iso, ...") var diskFormat: String
+        @Option(help: "bare, aki, ari, ami, ovf (default: from the disk format).") var containerFormat: String?
+        @Option(help: "The image data; omit for an image without data (queued).") var file: String?
+        @Option(name: .customLong("property"), help: "An image property key=value (repeatable).")
+        var properties: [String] = []
+
+        func run() async throws {
+            let properties = try parseProperties(self.properties)
+            let catalog = try catalog.open()
+            let image = try await Output.run {
+                try await catalog.createImage(
+                    name: name, diskFormat: diskFormat, containerFormat: containerFormat, properties: properties,
+                    data: file.map(ImageDataSource.file))
+            }
+            try Output.print(image)
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List images (JSON lines).")
+        @OptionGroup var catalog: CatalogOptions
+
+        func run() async throws {
+            let catalog = try catalog.open()
+            for image in try await Output.run({ try await catalog.images() }) { try Output.print(image) }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one image.")
+        @OptionGroup var catalog: CatalogOptions
+        @Argument(help: "Image id.") var id: String
+
+        func run() async throws {
+            let catalog = try catalog.open()
+            try Output.print(try await Output.run { try await catalog.image(id: id) })
+        }
+    }
+
+    struct Update: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Set or remove image properties.")
+        @OptionGroup var catalog: CatalogOptions
+        @Argument(help: "Image id.") var id: String
+        @Option(name: .customLong("property"), help: "Set key=value (repeatable).") var properties: [String] = []
+        @Option(name: .customLong("remove-property"), help: "Remove a property (repeatable).") var remove: [String] = []
+
+        func run() async throws {
+            let properties = try parseProperties(self.properties)
+            let catalog = try catalog.open()
+            let image = try await Output.run {
+                try await catalog.updateImage(id: id, setProperties: properties, removeProperties: Set(remove))
+            }
+            try Output.print(image)
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete an image and its data.")
+        @OptionGroup var catalog: CatalogOptions
+        @Argument(help: "Image id.") var id: String
+
+        func run() async throws {
+            let catalog = try catalog.open()
+            try await Output.run { try await catalog.deleteImage(id: id) }
+        }
+    }
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Can this host boot the image? The answer boot_instance would give, without booting.",
+            discussion: "Prints the chosen boot variant and kernel command line, or every reason it cannot run.")
+        @OptionGroup var catalog: CatalogOptions
+        @Argument(help: "Image id.") var id: String
+        @Option(help: "libvirt connection URI.") var libvirtURI = "qemu:///system"
+        @Option(name: .customLong("meta"), help: "Per-VM metadata key=value, as in boot (repeatable).")
+        var metadata: [String] = []
+
+        func run() async throws {
+            let metadata = try parseProperties(self.metadata)
+            let catalog = try catalog.open()
+            let libvirt = LibvirtHost(uri: libvirtURI)
+            let capabilities = try await libvirt.capabilities()
+            let answer: JSONValue = try await Output.run {
+                let image = try await catalog.image(id: id)
+                let overrides = try VMOverrides(metadata: metadata)
+                let resolved = try ResolvedBoot.resolve(image: image, overrides: overrides, host: capabilities)
+                return [
+                    "image_id": .string(image.id), "runnable": true,
+                    "boot_variant": resolved.selection.summary.map(JSONValue.string) ?? .null,
+                    "kernel_cmdline": resolved.kernelCommandLine.map { .string($0.text) } ?? .null,
+                    "disk_bus": .string(resolved.diskBus.rawValue), "vm_mode": .string(resolved.vmMode.rawValue),
+                ]
+            }
+            Output.print(answer)
+        }
+    }
+}
+
+struct Volumes: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "volumes", abstract: "Manage volumes and volume snapshots in the local catalog.",
+        subcommands: [Create.self, List.self, Show.self, Snapshot.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a volume: blank, from an image, or from a snapshot.",
+            discussion: "Example: berth volumes create --name root --size 1 --image <image id> --bootable")
+        @OptionGroup var catalog: CatalogOptions
+        @Option(help: "Volume name.") var name: String
+        @Option(help: "Size in GiB.") var size: Int
+        @Option(help: "Copy this image's data and properties.") var image: String?
+        @Option(help: "Copy this snapshot.") var snapshot: String?
+        @Flag(help: "Mark bootable.") var bootable = false
+
+        func run() async throws {
+            let catalog = try catalog.open()
+            let volume = try await Output.run {
+                try await catalog.createVolume(
+                    name: name, sizeGB: size, fromImage: image, fromSnapshot: snapshot, bootable: bootable)
+            }
+            try Output.print(volume)
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List volumes (JSON lines).")
+        @OptionGroup var catalog: CatalogOptions
+
+        func run() async throws {
+            let catalog = try catalog.open()
+            for volume in try await Output.run({ try await catalog.volumes() }) { try Output.print(volume) }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one volume.")
+        @OptionGroup var catalog: CatalogOptions
+        @Argument(help: "Volume id.") var id: String
+
+        func run() async throws {
+            let catalog = try catalog.open()
+            try Output.print(try await Output.run { try await catalog.volume(id: id) })
+        }
+    }
+
+    struct Snapshot: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Snapshot a volume.")
+        @OptionGroup var catalog: CatalogOptions
+        @Argument(help: "Volume id.") var id: String
+        @Option(help: "Snapshot name.") var name: String
+
+        func run() async throws {
+            let catalog = try catalog.open()
+            try Output.print(try await Output.run { try await catalog.snapshotVolume(id: id, name: name) })
+        }
+    }
+}

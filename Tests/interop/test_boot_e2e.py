@@ -1,0 +1,294 @@
+"""boot_instance end to end: a stock oslo.messaging client asks a Berth worker on real libvirtd/QEMU
+(TCG) to boot a catalog kernel + busybox initramfs; the guest prints /proc/cmdline on its serial
+console, which proves the kernel command line Berth resolved is the one the guest got.
+
+Also on the in-process test driver: 50 parallel boots through the bus, all ACTIVE, and repeating
+all 50 creates nothing new.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import pathlib
+import re
+import subprocess
+import time
+import uuid
+
+import oslo_messaging
+import pytest
+
+from conftest import REPO_ROOT, request_context, rpc_client, unavailable
+
+LIBVIRT_URI = os.environ.get("BERTH_LIBVIRT_URI", "qemu:///system")
+GUEST_DIR = pathlib.Path(os.environ.get("BERTH_TEST_GUEST_DIR", "/var/tmp/berth-test-guest"))
+CONSOLE_TIMEOUT = float(os.environ.get("BERTH_TEST_CONSOLE_TIMEOUT", "120"))
+
+IMAGE_ARGS = "console=ttyS0 root=/dev/vda berth.image=base"
+IMAGE_EXTRA = "berth.image_extra=1"
+
+
+def virsh(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(["virsh", "-c", LIBVIRT_URI, *args], capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"virsh {' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def libvirtd():
+    proc = subprocess.run(["virsh", "-c", LIBVIRT_URI, "version"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        unavailable(f"libvirtd not reachable at {LIBVIRT_URI}: {proc.stderr.strip()} (run scripts/start-services.sh)")
+    return LIBVIRT_URI
+
+
+@pytest.fixture(scope="module")
+def guest(libvirtd):
+    """The Debian kernel and a busybox initramfs whose init prints BERTH-CMDLINE: <cmdline> and powers off."""
+    script = REPO_ROOT / "scripts" / "build-test-guest.sh"
+    proc = subprocess.run([str(script), str(GUEST_DIR)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"build-test-guest.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    return GUEST_DIR / "vmlinuz", GUEST_DIR / "initramfs.cpio.gz"
+
+
+class Catalog:
+    def __init__(self, berth_bin: str, root: pathlib.Path):
+        self.berth_bin, self.root = berth_bin, root
+
+    def run(self, *args: str) -> dict:
+        proc = subprocess.run(
+            [self.berth_bin, *args, "--catalog", f"local:{self.root}"], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, f"berth {' '.join(args)} failed: {proc.stderr}"
+        return json.loads(proc.stdout)
+
+    def image(self, name: str, disk_format: str, file: pathlib.Path, **properties: str) -> str:
+        args = ["images", "create", "--name", name, "--disk-format", disk_format, "--file", str(file)]
+        for key, value in properties.items():
+            args += ["--property", f"{key}={value}"]
+        return self.run(*args)["id"]
+
+
+@pytest.fixture(scope="module")
+def catalog(berth_bin, guest, tmp_path_factory):
+    kernel, initrd = guest
+    root = tmp_path_factory.mktemp("catalog")
+    cat = Catalog(berth_bin, root)
+    cat.kernel_id = cat.image("vmlinuz", "aki", kernel)
+    cat.ramdisk_id = cat.image("initramfs", "ari", initrd)
+    disk = root.parent / "root.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "16M"], check=True)
+    cat.disk = disk
+    cat.image_id = cat.image(
+        "busybox", "raw", disk, kernel_id=cat.kernel_id, ramdisk_id=cat.ramdisk_id,
+        kernel_args=IMAGE_ARGS, kernel_extra_args=IMAGE_EXTRA,
+    )
+    return cat
+
+
+@pytest.fixture(scope="module")
+def qemu_worker(worker_factory, catalog, tmp_path_factory):
+    state = tmp_path_factory.mktemp("state")
+    # Pool names are global in libvirtd: one per test run, removed at the end.
+    pool = f"berth-test-{uuid.uuid4().hex[:8]}"
+    w = worker_factory(extra_args=[
+        "--libvirt-uri", LIBVIRT_URI, "--catalog", f"local:{catalog.root}", "--state-dir", str(state),
+        "--storage-pool", pool,
+    ])
+    w.state, w.pool = state, pool
+    w.start()
+    yield w
+    assert w.stop() == 0, w.describe()
+    virsh("pool-destroy", pool, check=False)
+    virsh("pool-undefine", pool, check=False)
+
+
+def instance(image_id: str, **metadata: str) -> dict:
+    return {
+        "uuid": str(uuid.uuid4()),
+        "name": "e2e <guest> & 'friends'",
+        "image_id": image_id,
+        "flavor": {"name": "tiny", "vcpus": 1, "memory_mb": 256, "root_gb": 1},
+        "metadata": metadata,
+    }
+
+
+def console_cmdline(worker, uuid_: str) -> str:
+    log = pathlib.Path(worker.state) / "consoles" / f"{uuid_}.log"
+    deadline = time.monotonic() + CONSOLE_TIMEOUT
+    while time.monotonic() < deadline:
+        if log.exists():
+            match = re.search(r"BERTH-CMDLINE: (.*)", log.read_text(errors="replace"))
+            if match:
+                return match.group(1).strip()
+        time.sleep(0.5)
+    text = log.read_text(errors="replace") if log.exists() else "<no console log>"
+    raise AssertionError(f"the guest printed no BERTH-CMDLINE line in {CONSOLE_TIMEOUT}s; console:\n{text[-3000:]}")
+
+
+def boot(rpc_transport, worker, inst: dict, timeout: int = 180) -> dict:
+    client = rpc_client(rpc_transport, worker.topic)
+    return client.prepare(server=worker.host, timeout=timeout).call(request_context(), "boot_instance", instance=inst)
+
+
+def delete(rpc_transport, worker, uuid_: str) -> dict:
+    client = rpc_client(rpc_transport, worker.topic)
+    return client.prepare(server=worker.host, timeout=120).call(request_context(), "delete_instance", instance_uuid=uuid_)
+
+
+def assert_gone(worker, uuid_: str):
+    assert f"berth-{uuid_}" not in virsh("list", "--all", "--name")
+    assert uuid_ not in virsh("vol-list", worker.pool, check=False)
+    assert not (pathlib.Path(worker.state) / "consoles" / f"{uuid_}.log").exists()
+
+
+def test_kernel_line_from_image_and_instance_reaches_the_guest(rpc_transport, qemu_worker, catalog):
+    inst = instance(catalog.image_id, kernel_extra_args="berth.vm_extra=2", timezone="Europe/Paris")
+    result = boot(rpc_transport, qemu_worker, inst)
+    expected = f"{IMAGE_ARGS} {IMAGE_EXTRA} berth.vm_extra=2"
+    assert result["status"] == "ACTIVE"
+    assert result["uuid"] == inst["uuid"]
+    assert result["image_id"] == catalog.image_id
+    assert result["host"] == qemu_worker.host
+    assert result["kernel_cmdline"] == expected
+    assert result["domain"] == f"berth-{inst['uuid']}"
+    assert console_cmdline(qemu_worker, inst["uuid"]) == expected
+
+    xml = virsh("dumpxml", f"berth-{inst['uuid']}")
+    assert "<clock offset='timezone' timezone='Europe/Paris'" in xml or 'timezone="Europe/Paris"' in xml, xml
+    assert catalog.image_id in xml  # Berth's metadata element
+
+    # Repeating the same request is answered from the existing domain.
+    again = boot(rpc_transport, qemu_worker, inst)
+    assert again["uuid"] == inst["uuid"] and again["kernel_cmdline"] == expected
+
+    gone = delete(rpc_transport, qemu_worker, inst["uuid"])
+    assert gone == {"uuid": inst["uuid"], "status": "DELETED", "host": qemu_worker.host}
+    assert_gone(qemu_worker, inst["uuid"])
+    # Idempotent: deleting again is still DELETED.
+    assert delete(rpc_transport, qemu_worker, inst["uuid"])["status"] == "DELETED"
+
+
+def test_instance_kernel_args_replace_the_images(rpc_transport, qemu_worker, catalog):
+    inst = instance(catalog.image_id, kernel_args="console=ttyS0 root=/dev/vda berth.vm=override")
+    result = boot(rpc_transport, qemu_worker, inst)
+    expected = f"console=ttyS0 root=/dev/vda berth.vm=override {IMAGE_EXTRA}"
+    assert result["kernel_cmdline"] == expected
+    assert console_cmdline(qemu_worker, inst["uuid"]) == expected
+    delete(rpc_transport, qemu_worker, inst["uuid"])
+    assert_gone(qemu_worker, inst["uuid"])
+
+
+def test_two_variant_image_boots_the_variant_this_host_can_run(rpc_transport, qemu_worker, catalog):
+    variants = [
+        {"hypervisor_type": "xen", "vm_mode": "xen", "architecture": "x86_64",
+         "kernel_id": catalog.kernel_id, "kernel_args": "console=hvc0 berth.variant=xen"},
+        {"hypervisor_type": "qemu", "vm_mode": "hvm", "architecture": "x86_64",
+         "kernel_id": catalog.kernel_id, "ramdisk_id": catalog.ramdisk_id,
+         "kernel_args": "console=ttyS0 berth.variant=hvm"},
+    ]
+    image_id = catalog.image("two-variants", "raw", catalog.disk, boot_options=json.dumps(variants))
+    inst = instance(image_id)
+    result = boot(rpc_transport, qemu_worker, inst)
+    assert result["boot_variant"].startswith("variant 2"), result
+    assert result["kernel_cmdline"] == "console=ttyS0 berth.variant=hvm"
+    assert console_cmdline(qemu_worker, inst["uuid"]) == "console=ttyS0 berth.variant=hvm"
+    delete(rpc_transport, qemu_worker, inst["uuid"])
+    assert_gone(qemu_worker, inst["uuid"])
+
+
+def test_image_with_no_runnable_variant_lists_every_reason(rpc_transport, qemu_worker, catalog):
+    variants = [
+        {"hypervisor_type": "xen", "vm_mode": "xen", "architecture": "x86_64", "kernel_id": catalog.kernel_id},
+        {"hypervisor_type": "qemu", "vm_mode": "hvm", "architecture": "aarch64", "kernel_id": catalog.kernel_id},
+    ]
+    image_id = catalog.image("no-variant", "raw", catalog.disk, boot_options=json.dumps(variants))
+    inst = instance(image_id)
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, qemu_worker, inst)
+    assert caught.value.exc_type == "HostIncompatible"
+    text = str(caught.value.value)
+    assert "variant 1" in text and "variant 2" in text, text
+    assert "xen" in text and "aarch64" in text, text
+    assert f"berth-{inst['uuid']}" not in virsh("list", "--all", "--name")
+
+
+@pytest.mark.parametrize(
+    "metadata, exc_type, fragment",
+    [
+        ({"hw_disk_bus": "floppy"}, "InvalidMetadata", "virtio"),
+        ({"kernel_extra_args": "a\nb"}, "InvalidMetadata", "line feed"),
+        ({"kernel_extra_args": "x" * 2100}, "InvalidMetadata", "2048"),
+        ({"timezone": "Mars/Olympus"}, "InvalidMetadata", "timezone"),
+    ],
+)
+def test_bad_metadata_is_refused_before_anything_is_made(rpc_transport, qemu_worker, catalog, metadata, exc_type, fragment):
+    inst = instance(catalog.image_id, **metadata)
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, qemu_worker, inst)
+    assert caught.value.exc_type == exc_type, caught.value
+    assert fragment in str(caught.value.value)
+    assert_gone(qemu_worker, inst["uuid"])
+
+
+def test_unknown_image_and_wrong_kernel_kind(rpc_transport, qemu_worker, catalog):
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, qemu_worker, instance(str(uuid.uuid4())))
+    assert caught.value.exc_type == "ImageNotFound"
+    # A kernel image booted as a disk.
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, qemu_worker, instance(catalog.kernel_id))
+    assert caught.value.exc_type == "InvalidImage"
+
+
+def test_flavor_the_host_cannot_hold(rpc_transport, qemu_worker, catalog):
+    inst = instance(catalog.image_id)
+    inst["flavor"] = {"name": "huge", "vcpus": 256, "memory_mb": 1024 * 1024, "root_gb": 1}
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, qemu_worker, inst)
+    assert caught.value.exc_type == "HostIncompatible"
+    assert "smaller flavor" in str(caught.value.value)
+    assert_gone(qemu_worker, inst["uuid"])
+
+
+# --- many boots on the test driver --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def test_driver_worker(worker_factory, catalog, tmp_path_factory):
+    state = tmp_path_factory.mktemp("state-test")
+    # The test driver's pools live in the worker process; the name cannot collide with anything.
+    w = worker_factory(extra_args=[
+        "--libvirt-uri", "test:///default", "--catalog", f"local:{catalog.root}", "--state-dir", str(state),
+        "--concurrency", "16",
+    ])
+    w.start()
+    yield w
+    assert w.stop() == 0, w.describe()
+
+
+def test_fifty_parallel_boots_and_their_repeats(rpc_transport, test_driver_worker, catalog):
+    instances = [instance(catalog.image_id, kernel_extra_args=f"n={i}") for i in range(50)]
+    client = rpc_client(rpc_transport, test_driver_worker.topic)
+
+    def boot_one(inst):
+        return client.prepare(server=test_driver_worker.host, timeout=120).call(
+            request_context(), "boot_instance", instance=inst)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        first = list(pool.map(boot_one, instances))
+    assert [r["status"] for r in first] == ["ACTIVE"] * 50
+    assert sorted(r["uuid"] for r in first) == sorted(i["uuid"] for i in instances)
+    started = test_driver_worker.log_text().count("instance started")
+    assert started == 50, test_driver_worker.describe()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        second = list(pool.map(boot_one, instances))
+    assert second == first
+    assert test_driver_worker.log_text().count("instance started") == 50, "a repeat created a new domain"
+
+    info = client.prepare(server=test_driver_worker.host, timeout=30).call(request_context(), "get_instance", instance_uuid=instances[0]["uuid"])
+    assert info["status"] == "ACTIVE" and info["image_id"] == catalog.image_id
