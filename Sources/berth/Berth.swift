@@ -151,6 +151,9 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "libvirt connection URI (test:///default for the in-process test driver).")
     var libvirtURI = "qemu:///system"
 
+    @Option(help: "Notification topic for status events (oslo's [oslo_messaging_notifications] topics).")
+    var notificationTopic = "notifications"
+
     @Option(help: "Largest accepted message body in bytes; larger ones are dead-lettered.")
     var maxMessageBytes = 1 << 20
 
@@ -192,6 +195,7 @@ struct Worker: AsyncParsableCommand {
         configuration.concurrency = concurrency
         configuration.limits = JSONLimits(maxBytes: maxMessageBytes, maxDepth: 32)
         configuration.gracePeriod = .milliseconds(Int(gracePeriod * 1000))
+        configuration.notificationTopics = [notificationTopic]
 
         let libvirt = LibvirtHost(uri: libvirtURI, logger: logger)
         do {

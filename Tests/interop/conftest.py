@@ -145,6 +145,7 @@ class Names:
     def queues(self, hosts=()):
         qs = [self.topic] + [f"{self.topic}.{h}" for h in hosts]
         qs += [f"{self.notification_topic}.{p}" for p in ("info", "warn", "error", "audit", "debug", "critical", "sample")]
+        qs += [f"{self.topic}-notifications.{p}" for p in ("info", "error")]  # the workers' event queues
         return qs + self.extra_queues
 
 
@@ -300,6 +301,9 @@ class WorkerProcess:
             "--host", self.host,
             "--control-exchange", self.exchange,
             "--topic", self.topic,
+            # The worker declares `<topic>.info`/`.error` for its events; names are broker-global, and the
+            # option tests declare them durable, so each worker's event topic follows its RPC topic.
+            "--notification-topic", f"{self.topic}-notifications",
             "--libvirt-uri", "test:///default",
             "--debug-rpc",
             *self.extra_args,

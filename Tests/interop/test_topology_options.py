@@ -54,7 +54,7 @@ def run_oslo_server(transport, topic, server):
 def fresh_names(names, label):
     """Per variant: the control exchange's durability differs between variants too."""
     exchange, topic, host = unique("berth-test-topo"), unique(f"topo-{label[:12]}"), unique("topo")
-    names.extra_queues += [topic, f"{topic}.{host}"]
+    names.extra_queues += [topic, f"{topic}.{host}", f"{topic}-notifications.info", f"{topic}-notifications.error"]
     names.extra_exchanges += [exchange, f"{topic}_fanout"]
     return exchange, topic, host
 
