@@ -83,7 +83,7 @@ public struct DomainInfo: Sendable, Equatable {
 /// domain object holds its own reference to the connection, so it stays usable even if the connection object
 /// is released first.
 public final class LibvirtDomain {
-    private let handle: virDomainPtr
+    let handle: virDomainPtr
     /// Read once: a domain object's name and uuid are fixed for its lifetime (a rename makes a new object).
     public let name: String
     /// The lower-case, hyphenated uuid; Berth uses the instance uuid.

@@ -64,6 +64,43 @@ public struct ComputeEndpoints: Sendable {
                     }
                     return .object(result)
                 },
+                "snapshot_instance": { call in
+                    let check = ArgumentCheck(call.args, method: "snapshot_instance")
+                    try check.allowOnly(["instance_uuid", "image_name", "properties"])
+                    let uuid = try check.uuid("instance_uuid")
+                    let name = try check.string("image_name", maxLength: 255)
+                    let properties = try check.stringMap("properties")
+                    let imageID = try await BerthError.rpc { () async throws(BerthError) in
+                        try await compute.instanceImageID(uuid)
+                    }
+                    return try await InstanceEvents.around(
+                        "instance.snapshot", uuid: uuid, imageID: imageID, call: call
+                    ) { () async throws(BerthError) -> JSONValue in
+                        let result = try await compute.snapshot(
+                            uuid: uuid, imageName: name, properties: properties, logger: call.logger)
+                        if result.kind == "placeholder" {
+                            await InstanceEvents.placeholderCreated(
+                                result.imageID, instanceUUID: uuid, call: call, snapshotID: result.snapshotID)
+                        }
+                        var answer = result.json
+                        answer["snapshot_image_id"] = .string(result.imageID)
+                        return .object(answer)
+                    }
+                },
+                "create_placeholder_image": { call in
+                    let check = ArgumentCheck(call.args, method: "create_placeholder_image")
+                    try check.allowOnly(["volume_id", "snapshot_id", "name", "properties"])
+                    let volumeID = try check.optionalUUID("volume_id")
+                    let snapshotID = try check.optionalUUID("snapshot_id")
+                    let name = try check.string("name", maxLength: 255)
+                    let properties = try check.stringMap("properties")
+                    let image = try await BerthError.rpc { () async throws(BerthError) in
+                        try await compute.createPlaceholder(
+                            volumeID: volumeID, snapshotID: snapshotID, name: name, properties: properties)
+                    }
+                    await InstanceEvents.placeholderCreated(image.id, instanceUUID: nil, call: call, snapshotID: snapshotID)
+                    return ["image_id": .string(image.id)]
+                },
                 "describe_host": { call in
                     try ArgumentCheck(call.args, method: "describe_host").allowOnly([])
                     do {
@@ -147,11 +184,36 @@ public struct ArgumentCheck: Sendable {
     /// `instance_uuid`, the only argument of the per-instance methods.
     public func instanceUUID() throws(RPCFailure) -> String {
         try allowOnly(["instance_uuid"])
-        let uuid = try string("instance_uuid", maxLength: 36)
+        return try uuid("instance_uuid")
+    }
+
+    public func uuid(_ name: String) throws(RPCFailure) -> String {
+        let uuid = try string(name, maxLength: 36)
         guard BootRequest.isCanonicalUUID(uuid) else {
-            throw invalid("'instance_uuid' must be a lowercase canonical UUID, got '\(uuid.prefix(40))'")
+            throw invalid("'\(name)' must be a lowercase canonical UUID, got '\(uuid.prefix(40))'")
         }
         return uuid
+    }
+
+    public func optionalUUID(_ name: String) throws(RPCFailure) -> String? {
+        guard let value = args[name], !value.isNull else { return nil }
+        return try uuid(name)
+    }
+
+    /// An optional {str: str} object such as image `properties` (at most 128 entries; the catalog checks
+    /// names and values).
+    public func stringMap(_ name: String) throws(RPCFailure) -> [String: String] {
+        guard let value = args[name], !value.isNull else { return [:] }
+        guard let object = value.objectValue else { throw invalid("'\(name)' must be an object of strings") }
+        guard object.count <= 128 else { throw invalid("'\(name)' has \(object.count) entries; at most 128") }
+        var map: [String: String] = [:]
+        for (key, entry) in object {
+            guard let text = entry.stringValue else {
+                throw invalid("'\(name).\(key)' must be a string, got \(entry.typeName)")
+            }
+            map[key] = text
+        }
+        return map
     }
 
     public func number(_ name: String, in range: ClosedRange<Double>) throws(RPCFailure) -> Double {
@@ -197,6 +259,18 @@ enum InstanceEvents {
         ]
     }
 
+    /// `image.placeholder.create`: its image_id is the new placeholder's; instance_uuid is the snapshotted
+    /// instance, or null when the placeholder was minted straight from a volume or snapshot.
+    static func placeholderCreated(_ imageID: String, instanceUUID: String?, call: RPCCall, snapshotID: String?) async {
+        var payload: JSONObject = [
+            "instance_uuid": instanceUUID.map(JSONValue.string) ?? .null, "image_id": .string(imageID),
+            "host": .string(call.host), "request_id": call.requestID.map(JSONValue.string) ?? .null,
+            "state": "active",
+        ]
+        if let snapshotID { payload["snapshot_id"] = .string(snapshotID) }
+        await call.events.emit("image.placeholder.create", payload: payload, error: false)
+    }
+
     static func around(
         _ operation: String, uuid: String, imageID: String, call: RPCCall,
         _ work: () async throws(BerthError) -> JSONValue
@@ -209,6 +283,7 @@ enum InstanceEvents {
             var end = payload(uuid: uuid, imageID: imageID, call: call, state: "active")
             if let line = result["kernel_cmdline"] { end["kernel_cmdline"] = line }
             if let variant = result["boot_variant"] { end["boot_variant"] = variant }
+            if let snapshot = result["snapshot_image_id"] { end["snapshot_image_id"] = snapshot }
             await call.events.emit("\(operation).end", payload: end, error: false)
             return result
         } catch {

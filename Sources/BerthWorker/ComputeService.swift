@@ -65,29 +65,135 @@ public struct ComputeService: Sendable {
             throw .invalidRequest("instance.target 'baremetal' is not served by this worker yet; use target 'vm'")
         }
         let image = try await lookupImage(request.imageID)
-        if image.isPlaceholder {
-            throw .invalidImage(
-                "image \(image.id) is a placeholder for a volume snapshot; booting from volumes is not available on "
-                    + "this worker yet")
-        }
         guard !image.isKernel, !image.isRamdisk else {
             throw .invalidImage(
                 "image \(image.id) is a \(image.isKernel ? "kernel (aki)" : "ramdisk (ari)"); boot a disk image whose "
                     + "kernel_id/ramdisk_id properties name it instead")
         }
+        // A placeholder boots from a volume: its snapshot's (or volume's) image metadata is the lowest layer.
+        let rootDevice = try image.isPlaceholder ? placeholderRoot(image) : nil
+        var volumeImageMetadata: [String: String]?
+        if let rootDevice { volumeImageMetadata = try await sourceMetadata(rootDevice) }
         let capabilities = try await hostCapabilities()
-        let resolved = try ResolvedBoot.resolve(image: image, overrides: request.overrides, host: capabilities)
+        let resolved = try ResolvedBoot.resolve(
+            image: image, volumeImageMetadata: volumeImageMetadata, overrides: request.overrides, host: capabilities)
         try await checkFlavorFits(request.flavor)
 
         // Everything below touches shared state: one builder per instance uuid on this host.
         return try await locks.withLock(request.uuid) { () async throws(BerthError) -> JSONObject in
-            var spec = try await domainSpec(for: request, image: image, resolved: resolved, requestID: requestID)
+            let existing = try await existingInstance(request.uuid)
+            let root: RootDisk
+            if let rootDevice {
+                root = try await volumeRoot(rootDevice, request: request, create: existing == nil)
+            } else {
+                guard image.size > 0 else {
+                    throw .invalidImage("image \(image.id) has no data (status \(image.status)); upload its data first")
+                }
+                root = .overlay(over: image)
+            }
+            var spec = try await domainSpec(
+                for: request, image: image, resolved: resolved, root: root, requestID: requestID)
             spec.metadata.fingerprint = spec.fingerprint
-            if let existing = try await existingInstance(request.uuid) {
+            if let existing {
                 return try repeatOrConflict(existing, spec: spec)
             }
-            try spec.validate()
-            return try await create(spec, request: request, image: image, logger: logger)
+            do throws(BerthError) {
+                try spec.validate()
+                return try await create(spec, request: request, root: root, logger: logger)
+            } catch {
+                if case .volume(let id, _, true) = root { await discardVolume(id, logger: logger) }
+                throw error
+            }
+        }
+    }
+
+    /// Where an instance's root disk comes from.
+    enum RootDisk {
+        /// A qcow2 overlay in the worker's pool over the host's cached copy of the image.
+        case overlay(over: CatalogImage)
+        /// A catalog volume, used as it is; `createdForInstance` when this boot made it from a snapshot.
+        case volume(id: String, path: String, createdForInstance: Bool)
+    }
+
+    private func placeholderRoot(_ image: CatalogImage) throws(BerthError) -> RootBlockDevice {
+        try RootBlockDevice.parse(blockDeviceMapping: image.properties["block_device_mapping"] ?? "", imageID: image.id)
+    }
+
+    /// The image metadata a volume or snapshot carries, or a clear error when the placeholder's source is gone.
+    private func sourceMetadata(_ root: RootBlockDevice) async throws(BerthError) -> [String: String] {
+        do {
+            switch root.source {
+            case .snapshot(let id): return try await catalog.snapshot(id: id).volumeImageMetadata
+            case .volume(let id): return try await catalog.volume(id: id).volumeImageMetadata
+            }
+        } catch let error as CatalogError where error.kind == .snapshotNotFound || error.kind == .volumeNotFound {
+            let what: String
+            switch root.source {
+            case .snapshot(let id): what = "snapshot \(id)"
+            case .volume(let id): what = "volume \(id)"
+            }
+            throw BerthError(
+                .volumeNotFound,
+                "the placeholder image's \(what) is gone, so there is nothing to boot from; boot another image or "
+                    + "create a new placeholder (create_placeholder_image) from an existing volume or snapshot")
+        } catch {
+            throw .buildFailed("cannot read the catalog: \(error)")
+        }
+    }
+
+    /// The root volume of a volume-backed boot: a new volume from the snapshot (its id is the instance uuid,
+    /// so a repeated request finds it instead of copying again), or the placeholder's volume itself.
+    private func volumeRoot(
+        _ root: RootBlockDevice, request: BootRequest, create: Bool
+    ) async throws(BerthError) -> RootDisk {
+        do {
+            switch root.source {
+            case .snapshot(let snapshotID):
+                let made = try? await catalog.volume(id: request.uuid)
+                if !create || made != nil {
+                    return .volume(
+                        id: request.uuid, path: try await catalog.volumeDataPath(id: request.uuid),
+                        createdForInstance: true)
+                }
+                let snapshot = try await catalog.snapshot(id: snapshotID)
+                let size = max(root.volumeSizeGB, snapshot.sizeGB, request.flavor.rootGB)
+                let volume = try await catalog.createVolume(
+                    id: request.uuid, name: "instance-\(request.uuid)", sizeGB: size, fromImage: nil,
+                    fromSnapshot: snapshotID, bootable: true)
+                return .volume(
+                    id: volume.id, path: try await catalog.volumeDataPath(id: volume.id), createdForInstance: true)
+            case .volume(let volumeID):
+                if create, let user = try await instanceUsing(volume: volumeID) {
+                    throw BerthError.invalidRequest(
+                        "volume \(volumeID) is the root disk of instance \(user) already; a volume boots one instance "
+                            + "at a time. Snapshot it and make a placeholder from the snapshot to boot copies")
+                }
+                return .volume(
+                    id: volumeID, path: try await catalog.volumeDataPath(id: volumeID), createdForInstance: false)
+            }
+        } catch let error as BerthError {
+            throw error
+        } catch let error as CatalogError {
+            throw BerthError.from(error)
+        } catch {
+            throw .buildFailed("cannot prepare the root volume: \(error)")
+        }
+    }
+
+    private func instanceUsing(volume: String) async throws -> String? {
+        for domain in try await libvirt.listDomains(prefix: DomainSpec.namePrefix) {
+            if let metadata = try? DomainMetadata.parse(xml: domain.xml), metadata.volumeID == volume {
+                return domain.uuid
+            }
+        }
+        return nil
+    }
+
+    private func discardVolume(_ id: String, logger: Logger) async {
+        do {
+            try await catalog.deleteVolume(id: id, force: true)
+        } catch {
+            logger.warning("could not remove the root volume of a failed boot", metadata: ["volume_id": "\(id)", "error": "\(error)"])
         }
     }
 
@@ -131,7 +237,7 @@ public struct ComputeService: Sendable {
 
     /// The domain this request describes, with every path chosen by the worker (never by the request).
     private func domainSpec(
-        for request: BootRequest, image: CatalogImage, resolved: ResolvedBoot, requestID: String?
+        for request: BootRequest, image: CatalogImage, resolved: ResolvedBoot, root: RootDisk, requestID: String?
     ) async throws(BerthError) -> DomainSpec {
         let boot: DomainSpec.Boot
         if let kernelID = resolved.kernelID {
@@ -145,20 +251,26 @@ public struct ComputeService: Sendable {
             boot = .disk
         }
         let architecture = resolved.architecture.flatMap(GuestNames.architecture)
+        var volumeID: String?
+        let rootDisk: DiskSpec
+        switch root {
+        case .overlay:
+            rootDisk = DiskSpec(
+                source: .volume(pool: configuration.poolName, name: Self.rootVolumeName(request.uuid)), format: .qcow2,
+                bus: resolved.diskBus)
+        case .volume(let id, let path, _):
+            volumeID = id
+            rootDisk = DiskSpec(source: .file(path: path), format: .raw, bus: resolved.diskBus)
+        }
         let metadata = DomainMetadata(
             instanceName: request.name, imageID: image.id, flavor: request.flavor, requestID: requestID,
-            projectID: request.projectID, kernelCmdline: resolved.kernelCommandLine?.text,
+            projectID: request.projectID, volumeID: volumeID, kernelCmdline: resolved.kernelCommandLine?.text,
             bootVariant: resolved.selection.summary)
-        let rootFormat: DiskSpec.Format = .qcow2
         return DomainSpec(
             uuid: request.uuid, vcpus: request.flavor.vcpus, memoryMB: request.flavor.memoryMB,
             domainType: configuration.domainType, osType: resolved.vmMode, architecture: architecture,
             machineType: resolved.machineType, boot: boot,
-            disks: [
-                DiskSpec(
-                    source: .volume(pool: configuration.poolName, name: Self.rootVolumeName(request.uuid)),
-                    format: rootFormat, bus: resolved.diskBus)
-            ],
+            disks: [rootDisk],
             network: .none, clock: resolved.clock,
             consoleLogPath: configuration.domainType == .test ? nil : consoleLogPath(request.uuid), metadata: metadata)
     }
@@ -182,42 +294,41 @@ public struct ComputeService: Sendable {
     }
 
     private func create(
-        _ spec: DomainSpec, request: BootRequest, image: CatalogImage, logger: Logger
+        _ spec: DomainSpec, request: BootRequest, root: RootDisk, logger: Logger
     ) async throws(BerthError) -> JSONObject {
-        let volume = Self.rootVolumeName(request.uuid)
         do {
             try FileManager.default.createDirectory(
                 atPath: configuration.consoleDirectory, withIntermediateDirectories: true)
         } catch {
             throw .buildFailed("cannot create \(configuration.consoleDirectory): \(error.localizedDescription)")
         }
-        guard image.size > 0 else {
-            throw .invalidImage("image \(image.id) has no data (status \(image.status)); upload its data first")
-        }
-        let backing = try await cache.path(for: image, catalog: catalog)
-        let rootBytes = max(UInt64(request.flavor.rootGB) << 30, UInt64(image.virtualSize ?? image.size), 1 << 20)
-        do {
-            try await libvirt.ensurePool(name: configuration.poolName, path: configuration.poolDirectory)
-            // A volume without a domain is a leftover of a boot that died half-way; this lock holder owns the uuid.
-            _ = try await libvirt.deleteVolume(pool: configuration.poolName, name: volume)
-            _ = try await libvirt.createOverlay(
-                pool: configuration.poolName, name: volume, backingPath: backing,
-                backingFormat: image.diskFormat == "qcow2" ? .qcow2 : .raw, capacityBytes: rootBytes)
-        } catch {
-            throw .buildFailed("cannot create the root disk in storage pool \(configuration.poolName): \(error)")
+        let volume = Self.rootVolumeName(request.uuid)
+        if case .overlay(let image) = root {
+            let backing = try await cache.path(for: image, catalog: catalog)
+            let rootBytes = max(UInt64(request.flavor.rootGB) << 30, UInt64(image.virtualSize ?? image.size), 1 << 20)
+            do {
+                try await libvirt.ensurePool(name: configuration.poolName, path: configuration.poolDirectory)
+                // A volume without a domain is a leftover of a boot that died half-way; this lock holder owns the uuid.
+                _ = try await libvirt.deleteVolume(pool: configuration.poolName, name: volume)
+                _ = try await libvirt.createOverlay(
+                    pool: configuration.poolName, name: volume, backingPath: backing,
+                    backingFormat: image.diskFormat == "qcow2" ? .qcow2 : .raw, capacityBytes: rootBytes)
+            } catch {
+                throw .buildFailed("cannot create the root disk in storage pool \(configuration.poolName): \(error)")
+            }
         }
         let xml = DomainXML.render(spec)
         do {
             let domain = try await libvirt.defineAndStart(xml: xml)
-            logger.info("instance started", metadata: ["domain": "\(domain.name)", "image_id": "\(image.id)"])
+            logger.info("instance started", metadata: ["domain": "\(domain.name)", "image_id": "\(spec.metadata.imageID)"])
         } catch {
-            _ = try? await libvirt.deleteVolume(pool: configuration.poolName, name: volume)
+            if case .overlay = root { _ = try? await libvirt.deleteVolume(pool: configuration.poolName, name: volume) }
             throw .buildFailed("libvirt could not start the instance: \(error)")
         }
         return result(uuid: spec.uuid, metadata: spec.metadata, status: "ACTIVE")
     }
 
-    private func existingInstance(_ uuid: String) async throws(BerthError) -> DomainSummary? {
+    func existingInstance(_ uuid: String) async throws(BerthError) -> DomainSummary? {
         do {
             return try await libvirt.domain(uuid: uuid)
         } catch {
@@ -275,13 +386,20 @@ public struct ComputeService: Sendable {
     public func delete(uuid: String, logger: Logger) async throws(BerthError) -> (result: JSONObject, imageID: String?) {
         try await locks.withLock(uuid) { () async throws(BerthError) in
             let existing = try await existingInstance(uuid)
-            let imageID = existing.flatMap { try? DomainMetadata.parse(xml: $0.xml) }?.imageID
+            let metadata = existing.flatMap { try? DomainMetadata.parse(xml: $0.xml) }
             do {
                 if existing != nil { _ = try await libvirt.destroyAndUndefine(uuid: uuid) }
                 _ = try await libvirt.deleteVolume(pool: configuration.poolName, name: Self.rootVolumeName(uuid))
             } catch {
                 throw .buildFailed("libvirt could not delete instance \(uuid): \(error)")
             }
+            // A root volume this worker made from a snapshot goes with its instance (delete_on_termination);
+            // a volume the placeholder named is the user's and stays.
+            let leftover = metadata == nil ? try? await catalog.volume(id: uuid) : nil
+            if metadata?.volumeID == uuid || leftover != nil {
+                await discardVolume(uuid, logger: logger)
+            }
+            let imageID = metadata?.imageID
             try? FileManager.default.removeItem(atPath: consoleLogPath(uuid))
             if existing != nil { logger.info("instance deleted", metadata: ["instance_uuid": "\(uuid)"]) }
             return (["uuid": .string(uuid), "status": "DELETED", "host": .string(host)], imageID)

@@ -16,7 +16,7 @@ struct Berth: AsyncParsableCommand {
         commandName: "berth",
         abstract: "A message-queue driven compute worker that speaks oslo.messaging's RabbitMQ protocol.",
         version: BerthVersion.string,
-        subcommands: [Worker.self, Call.self, Boot.self, Status.self, Images.self, Volumes.self, Notify.self])
+        subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self])
 }
 
 /// Broker options shared by every command that talks to RabbitMQ.
@@ -457,5 +457,56 @@ struct Status: AsyncParsableCommand {
             configuration: ComputeConfiguration(
                 stateDirectory: stateDir, domainType: ComputeConfiguration.defaultDomainType(libvirtURI: libvirtURI)))
         for instance in try await compute.list() { Output.print(.object(instance)) }
+    }
+}
+
+struct Snapshot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send snapshot_instance over the bus and print the new image id.",
+        discussion: """
+            An image-backed instance becomes a new image inheriting its image's boot properties; a volume-backed
+            one becomes a volume snapshot and a placeholder image naming it.
+            Example:
+              berth snapshot <instance uuid> --name my-snapshot --server compute-1
+            """)
+
+    @OptionGroup var bus: BusOptions
+
+    @Argument(help: "Instance uuid.") var instance: String
+    @Option(help: "Name of the new image.") var name: String
+    @Option(name: .customLong("property"), help: "An extra image property key=value (repeatable).")
+    var properties: [String] = []
+    @Option(help: "The worker that runs the instance (compute.<server>).") var server: String?
+    @Option(help: "Seconds to wait.") var timeout = 600.0
+
+    func run() async throws {
+        Bootstrap.once
+        var logger = try bus.logger("berth.snapshot")
+        if bus.logLevel == "info" { logger.logLevel = .warning }
+        var extra = JSONObject()
+        for (key, value) in try parseProperties(properties) { extra[key] = .string(value) }
+        let client = OsloRPCClient(urls: try bus.urls(), options: try bus.rabbitOptions(), topic: bus.topic, logger: logger)
+        do {
+            try await client.start()
+        } catch {
+            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
+            throw ExitCode(3)
+        }
+        do {
+            let result = try await client.call(
+                "snapshot_instance",
+                args: ["instance_uuid": .string(instance), "image_name": .string(name), "properties": .object(extra)],
+                server: server, timeout: .milliseconds(Int(timeout * 1000)))
+            print(JSONCodec.serializeString(result))
+            await client.stop()
+        } catch {
+            await client.stop()
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            switch error {
+            case .remote: throw ExitCode(1)
+            case .timeout: throw ExitCode(2)
+            case .notDelivered: throw ExitCode(3)
+            }
+        }
     }
 }

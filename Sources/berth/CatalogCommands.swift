@@ -171,7 +171,7 @@ struct Images: AsyncParsableCommand {
 struct Volumes: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "volumes", abstract: "Manage volumes and volume snapshots in the local catalog.",
-        subcommands: [Create.self, List.self, Show.self, Snapshot.self])
+        subcommands: [Create.self, List.self, Show.self, Snapshot.self, Image.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -212,6 +212,35 @@ struct Volumes: AsyncParsableCommand {
         func run() async throws {
             let catalog = try catalog.open()
             try Output.print(try await Output.run { try await catalog.volume(id: id) })
+        }
+    }
+
+    struct Image: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a placeholder image for a volume or a volume snapshot (create_placeholder_image).",
+            discussion: """
+                A placeholder has no data; its block_device_mapping names the volume or snapshot, so booting it
+                boots from the volume and the instance still has an image_id.
+                Examples:
+                  berth volumes image <volume id> --name root-image
+                  berth volumes image <snapshot id> --snapshot --name root-image
+                """)
+        @OptionGroup var catalog: CatalogOptions
+        @Argument(help: "Volume id (or snapshot id with --snapshot).") var id: String
+        @Flag(help: "The id is a volume snapshot's.") var snapshot = false
+        @Option(help: "Image name.") var name: String
+        @Option(name: .customLong("property"), help: "An image property key=value (repeatable).")
+        var properties: [String] = []
+
+        func run() async throws {
+            let properties = try parseProperties(self.properties)
+            let catalog = try catalog.open()
+            let image = try await Output.run {
+                try await ComputeService.mintPlaceholder(
+                    catalog: catalog, volumeID: snapshot ? nil : id, snapshotID: snapshot ? id : nil, name: name,
+                    properties: properties)
+            }
+            try Output.print(image)
         }
     }
 

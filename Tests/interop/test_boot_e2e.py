@@ -292,3 +292,202 @@ def test_fifty_parallel_boots_and_their_repeats(rpc_transport, test_driver_worke
 
     info = client.prepare(server=test_driver_worker.host, timeout=30).call(request_context(), "get_instance", instance_uuid=instances[0]["uuid"])
     assert info["status"] == "ACTIVE" and info["image_id"] == catalog.image_id
+
+
+# --- snapshots and placeholder images (DESIGN §5) -------------------------------------------------------------
+
+
+def call(rpc_transport, worker, method: str, timeout: int = 300, **kwargs):
+    client = rpc_client(rpc_transport, worker.topic)
+    return client.prepare(server=worker.host, timeout=timeout).call(request_context(), method, **kwargs)
+
+
+def image_ids(catalog) -> set[str]:
+    proc = subprocess.run(
+        [catalog.berth_bin, "images", "list", "--catalog", f"local:{catalog.root}"], capture_output=True, text=True,
+        check=True)
+    return {json.loads(line)["id"] for line in proc.stdout.splitlines() if line.strip()}
+
+
+def leftovers(catalog, worker) -> list[str]:
+    """Temporary files a failed snapshot must not leave behind."""
+    found = [p.name for p in (catalog.root / "images").iterdir() if p.name.startswith(".")]
+    snapshots = pathlib.Path(worker.state) / "snapshots"
+    if snapshots.exists():
+        found += [p.name for p in snapshots.iterdir()]
+    return found
+
+
+class EventRecorder:
+    """A stock oslo NotificationListener endpoint recording Berth's events."""
+
+    def __init__(self):
+        self.events = []
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        self.events.append((event_type, payload))
+
+    def error(self, ctxt, publisher_id, event_type, payload, metadata):
+        self.events.append((event_type, payload))
+
+    def of(self, event_type: str, uuid_: str | None = None):
+        return [p for t, p in self.events if t == event_type and (uuid_ is None or p.get("instance_uuid") == uuid_)]
+
+
+@pytest.fixture(scope="module")
+def events(notification_transport, names, qemu_worker):
+    recorder = EventRecorder()
+    target = oslo_messaging.Target(topic=f"{names.topic}-notifications")
+    listener = oslo_messaging.get_notification_listener(
+        notification_transport, [target], [recorder], executor="threading")
+    listener.start()
+    yield recorder
+    listener.stop()
+    listener.wait()
+
+
+def wait_for(predicate, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_snapshot_of_an_image_backed_instance_boots_with_the_same_kernel_line(rpc_transport, qemu_worker, catalog, events):
+    first = instance(catalog.image_id)
+    boot(rpc_transport, qemu_worker, first)
+    first_line = console_cmdline(qemu_worker, first["uuid"])
+
+    snap = call(rpc_transport, qemu_worker, "snapshot_instance", instance_uuid=first["uuid"], image_name="snap-1",
+                properties={"purpose": "e2e"})
+    assert snap["kind"] == "image"
+    image = catalog.run("images", "show", snap["image_id"])
+    props = image["properties"]
+    assert props["base_image_ref"] == catalog.image_id
+    assert props["instance_uuid"] == first["uuid"]
+    assert props["image_type"] == "snapshot"
+    assert props["kernel_id"] == catalog.kernel_id and props["kernel_args"] == IMAGE_ARGS
+    assert props["purpose"] == "e2e"
+    assert image["disk_format"] == "qcow2" and image["size"] > 0
+
+    second = instance(snap["image_id"])
+    result = boot(rpc_transport, qemu_worker, second)
+    assert result["image_id"] == snap["image_id"]
+    assert console_cmdline(qemu_worker, second["uuid"]) == first_line
+
+    assert wait_for(lambda: events.of("instance.snapshot.end", first["uuid"]))
+    end = events.of("instance.snapshot.end", first["uuid"])[0]
+    assert end["image_id"] == catalog.image_id and end["snapshot_image_id"] == snap["image_id"]
+    for uuid_ in (first["uuid"], second["uuid"]):
+        delete(rpc_transport, qemu_worker, uuid_)
+        assert_gone(qemu_worker, uuid_)
+
+
+def test_volume_backed_instances_keep_an_image_id_through_placeholders(rpc_transport, qemu_worker, catalog, events):
+    # A bootable volume made from the image (its properties become volume_image_metadata), then a placeholder
+    # minted from the plain volume id.
+    volume = catalog.run("volumes", "create", "--name", "root-vol", "--size", "1", "--image", catalog.image_id,
+                         "--bootable")
+    minted = catalog.run("volumes", "image", volume["id"], "--name", "vol-placeholder")
+    assert minted["size"] == 0
+    first = instance(minted["id"])
+    result = boot(rpc_transport, qemu_worker, first)
+    assert result["image_id"] == minted["id"] and result["volume_id"] == volume["id"]
+    assert console_cmdline(qemu_worker, first["uuid"]) == f"{IMAGE_ARGS} {IMAGE_EXTRA}"
+
+    # Snapshot of the volume-backed instance: a volume snapshot and a content-free placeholder.
+    snap = call(rpc_transport, qemu_worker, "snapshot_instance", instance_uuid=first["uuid"], image_name="vol-snap")
+    assert snap["kind"] == "placeholder"
+    placeholder = catalog.run("images", "show", snap["image_id"])
+    assert placeholder["size"] == 0 and placeholder["status"] == "active"
+    props = placeholder["properties"]
+    bdm = json.loads(props["block_device_mapping"])
+    assert bdm == [{
+        "source_type": "snapshot", "snapshot_id": snap["snapshot_id"], "destination_type": "volume",
+        "boot_index": 0, "device_name": "/dev/vda", "volume_size": 1, "delete_on_termination": True,
+    }]
+    assert props["bdm_v2"] == "True" and props["root_device_name"] == "/dev/vda"
+    assert props["kernel_id"] == catalog.kernel_id and props["ramdisk_id"] == catalog.ramdisk_id
+    assert props["instance_uuid"] == first["uuid"]
+
+    # Booting the placeholder twice gives two instances, each on its own new volume, both with its image_id.
+    copies = [instance(snap["image_id"]), instance(snap["image_id"])]
+    for inst in copies:
+        booted = boot(rpc_transport, qemu_worker, inst)
+        assert booted["image_id"] == snap["image_id"]
+        assert booted["volume_id"] == inst["uuid"]
+        assert console_cmdline(qemu_worker, inst["uuid"]) == f"{IMAGE_ARGS} {IMAGE_EXTRA}"
+
+    assert wait_for(lambda: all(events.of("instance.create.end", i["uuid"]) for i in copies))
+    for inst in copies:
+        for event in events.of("instance.create.start", inst["uuid"]) + events.of("instance.create.end", inst["uuid"]):
+            assert event["image_id"] == snap["image_id"]
+    snapshot_events = events.of("instance.snapshot.start", first["uuid"]) + events.of("instance.snapshot.end", first["uuid"])
+    assert snapshot_events and all(e["image_id"] == minted["id"] for e in snapshot_events)
+    assert wait_for(lambda: [e for e in events.of("image.placeholder.create") if e["image_id"] == snap["image_id"]])
+
+    # Deleting an instance removes the volume made for it, never the user's own volume.
+    for inst in copies + [first]:
+        delete(rpc_transport, qemu_worker, inst["uuid"])
+        assert_gone(qemu_worker, inst["uuid"])
+    remaining = subprocess.run([catalog.berth_bin, "volumes", "list", "--catalog", f"local:{catalog.root}"],
+                               capture_output=True, text=True, check=True).stdout
+    assert volume["id"] in remaining
+    assert all(inst["uuid"] not in remaining for inst in copies)
+
+
+def test_snapshot_of_a_missing_instance_makes_nothing(rpc_transport, qemu_worker, catalog):
+    before = image_ids(catalog)
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        call(rpc_transport, qemu_worker, "snapshot_instance", instance_uuid=str(uuid.uuid4()), image_name="nothing")
+    assert caught.value.exc_type == "InstanceNotFound"
+    assert image_ids(catalog) == before
+
+
+def test_snapshot_with_an_unreadable_disk_makes_nothing(rpc_transport, test_driver_worker, catalog):
+    # The test driver's volumes have no file behind them: qemu-img cannot read the root disk.
+    inst = instance(catalog.image_id)
+    client = rpc_client(rpc_transport, test_driver_worker.topic)
+    client.prepare(server=test_driver_worker.host, timeout=60).call(request_context(), "boot_instance", instance=inst)
+    before = image_ids(catalog)
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        client.prepare(server=test_driver_worker.host, timeout=60).call(
+            request_context(), "snapshot_instance", instance_uuid=inst["uuid"], image_name="unreadable")
+    assert caught.value.exc_type == "SnapshotFailed"
+    assert "cannot read the instance's disk" in str(caught.value.value)
+    assert image_ids(catalog) == before
+
+
+def test_snapshot_into_a_read_only_catalog_makes_nothing(rpc_transport, qemu_worker, catalog):
+    inst = instance(catalog.image_id)
+    boot(rpc_transport, qemu_worker, inst)
+    before = image_ids(catalog)
+    images_dir = catalog.root / "images"
+    # Root ignores permission bits; the immutable attribute stops even root from adding files.
+    subprocess.run(["chattr", "+i", str(images_dir)], check=True)
+    try:
+        with pytest.raises(oslo_messaging.RemoteError) as caught:
+            call(rpc_transport, qemu_worker, "snapshot_instance", instance_uuid=inst["uuid"], image_name="read-only")
+    finally:
+        subprocess.run(["chattr", "-i", str(images_dir)], check=True)
+    assert caught.value.exc_type == "SnapshotFailed", caught.value
+    assert image_ids(catalog) == before
+    assert leftovers(catalog, qemu_worker) == []
+    delete(rpc_transport, qemu_worker, inst["uuid"])
+
+
+def test_placeholder_whose_snapshot_is_gone_fails_clearly(rpc_transport, qemu_worker, catalog):
+    volume = catalog.run("volumes", "create", "--name", "short-lived", "--size", "1")
+    snapshot = catalog.run("volumes", "snapshot", volume["id"], "--name", "short-lived-snap")
+    placeholder = catalog.run("volumes", "image", snapshot["id"], "--snapshot", "--name", "orphan")
+    # The snapshot disappears behind the catalog's back (a lost file system, a manual cleanup).
+    for suffix in (".json", ".img"):
+        (catalog.root / "snapshots" / f"{snapshot['id']}{suffix}").unlink(missing_ok=True)
+    inst = instance(placeholder["id"])
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, qemu_worker, inst)
+    assert caught.value.exc_type == "VolumeNotFound"
+    assert "is gone" in str(caught.value.value)
+    assert_gone(qemu_worker, inst["uuid"])
