@@ -65,6 +65,8 @@ interop() {
     echo "BERTH_BIN=$BERTH_BIN"
     # shellcheck disable=SC2086 # BERTH_PYTEST_ARGS is a list of words
     bounded "$ROOT/.venv/bin/pytest" -q Tests/interop ${BERTH_PYTEST_ARGS:-}
+    # Tests that restart the broker run on their own, so they cannot disturb the others.
+    bounded "$ROOT/.venv/bin/pytest" -q Tests/interop -m disruptive
 }
 
 asan() {

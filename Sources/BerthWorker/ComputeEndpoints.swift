@@ -1,4 +1,5 @@
 import BerthCore
+import Foundation
 import BerthJSON
 import BerthLibvirt
 import BerthWire
@@ -142,6 +143,30 @@ public enum DebugEndpoints {
                             "fail: class_name must be one of \(RPCFailure.berthClasses.sorted().joined(separator: ", "))")
                     }
                     throw RPCFailure.berth(className, message)
+                },
+                "emit_later": { call in
+                    // Emits events after the call has returned: lets tests take the broker away in between and
+                    // check that events made while it was away are delivered after the reconnect.
+                    let check = ArgumentCheck(call.args, method: "emit_later")
+                    try check.allowOnly(["seconds", "count", "tag"])
+                    let seconds = try check.number("seconds", in: 0...600)
+                    let count = Int(try check.number("count", in: 1...1000))
+                    let tag = try check.string("tag", maxLength: 256)
+                    Task {
+                        try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+                        for index in 0..<count {
+                            await call.events.emit(
+                                "berth.debug.event",
+                                payload: [
+                                    "instance_uuid": .string(UUID().uuidString.lowercased()),
+                                    "image_id": "00000000-0000-4000-8000-000000000000", "host": .string(call.host),
+                                    "request_id": call.requestID.map(JSONValue.string) ?? .null, "state": "debug",
+                                    "tag": .string(tag), "index": .int(Int64(index)),
+                                ],
+                                error: false)
+                        }
+                    }
+                    return ["scheduled": .int(Int64(count))]
                 },
                 "record": { call in
                     let check = ArgumentCheck(call.args, method: "record")

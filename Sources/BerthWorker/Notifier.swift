@@ -33,16 +33,23 @@ public struct Notifier: Sendable {
         self.topics = topics
     }
 
+    /// The messages one event becomes: one per topic, each with its routing key and enveloped body.
+    public func messages(
+        eventType: String, payload: JSONValue, priority: OsloNotification.Priority = .info, context: JSONObject = [:]
+    ) -> [(routingKey: String, body: [UInt8])] {
+        let notification = OsloNotification(
+            publisherID: publisherID, eventType: eventType, priority: priority, payload: payload, context: context)
+        let body = OsloEnvelope.wrap(notification.encode())
+        return topics.map { (notification.routingKey(topic: $0), body) }
+    }
+
     /// Publishes to every topic and waits for the broker's confirms.
     public func notify(
         eventType: String, payload: JSONValue, priority: OsloNotification.Priority = .info, context: JSONObject = [:]
     ) async throws {
-        let notification = OsloNotification(
-            publisherID: publisherID, eventType: eventType, priority: priority, payload: payload, context: context)
-        let body = OsloEnvelope.wrap(notification.encode())
-        for topic in topics {
+        for message in messages(eventType: eventType, payload: payload, priority: priority, context: context) {
             let outcome = try await client.publish(
-                exchange: options.controlExchange, routingKey: notification.routingKey(topic: topic), body: body)
+                exchange: options.controlExchange, routingKey: message.routingKey, body: message.body)
             guard outcome == .confirmed else {
                 throw AMQPError(.library, "the broker did not accept notification \(eventType) (\(outcome))")
             }

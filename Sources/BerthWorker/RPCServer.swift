@@ -45,6 +45,8 @@ public struct RPCServerConfiguration: Sendable {
     /// How long to retry a reply whose queue is gone (the caller may be reconnecting) before dropping it.
     public var replyRetry: Duration = .seconds(5)
     public var notificationTopics = ["notifications"]
+    /// Events held while the broker is away; past this the oldest are dropped (and counted in the log).
+    public var eventBufferCapacity = 10_000
 
     public init(urls: [AMQPURL], host: String) {
         self.urls = urls
@@ -64,12 +66,14 @@ public final class RPCServer: Service, EventSink, Sendable {
     let intake: Mutex<MessageIntake>
     let inFlight = Mutex(0)
     let draining = Mutex(false)
+    let outbox: EventOutbox
 
     public init(configuration: RPCServerConfiguration, endpoints: [RPCEndpointMethods], logger: Logger) throws {
         try configuration.options.validate()
         self.configuration = configuration
         self.endpoints = endpoints
         self.logger = logger
+        self.outbox = EventOutbox(capacity: configuration.eventBufferCapacity)
         let topology = RPCServerTopology(
             options: configuration.options, topic: configuration.topic, server: configuration.host)
         self.topology = topology
@@ -115,6 +119,7 @@ public final class RPCServer: Service, EventSink, Sendable {
     public func run() async throws {
         if case .connecting = client.status { try await start() }
         await withDiscardingTaskGroup { group in
+            group.addTask { await self.outbox.run(client: self.client, logger: self.logger) }
             await withGracefulShutdownHandler {
                 for await delivery in client.deliveries {
                     inFlight.withLock { $0 += 1 }
@@ -150,6 +155,15 @@ public final class RPCServer: Service, EventSink, Sendable {
         let left = inFlight.withLock { $0 }
         if left > 0 {
             logger.warning("grace period over; handing unfinished requests back to the broker", metadata: ["left": "\(left)"])
+        }
+        // Events of the finished work go out before the connection closes (bounded: the broker may be away).
+        outbox.close()
+        let flushDeadline = ContinuousClock.now + .seconds(5)
+        while outbox.pending > 0, ContinuousClock.now < flushDeadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        if outbox.pending > 0 {
+            logger.warning("events not published before exit", metadata: ["count": "\(outbox.pending)"])
         }
         if topology.deletesFanoutQueueOnShutdown {
             do { try await client.deleteQueue(topology.fanoutQueue.name) } catch {
@@ -320,17 +334,18 @@ public final class RPCServer: Service, EventSink, Sendable {
         }
     }
 
-    /// Publishes an event as `compute.<host>`, waiting for the broker's confirm. A failure is logged, not
-    /// raised: the operation it reports has happened either way.
+    /// Queues an event from `compute.<host>` for publishing; returns at once. Events wait in the outbox
+    /// while the broker is away and go out, in order and confirmed, after the reconnect.
     public func emit(_ eventType: String, payload: JSONObject, error: Bool) async {
         let notifier = Notifier(
             client: client, options: configuration.options, host: configuration.host,
             topics: configuration.notificationTopics)
-        do {
-            try await notifier.notify(eventType: eventType, payload: .object(payload), priority: error ? .error : .info)
-        } catch {
-            logger.warning(
-                "could not publish event", metadata: ["event_type": "\(eventType)", "error": "\(error)"])
+        for message in notifier.messages(eventType: eventType, payload: .object(payload), priority: error ? .error : .info) {
+            outbox.enqueue(
+                EventOutbox.Event(
+                    exchange: configuration.options.controlExchange, routingKey: message.routingKey, body: message.body,
+                    eventType: eventType),
+                logger: logger)
         }
     }
 
