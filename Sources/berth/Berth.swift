@@ -98,6 +98,35 @@ struct BusOptions: ParsableArguments {
         return logger
     }
 
+    /// Runs `body` with a started RPC client, stopping it afterwards, and maps failures to the exit
+    /// statuses every bus command shares: 1 remote failure, 2 timeout, 3 not delivered or no broker.
+    func withRPCClient(
+        _ label: String, _ body: (OsloRPCClient) async throws(RPCCallError) -> Void
+    ) async throws {
+        Bootstrap.once
+        var logger = try logger(label)
+        if logLevel == "info" { logger.logLevel = .warning }
+        let client = OsloRPCClient(urls: try urls(), options: try rabbitOptions(), topic: topic, logger: logger)
+        do {
+            try await client.start()
+        } catch {
+            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
+            throw ExitCode(3)
+        }
+        do {
+            try await body(client)
+            await client.stop()
+        } catch {
+            await client.stop()
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            switch error {
+            case .remote: throw ExitCode(1)
+            case .timeout: throw ExitCode(2)
+            case .notDelivered: throw ExitCode(3)
+            }
+        }
+    }
+
     /// Reads a credentials file, refusing one that others can read: a password there is as good as public.
     static func readSecretFile(_ path: String) throws -> String {
         let attributes: [FileAttributeKey: Any]
@@ -287,41 +316,20 @@ struct Call: AsyncParsableCommand {
     var apiVersion = "1.0"
 
     func run() async throws {
-        Bootstrap.once
-        var logger = try bus.logger("berth.call")
-        if bus.logLevel == "info" { logger.logLevel = .warning }
         guard case .object(let arguments) = try? JSONCodec.parse(args) else {
             throw ValidationError("--args must be a JSON object, e.g. --args '{\"instance_uuid\": \"...\"}'")
         }
         guard let requestedVersion = RPCVersion(apiVersion) else { throw ValidationError("--api-version must look like 1.0") }
-        let client = OsloRPCClient(urls: try bus.urls(), options: try bus.rabbitOptions(), topic: bus.topic, logger: logger)
-        do {
-            try await client.start()
-        } catch {
-            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
-            throw ExitCode(3)
-        }
-        defer { Task { await client.stop() } }
-        do {
+        try await bus.withRPCClient("berth.call") { client throws(RPCCallError) in
             if cast || fanout {
                 try await client.cast(
                     method, args: arguments, server: server, fanout: fanout, namespace: namespace, version: requestedVersion)
-                await client.stop()
                 return
             }
             let result = try await client.call(
                 method, args: arguments, server: server, namespace: namespace, version: requestedVersion,
                 timeout: .milliseconds(Int(timeout * 1000)), callMonitorTimeout: callMonitorTimeout)
             print(JSONCodec.serializeString(result))
-            await client.stop()
-        } catch {
-            await client.stop()
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            switch error {
-            case .remote: throw ExitCode(1)
-            case .timeout: throw ExitCode(2)
-            case .notDelivered: throw ExitCode(3)
-            }
         }
     }
 }
@@ -401,9 +409,6 @@ struct Boot: AsyncParsableCommand {
     @Option(help: "Seconds to wait.") var timeout = 300.0
 
     func run() async throws {
-        Bootstrap.once
-        var logger = try bus.logger("berth.boot")
-        if bus.logLevel == "info" { logger.logLevel = .warning }
         let parts = flavor.split(separator: ":")
         guard parts.count == 4, let vcpus = Int64(parts[1]), let memory = Int64(parts[2]), let root = Int64(parts[3]) else {
             throw ValidationError("--flavor must be name:vcpus:memory_mb:root_gb, e.g. tiny:1:256:1")
@@ -417,27 +422,11 @@ struct Boot: AsyncParsableCommand {
             ],
             "metadata": .object(meta),
         ]
-        let client = OsloRPCClient(urls: try bus.urls(), options: try bus.rabbitOptions(), topic: bus.topic, logger: logger)
-        do {
-            try await client.start()
-        } catch {
-            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
-            throw ExitCode(3)
-        }
-        do {
+        try await bus.withRPCClient("berth.boot") { client throws(RPCCallError) in
             let result = try await client.call(
                 "boot_instance", args: ["instance": .object(instance)], server: server,
                 timeout: .milliseconds(Int(timeout * 1000)))
             print(JSONCodec.serializeString(result))
-            await client.stop()
-        } catch {
-            await client.stop()
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            switch error {
-            case .remote: throw ExitCode(1)
-            case .timeout: throw ExitCode(2)
-            case .notDelivered: throw ExitCode(3)
-            }
         }
     }
 }
@@ -480,33 +469,14 @@ struct Snapshot: AsyncParsableCommand {
     @Option(help: "Seconds to wait.") var timeout = 600.0
 
     func run() async throws {
-        Bootstrap.once
-        var logger = try bus.logger("berth.snapshot")
-        if bus.logLevel == "info" { logger.logLevel = .warning }
         var extra = JSONObject()
         for (key, value) in try parseProperties(properties) { extra[key] = .string(value) }
-        let client = OsloRPCClient(urls: try bus.urls(), options: try bus.rabbitOptions(), topic: bus.topic, logger: logger)
-        do {
-            try await client.start()
-        } catch {
-            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
-            throw ExitCode(3)
-        }
-        do {
+        try await bus.withRPCClient("berth.snapshot") { client throws(RPCCallError) in
             let result = try await client.call(
                 "snapshot_instance",
                 args: ["instance_uuid": .string(instance), "image_name": .string(name), "properties": .object(extra)],
                 server: server, timeout: .milliseconds(Int(timeout * 1000)))
             print(JSONCodec.serializeString(result))
-            await client.stop()
-        } catch {
-            await client.stop()
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            switch error {
-            case .remote: throw ExitCode(1)
-            case .timeout: throw ExitCode(2)
-            case .notDelivered: throw ExitCode(3)
-            }
         }
     }
 }
