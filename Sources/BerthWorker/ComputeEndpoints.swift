@@ -54,6 +54,13 @@ public struct ComputeEndpoints: Sendable {
                 },
                 "delete_instance": { call in
                     let uuid = try ArgumentCheck(call.args, method: "delete_instance").instanceUUID()
+                    // Only an instance that exists has an image_id to report; deleting nothing emits nothing.
+                    if let imageID = try? await compute.instanceImageID(uuid) {
+                        await call.events.emit(
+                            "instance.delete.start",
+                            payload: InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deleting"),
+                            error: false)
+                    }
                     let (result, imageID) = try await BerthError.rpc { () async throws(BerthError) in
                         try await compute.delete(uuid: uuid, logger: call.logger)
                     }

@@ -349,7 +349,8 @@ public struct ComputeService: Sendable {
                 "instance \(spec.uuid) exists with a different specification; delete it first or use another uuid",
                 differences: metadata.differences(from: spec.metadata))
         }
-        return result(uuid: spec.uuid, metadata: metadata, status: Self.status(existing.state))
+        // The boot succeeded once; its answer is ACTIVE whatever the guest did since (get_instance tells that).
+        return result(uuid: spec.uuid, metadata: metadata, status: "ACTIVE")
     }
 
     func result(uuid: String, metadata: DomainMetadata, status: String) -> JSONObject {
