@@ -1,3 +1,4 @@
+import BerthDigest
 import Foundation
 
 #if canImport(Glibc)
@@ -48,8 +49,8 @@ enum DataCopy {
     static func copy(from source: Source, to destination: Descriptor, hashing: Bool, sparse: Bool)
         throws(CatalogError) -> Copied
     {
-        var md5 = MD5()
-        var sha512 = SHA512()
+        var md5 = MD5Digest()
+        var sha512 = SHA512Digest()
         var head: [UInt8] = []
         var total: Int64 = 0
 
@@ -99,8 +100,8 @@ enum DataCopy {
         }
         return Copied(
             size: total, head: head,
-            md5: hashing ? hexString(md5.finalize()) : nil,
-            sha512: hashing ? hexString(sha512.finalize()) : nil)
+            md5: hashing ? md5.finalize() : nil,
+            sha512: hashing ? sha512.finalize() : nil)
     }
 
     /// Copies only the data extents of a sparse regular file (`lseek` with `SEEK_DATA`/`SEEK_HOLE`), so snapshotting a
@@ -168,8 +169,8 @@ enum DataCopy {
 
     /// md5 and sha512 of a stored file, for verification.
     static func digests(of descriptor: Descriptor) throws(CatalogError) -> (md5: String, sha512: String, size: Int64) {
-        var md5 = MD5()
-        var sha512 = SHA512()
+        var md5 = MD5Digest()
+        var sha512 = SHA512Digest()
         var total: Int64 = 0
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Files.chunkBytes, alignment: 16)
         defer { buffer.deallocate() }
@@ -181,6 +182,6 @@ enum DataCopy {
             total += Int64(got)
             if got < buffer.count { break }
         }
-        return (hexString(md5.finalize()), hexString(sha512.finalize()), total)
+        return (md5.finalize(), sha512.finalize(), total)
     }
 }

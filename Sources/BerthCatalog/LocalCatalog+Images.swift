@@ -271,7 +271,7 @@ struct StagedImageData {
         image.size = copied.size
         image.virtualSize = virtualSize
         image.checksum = copied.md5
-        image.osHashAlgo = SHA512.algorithmName
+        image.osHashAlgo = "sha512"  // what Glance computes by default
         image.osHashValue = copied.sha512
     }
 }

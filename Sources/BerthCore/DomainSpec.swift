@@ -1,3 +1,4 @@
+import BerthDigest
 /// Everything Berth decides about a libvirt domain, before it is XML. The worker fills in the host-side parts
 /// (pool, paths, domain type); `DomainXML.render` turns it into libvirt's domain XML.
 public struct DomainSpec: Sendable, Hashable {
@@ -96,7 +97,7 @@ public struct DomainSpec: Sendable, Hashable {
     /// produces the same fingerprint and is answered as a repeat; any other difference means `InstanceExists`.
     /// Stored in the domain metadata so the check works from the existing domain alone.
     public var fingerprint: String {
-        "sha256:" + SHA256.hex(Array(canonicalText.utf8))
+        "sha256:" + SHA256Digest.hex(Array(canonicalText.utf8))
     }
 
     /// One line per field, values escaped so no value can imitate another field.

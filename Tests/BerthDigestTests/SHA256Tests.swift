@@ -1,4 +1,4 @@
-@testable import BerthCore
+import BerthDigest
 import Testing
 
 @Suite("SHA-256")
@@ -12,11 +12,11 @@ struct SHA256Tests {
         ),
     ])
     func knownVectors(input: String, digest: String) {
-        #expect(SHA256.hex(Array(input.utf8)) == digest)
+        #expect(SHA256Digest.hex(Array(input.utf8)) == digest)
     }
 
     @Test func millionAs() {
         let input = [UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000)
-        #expect(SHA256.hex(input) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+        #expect(SHA256Digest.hex(input) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
     }
 }
