@@ -48,6 +48,8 @@ public struct ComputeService: Sendable {
     public let configuration: ComputeConfiguration
     let locks: InstanceLocks
     let cache: ImageCache
+    /// Where boot durations go (the metrics poller publishes them); nil: not measured.
+    public var metrics: MetricsRecorder?
 
     public init(host: String, catalog: any Catalog, libvirt: LibvirtHost, configuration: ComputeConfiguration) {
         self.host = host
@@ -61,6 +63,7 @@ public struct ComputeService: Sendable {
     // MARK: boot_instance
 
     public func boot(_ request: BootRequest, requestID: String?, logger: Logger) async throws(BerthError) -> JSONObject {
+        let began = ContinuousClock.now
         guard request.target == .vm else {
             throw .invalidRequest("instance.target 'baremetal' is not served by this worker yet; use target 'vm'")
         }
@@ -99,7 +102,10 @@ public struct ComputeService: Sendable {
             }
             do throws(BerthError) {
                 try spec.validate()
-                return try await create(spec, request: request, root: root, logger: logger)
+                let created = try await create(spec, request: request, root: root, logger: logger)
+                metrics?.bootFinished(
+                    uuid: request.uuid, imageID: request.imageID, flavor: request.flavor.name, since: began)
+                return created
             } catch {
                 if case .volume(let id, _, true) = root { await discardVolume(id, logger: logger) }
                 throw error

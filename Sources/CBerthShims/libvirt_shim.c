@@ -309,3 +309,44 @@ const char *berth_virStorageVolGetName(virStorageVolPtr volume, berth_virt_error
 int berth_virStorageVolDelete(virStorageVolPtr volume, berth_virt_error *err) {
     BERTH_VIRT_INT(virStorageVolDelete(volume, 0));
 }
+
+/* ---- Domain stats for the metrics poller (DomainStats.swift) ---------------------------------------------- */
+
+int berth_virConnectGetAllDomainStats(virConnectPtr conn, unsigned int stats, unsigned int flags,
+                                      virDomainStatsRecordPtr **records, berth_virt_error *err) {
+    BERTH_VIRT_INT(virConnectGetAllDomainStats(conn, stats, records, flags));
+}
+
+void berth_virDomainStatsRecordListFree(virDomainStatsRecordPtr *records) {
+    virDomainStatsRecordListFree(records);
+}
+
+int berth_virTypedParameterNumber(const virTypedParameter *param, double *value) {
+    switch (param->type) {
+    case VIR_TYPED_PARAM_INT:
+        *value = (double)param->value.i;
+        return 1;
+    case VIR_TYPED_PARAM_UINT:
+        *value = (double)param->value.ui;
+        return 1;
+    case VIR_TYPED_PARAM_LLONG:
+        *value = (double)param->value.l;
+        return 1;
+    case VIR_TYPED_PARAM_ULLONG:
+        *value = (double)param->value.ul;
+        return 1;
+    case VIR_TYPED_PARAM_DOUBLE:
+        *value = param->value.d;
+        return 1;
+    case VIR_TYPED_PARAM_BOOLEAN:
+        *value = param->value.b ? 1.0 : 0.0;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+void berth_virTypedParameterField(const virTypedParameter *param, char *buf) {
+    memcpy(buf, param->field, VIR_TYPED_PARAM_FIELD_LENGTH);
+    buf[VIR_TYPED_PARAM_FIELD_LENGTH] = '\0';
+}

@@ -75,4 +75,20 @@ char *berth_virStorageVolGetPath(virStorageVolPtr volume, berth_virt_error *err)
 const char *berth_virStorageVolGetName(virStorageVolPtr volume, berth_virt_error *err);
 int berth_virStorageVolDelete(virStorageVolPtr volume, berth_virt_error *err);
 
+/* ---- Domain stats for the metrics poller (DomainStats.swift) ---------------------------------------------- */
+
+/* virConnectGetAllDomainStats. On success *records is a NULL-terminated array of the returned count; release it
+ * with berth_virDomainStatsRecordListFree (which also drops each record's domain reference). */
+int berth_virConnectGetAllDomainStats(virConnectPtr conn, unsigned int stats, unsigned int flags,
+                                      virDomainStatsRecordPtr **records, berth_virt_error *err);
+void berth_virDomainStatsRecordListFree(virDomainStatsRecordPtr *records);
+
+/* A typed parameter's value as a double, so Swift need not read libvirt's union: 1 for the numeric types (int,
+ * uint, llong, ullong, double, boolean), 0 for strings and types newer than this code (skipped). */
+int berth_virTypedParameterNumber(const virTypedParameter *param, double *value);
+
+/* The domain-stats field names libvirt writes (block.0.rd.bytes, ...) fit VIR_TYPED_PARAM_FIELD_LENGTH; this copies
+ * the possibly unterminated field into buf (at least VIR_TYPED_PARAM_FIELD_LENGTH + 1 bytes) with a terminator. */
+void berth_virTypedParameterField(const virTypedParameter *param, char *buf);
+
 #endif

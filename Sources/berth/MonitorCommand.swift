@@ -1,0 +1,171 @@
+import ArgumentParser
+import BerthAMQP
+import BerthJSON
+import BerthWire
+import BerthWorker
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+struct Monitor: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show live aggregates of the workers' berth.metrics samples by image, host or flavor.",
+        discussion: """
+            Listens on <metering-topic>.sample (its own exclusive queue, so Ceilometer or any other listener of
+            the topic still gets every sample) and keeps, per group and metric, the count, sum, mean and max of
+            every sample received. On a terminal the table is redrawn in place every --interval seconds.
+
+            --json prints the aggregate as one JSON object per line: with --duration only once, at the end;
+            without it, one per refresh and a last one ("final": true) on Ctrl-C or SIGTERM. --message-ids adds
+            the message_id of every notification aggregated, to reconcile with another listener.
+
+            Examples:
+              berth monitor --by image_id
+              berth monitor --by host --metric cpu.time --metric memory.used
+              berth monitor --by flavor --json --duration 60
+            """)
+
+    @OptionGroup var bus: BusOptions
+
+    @Option(help: "Group by image_id, host or flavor.")
+    var by = "image_id"
+
+    @Flag(help: "Print JSON instead of a table (see above).")
+    var json = false
+
+    @Option(help: "Stop after this many seconds (default: until Ctrl-C or SIGTERM).")
+    var duration: Double?
+
+    @Option(help: "Seconds between refreshes of the table (or JSON lines).")
+    var interval = 2.0
+
+    @Option(name: .customLong("metric"), help: "Only this metric, e.g. cpu.time (repeatable; default: all).")
+    var metrics: [String] = []
+
+    @Option(help: "The notification topic the workers publish samples on (their --metering-topic).")
+    var meteringTopic = "metering"
+
+    @Flag(name: .customLong("message-ids"), help: "With --json: list the message_id of every notification aggregated.")
+    var messageIDs = false
+
+    func validate() throws {
+        guard MetricsGrouping(rawValue: by) != nil else {
+            throw ValidationError(
+                "--by must be one of \(MetricsGrouping.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard interval > 0, interval <= 3600 else {
+            throw ValidationError("--interval must be more than 0 and at most 3600 s")
+        }
+        if let duration, !(duration > 0) { throw ValidationError("--duration must be more than 0 seconds") }
+        guard !meteringTopic.isEmpty else { throw ValidationError("--metering-topic must not be empty") }
+    }
+
+    func run() async throws {
+        Bootstrap.once
+        var logger = try bus.logger("berth.monitor")
+        if bus.logLevel == "info" { logger.logLevel = .warning }
+        let options = try bus.rabbitOptions()
+        let queue = MetricsMonitorTopology.queueName()
+        let client = AMQPClient(
+            configuration: .init(
+                urls: try bus.urls(), connectionName: "berth-monitor",
+                topology: MetricsMonitorTopology.make(
+                    options: options, topic: meteringTopic, queue: queue, consumerTag: queue)),
+            logger: logger)
+        do {
+            try await client.start()
+        } catch {
+            await client.stop()
+            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
+            throw ExitCode(3)
+        }
+        let service = MonitorService(
+            client: client,
+            aggregator: MetricsAggregator(
+                grouping: MetricsGrouping(rawValue: by) ?? .imageID, metricNames: Set(metrics),
+                keepsMessageIDs: messageIDs),
+            output: json ? .json(everyRefresh: duration == nil) : .table(inPlace: isatty(STDOUT_FILENO) == 1),
+            interval: .milliseconds(Int(interval * 1000)),
+            duration: duration.map { .milliseconds(Int($0 * 1000)) })
+        let group = ServiceGroup(
+            configuration: .init(
+                // Returning at the end of --duration is the normal way out, not a failure.
+                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// Consumes samples into the aggregate and shows it until the duration ends or a signal asks it to stop.
+final class MonitorService: Service, Sendable {
+    enum Output {
+        case table(inPlace: Bool)
+        case json(everyRefresh: Bool)
+    }
+
+    let client: AMQPClient
+    let aggregator: Mutex<MetricsAggregator>
+    let output: Output
+    let interval: Duration
+    let duration: Duration?
+    /// Notifications carry up to a few thousand samples (the worker splits larger batches); room to spare.
+    let limits = JSONLimits(maxBytes: 16 << 20, maxDepth: 32)
+
+    init(client: AMQPClient, aggregator: MetricsAggregator, output: Output, interval: Duration, duration: Duration?) {
+        self.client = client
+        self.aggregator = Mutex(aggregator)
+        self.output = output
+        self.interval = interval
+        self.duration = duration
+    }
+
+    func run() async throws {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await delivery in self.client.deliveries {
+                    self.aggregator.withLock { $0.add(body: delivery.body, limits: self.limits) }
+                    self.client.ack(delivery)
+                }
+            }
+            await cancelWhenGracefulShutdown {
+                let clock = ContinuousClock()
+                let deadline = self.duration.map { clock.now + $0 }
+                while !Task.isCancelled {
+                    var wake = clock.now + self.interval
+                    if let deadline {
+                        if clock.now >= deadline { return }
+                        wake = min(wake, deadline)
+                    }
+                    do {
+                        try await Task.sleep(until: wake, clock: clock)
+                    } catch {
+                        return
+                    }
+                    if let deadline, clock.now >= deadline { return }
+                    self.show(final: false)
+                }
+            }
+            // Deliveries already received are still added (their ids listed) before the stream ends.
+            await client.stop()
+            await group.waitForAll()
+        }
+        show(final: true)
+    }
+
+    private func show(final: Bool) {
+        let snapshot = aggregator.withLock { $0 }
+        switch output {
+        case .json(let everyRefresh):
+            guard final || everyRefresh else { return }
+            write(JSONCodec.serializeString(snapshot.json(final: final)) + "\n")
+        case .table(let inPlace):
+            // Home and clear, then the table: redrawn in place rather than scrolling.
+            write((inPlace ? "\u{1B}[H\u{1B}[2J" : "") + MetricsTable.render(snapshot) + (inPlace ? "" : "\n"))
+        }
+    }
+
+    private func write(_ text: String) {
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
+}
