@@ -146,6 +146,7 @@ class Names:
         qs = [self.topic] + [f"{self.topic}.{h}" for h in hosts]
         qs += [f"{self.notification_topic}.{p}" for p in ("info", "warn", "error", "audit", "debug", "critical", "sample")]
         qs += [f"{self.topic}-notifications.{p}" for p in ("info", "error")]  # the workers' event queues
+        qs += [f"{self.topic}-metering.sample"]  # the workers' metrics samples
         return qs + self.extra_queues
 
 
@@ -304,6 +305,8 @@ class WorkerProcess:
             # The worker declares `<topic>.info`/`.error` for its events; names are broker-global, and the
             # option tests declare them durable, so each worker's event topic follows its RPC topic.
             "--notification-topic", f"{self.topic}-notifications",
+            # Likewise `<metering topic>.sample`, which the worker declares for its berth.metrics samples.
+            "--metering-topic", f"{self.topic}-metering",
             "--libvirt-uri", "test:///default",
             "--debug-rpc",
             *self.extra_args,
@@ -403,3 +406,66 @@ def worker(worker_factory):
     yield w
     rc = w.stop()
     assert rc == 0, f"berth worker exited {rc} after SIGTERM (expected 0).\n{w.describe()}"
+
+
+# ==== contracts: firehose capture (appended; owned by the contracts work, see capture.py) ===========
+# Every message published during the session is recorded through RabbitMQ's firehose, and
+# test_contracts.py (moved to the end of the run below) validates what the workers and the CLI sent
+# against contracts/. The session's names, workers and py-amqp connections are recorded so that
+# test can tell Berth's messages from oslo's and from other users of the broker.
+
+import capture as _capture  # noqa: E402
+
+_capture.PYTHON_CONNECTIONS.install()
+
+CONTRACT_SESSION = {"names": [], "workers": []}
+
+_names_init = Names.__init__
+
+
+def _recording_names_init(self, *args, **kwargs):
+    _names_init(self, *args, **kwargs)
+    CONTRACT_SESSION["names"].append(self)
+
+
+Names.__init__ = _recording_names_init
+
+_worker_start = WorkerProcess.start
+
+
+def _recording_worker_start(self, *args, **kwargs):
+    record = {"host": self.host, "exchange": self.exchange, "topic": self.topic, "started": time.time()}
+    CONTRACT_SESSION["workers"].append(record)
+    return _worker_start(self, *args, **kwargs)
+
+
+WorkerProcess.start = _recording_worker_start
+
+CONTRACT_TEST_FILE = "test_contracts.py"
+
+
+@pytest.hookimpl(trylast=True)  # after `-m`/`-k` deselection, so the count below is what runs
+def pytest_collection_modifyitems(session, config, items):
+    """The contract test validates what the rest of the suite made the workers send: it runs last."""
+    last = [item for item in items if item.path.name == CONTRACT_TEST_FILE]
+    CONTRACT_SESSION["other_tests"] = len(items) - len(last)
+    if last:
+        items[:] = [item for item in items if item.path.name != CONTRACT_TEST_FILE] + last
+
+
+@pytest.fixture(scope="session", autouse=True)
+def firehose():
+    """The session's firehose capture. Never fails a test itself: when the broker or rabbitmqctl is
+    missing, `capture.error` says why and test_contracts.py reports it."""
+    parts = urllib.parse.urlparse(AMQP_URL)
+    vhost = urllib.parse.unquote(parts.path[1:]) if parts.path and parts.path != "/" else "/"
+    cap = _capture.FirehoseCapture(lambda: amqp_connect(AMQP_URL), vhost=vhost)
+    try:
+        amqp_connect(AMQP_URL).close()
+    except Exception as exc:  # noqa: BLE001
+        cap.error = f"RabbitMQ not reachable at {AMQP_URL}: {exc!r}"
+    else:
+        cap.start()
+    yield cap
+    cap.stop()
+# ==== end of contracts section =======================================================================
