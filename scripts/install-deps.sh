@@ -16,6 +16,8 @@ APT_PACKAGES=(
     python3-venv pkg-config
     # The end-to-end boot tests: a Debian kernel and a busybox initramfs under QEMU/TCG, libvirt's schema check.
     linux-image-amd64 busybox-static cpio libxml2-utils
+    # Bare-metal deploy tests: partition tools, FAT tools and cloud-init's own config-drive reader.
+    gdisk fdisk mtools dosfstools cloud-init
 )
 
 SUDO=()

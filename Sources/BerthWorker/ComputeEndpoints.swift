@@ -4,6 +4,7 @@ import BerthJSON
 import BerthLibvirt
 import BerthWire
 import Logging
+import Synchronization
 
 public enum BerthVersion {
     public static let string = "0.1.0"
@@ -17,108 +18,130 @@ public struct ComputeEndpoints: Sendable {
     public let host: String
     public let libvirt: LibvirtHost
     public let compute: ComputeService
+    public let bareMetal: BareMetalService
 
-    public init(compute: ComputeService) {
+    public init(compute: ComputeService, bareMetal: BareMetalService) {
         self.host = compute.host
         self.libvirt = compute.libvirt
         self.compute = compute
+        self.bareMetal = bareMetal
     }
 
     public var endpoint: RPCEndpointMethods {
         let host = self.host
         let libvirt = self.libvirt
         let compute = self.compute
-        return RPCEndpointMethods(
-            namespace: nil, version: BerthVersion.rpcAPI,
-            methods: [
-                "ping": { call in
-                    try ArgumentCheck(call.args, method: "ping").allowOnly([])
-                    return ["host": .string(host), "version": .string(BerthVersion.string)]
-                },
-                "boot_instance": { call in
-                    let check = ArgumentCheck(call.args, method: "boot_instance")
-                    try check.allowOnly(["instance"])
-                    guard let instance = call.args["instance"] else {
-                        throw RPCFailure.berth("InvalidRequest", "boot_instance: missing argument 'instance'")
-                    }
-                    let request = try BerthError.rpc { () throws(BerthError) in try BootRequest.decode(instance) }
-                    return try await InstanceEvents.around(
-                        "instance.create", uuid: request.uuid, imageID: request.imageID, call: call
-                    ) { () async throws(BerthError) -> JSONValue in
-                        .object(try await compute.boot(request, requestID: call.requestID, logger: call.logger))
-                    }
-                },
-                "get_instance": { call in
-                    let uuid = try ArgumentCheck(call.args, method: "get_instance").instanceUUID()
-                    return .object(try await BerthError.rpc { () async throws(BerthError) in try await compute.describe(uuid: uuid) })
-                },
-                "delete_instance": { call in
-                    let uuid = try ArgumentCheck(call.args, method: "delete_instance").instanceUUID()
-                    // Only an instance that exists has an image_id to report; deleting nothing emits nothing.
-                    if let imageID = try? await compute.instanceImageID(uuid) {
-                        await call.events.emit(
-                            "instance.delete.start",
-                            payload: InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deleting"),
-                            error: false)
-                    }
-                    let (result, imageID) = try await BerthError.rpc { () async throws(BerthError) in
-                        try await compute.delete(uuid: uuid, logger: call.logger)
-                    }
-                    if let imageID {
-                        await call.events.emit(
-                            "instance.delete.end",
-                            payload: InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deleted"),
-                            error: false)
-                    }
-                    return .object(result)
-                },
-                "snapshot_instance": { call in
-                    let check = ArgumentCheck(call.args, method: "snapshot_instance")
-                    try check.allowOnly(["instance_uuid", "image_name", "properties"])
-                    let uuid = try check.uuid("instance_uuid")
-                    let name = try check.string("image_name", maxLength: 255)
-                    let properties = try check.stringMap("properties")
-                    let imageID = try await BerthError.rpc { () async throws(BerthError) in
-                        try await compute.instanceImageID(uuid)
-                    }
-                    return try await InstanceEvents.around(
-                        "instance.snapshot", uuid: uuid, imageID: imageID, call: call
-                    ) { () async throws(BerthError) -> JSONValue in
-                        let result = try await compute.snapshot(
-                            uuid: uuid, imageName: name, properties: properties, logger: call.logger)
-                        if result.kind == "placeholder" {
-                            await InstanceEvents.placeholderCreated(
-                                result.imageID, instanceUUID: uuid, call: call, snapshotID: result.snapshotID)
-                        }
-                        var answer = result.json
-                        answer["snapshot_image_id"] = .string(result.imageID)
-                        return .object(answer)
-                    }
-                },
-                "create_placeholder_image": { call in
-                    let check = ArgumentCheck(call.args, method: "create_placeholder_image")
-                    try check.allowOnly(["volume_id", "snapshot_id", "name", "properties"])
-                    let volumeID = try check.optionalUUID("volume_id")
-                    let snapshotID = try check.optionalUUID("snapshot_id")
-                    let name = try check.string("name", maxLength: 255)
-                    let properties = try check.stringMap("properties")
-                    let image = try await BerthError.rpc { () async throws(BerthError) in
-                        try await compute.createPlaceholder(
-                            volumeID: volumeID, snapshotID: snapshotID, name: name, properties: properties)
-                    }
-                    await InstanceEvents.placeholderCreated(image.id, instanceUUID: nil, call: call, snapshotID: snapshotID)
-                    return ["image_id": .string(image.id)]
-                },
-                "describe_host": { call in
-                    try ArgumentCheck(call.args, method: "describe_host").allowOnly([])
-                    do {
-                        let description = try await libvirt.describe(hostName: host)
-                        return try JSONValueEncoder().encode(description)
-                    } catch let error as LibvirtError {
-                        throw RPCFailure.berth("HostIncompatible", "cannot read this host's capabilities: \(error)")
-                    }
-                },
-            ])
+        let bareMetal = self.bareMetal
+        // One assignment per method: a single literal of these closures is too much for the type checker.
+        var methods: [String: RPCMethod] = [:]
+        methods["ping"] = { call in
+            try ArgumentCheck(call.args, method: "ping").allowOnly([])
+            return ["host": .string(host), "version": .string(BerthVersion.string)]
+        }
+        methods["boot_instance"] = { call in
+            let check = ArgumentCheck(call.args, method: "boot_instance")
+            try check.allowOnly(["instance"])
+            guard let instance = call.args["instance"] else {
+                throw RPCFailure.berth("InvalidRequest", "boot_instance: missing argument 'instance'")
+            }
+            let request = try BerthError.rpc { () throws(BerthError) in try BootRequest.decode(instance) }
+            if request.target == .baremetal {
+                return try await InstanceEvents.around(
+                    "baremetal.deploy", uuid: request.uuid, imageID: request.imageID, call: call
+                ) { () async throws(BerthError) -> JSONValue in
+                    let progress = DeployProgressEvents(uuid: request.uuid, imageID: request.imageID, call: call)
+                    return .object(
+                        try await bareMetal.deploy(
+                            request, requestID: call.requestID, logger: call.logger, progress: progress.report))
+                }
+            }
+            return try await InstanceEvents.around(
+                "instance.create", uuid: request.uuid, imageID: request.imageID, call: call
+            ) { () async throws(BerthError) -> JSONValue in
+                .object(try await compute.boot(request, requestID: call.requestID, logger: call.logger))
+            }
+        }
+        methods["get_instance"] = { call in
+            let uuid = try ArgumentCheck(call.args, method: "get_instance").instanceUUID()
+            return .object(
+                try await BerthError.rpc { () async throws(BerthError) -> JSONObject in
+                    if let deployed = try bareMetal.describe(uuid: uuid) { return deployed }
+                    return try await compute.describe(uuid: uuid)
+                })
+        }
+        methods["delete_instance"] = { call in
+            let uuid = try ArgumentCheck(call.args, method: "delete_instance").instanceUUID()
+            // Only an instance that exists has an image_id to report; deleting nothing emits nothing.
+            if let imageID = try? await compute.instanceImageID(uuid) {
+                await call.events.emit(
+                    "instance.delete.start",
+                    payload: InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deleting"),
+                    error: false)
+            }
+            let (result, imageID) = try await BerthError.rpc {
+                () async throws(BerthError) -> (result: JSONObject, imageID: String?) in
+                if let imageID = try bareMetal.delete(uuid: uuid) {
+                    let answer: JSONObject = ["uuid": .string(uuid), "status": "DELETED", "host": .string(host)]
+                    return (answer, imageID)
+                }
+                return try await compute.delete(uuid: uuid, logger: call.logger)
+            }
+            if let imageID {
+                await call.events.emit(
+                    "instance.delete.end",
+                    payload: InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deleted"),
+                    error: false)
+            }
+            return .object(result)
+        }
+        methods["snapshot_instance"] = { call in
+            let check = ArgumentCheck(call.args, method: "snapshot_instance")
+            try check.allowOnly(["instance_uuid", "image_name", "properties"])
+            let uuid = try check.uuid("instance_uuid")
+            let name = try check.string("image_name", maxLength: 255)
+            let properties = try check.stringMap("properties")
+            let imageID = try await BerthError.rpc { () async throws(BerthError) in
+                try await compute.instanceImageID(uuid)
+            }
+            return try await InstanceEvents.around(
+                "instance.snapshot", uuid: uuid, imageID: imageID, call: call
+            ) { () async throws(BerthError) -> JSONValue in
+                let result = try await compute.snapshot(
+                    uuid: uuid, imageName: name, properties: properties, logger: call.logger)
+                if result.kind == "placeholder" {
+                    await InstanceEvents.placeholderCreated(
+                        result.imageID, instanceUUID: uuid, call: call, snapshotID: result.snapshotID)
+                }
+                var answer = result.json
+                answer["snapshot_image_id"] = .string(result.imageID)
+                return .object(answer)
+            }
+        }
+        methods["create_placeholder_image"] = { call in
+            let check = ArgumentCheck(call.args, method: "create_placeholder_image")
+            try check.allowOnly(["volume_id", "snapshot_id", "name", "properties"])
+            let volumeID = try check.optionalUUID("volume_id")
+            let snapshotID = try check.optionalUUID("snapshot_id")
+            let name = try check.string("name", maxLength: 255)
+            let properties = try check.stringMap("properties")
+            let image = try await BerthError.rpc { () async throws(BerthError) in
+                try await compute.createPlaceholder(
+                    volumeID: volumeID, snapshotID: snapshotID, name: name, properties: properties)
+            }
+            await InstanceEvents.placeholderCreated(image.id, instanceUUID: nil, call: call, snapshotID: snapshotID)
+            return ["image_id": .string(image.id)]
+        }
+        methods["describe_host"] = { call in
+            try ArgumentCheck(call.args, method: "describe_host").allowOnly([])
+            do {
+                let description = try await libvirt.describe(hostName: host)
+                return try JSONValueEncoder().encode(description)
+            } catch let error as LibvirtError {
+                throw RPCFailure.berth("HostIncompatible", "cannot read this host's capabilities: \(error)")
+            }
+        }
+
+        return RPCEndpointMethods(namespace: nil, version: BerthVersion.rpcAPI, methods: methods)
     }
 }
 
@@ -323,6 +346,39 @@ enum InstanceEvents {
             failed["error"] = ["class": .string(error.className), "message": .string(error.message)]
             await call.events.emit("\(operation).error", payload: failed, error: true)
             throw RPCFailure.berth(error.className, error.message)
+        }
+    }
+}
+
+/// `baremetal.deploy.progress` about every 5 % of the bytes, from the deploy thread.
+final class DeployProgressEvents: Sendable {
+    let uuid: String
+    let imageID: String
+    let call: RPCCall
+    private let lastStep = Mutex(-1)
+
+    init(uuid: String, imageID: String, call: RPCCall) {
+        self.uuid = uuid
+        self.imageID = imageID
+        self.call = call
+    }
+
+    var report: BareMetalService.Progress {
+        { [self] done, total in
+            let percent = total == 0 ? 100 : Int(done * 100 / total)
+            let step = percent / 5
+            let isNew = lastStep.withLock { last in
+                guard step > last else { return false }
+                last = step
+                return true
+            }
+            guard isNew else { return }
+            var payload = InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deploying")
+            payload["progress"] = .int(Int64(percent))
+            payload["bytes_done"] = .int(Int64(done))
+            payload["bytes_total"] = .int(Int64(total))
+            let call = self.call
+            Task { await call.events.emit("baremetal.deploy.progress", payload: payload, error: false) }
         }
     }
 }

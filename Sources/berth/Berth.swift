@@ -16,7 +16,7 @@ struct Berth: AsyncParsableCommand {
         commandName: "berth",
         abstract: "A message-queue driven compute worker that speaks oslo.messaging's RabbitMQ protocol.",
         version: BerthVersion.string,
-        subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self])
+        subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self, Monitor.self, Deploy.self])
 }
 
 /// Broker options shared by every command that talks to RabbitMQ.
@@ -197,8 +197,21 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Where the worker keeps its image cache, root disks (a libvirt storage pool), consoles and locks.")
     var stateDir = "/var/lib/berth"
 
+    @Option(
+        name: .customLong("node"),
+        help: ArgumentHelp(
+            "A bare-metal node this worker deploys to: NAME=PATH[:SECTOR_SIZE] (a block device or disk file; repeatable).",
+            valueName: "node"))
+    var nodes: [String] = []
+
     @Option(help: "libvirt storage pool (a dir pool under --state-dir/instances) for root disks.")
     var storagePool = "berth"
+
+    @Option(help: "Seconds between metrics polls (berth.metrics samples on <metering-topic>.sample); 0: no poller.")
+    var metricsInterval = 10.0
+
+    @Option(help: "Notification topic for berth.metrics samples (Ceilometer's metering topic).")
+    var meteringTopic = "metering"
 
     @Option(help: "libvirt domain type: kvm, qemu (TCG) or test. Default: test for test:// URIs, kvm when /dev/kvm is usable, else qemu.")
     var virtType: String?
@@ -210,6 +223,9 @@ struct Worker: AsyncParsableCommand {
         }
         guard gracePeriod >= 0, gracePeriod <= 3600 else { throw ValidationError("--grace-period must be 0-3600 s") }
         if let host { try HostName.validate(host) }
+        guard metricsInterval == 0 || (0.1...3600).contains(metricsInterval) else {
+            throw ValidationError("--metrics-interval must be 0 (off) or 0.1-3600 s")
+        }
     }
 
     func run() async throws {
@@ -243,9 +259,17 @@ struct Worker: AsyncParsableCommand {
         }
         var computeConfiguration = ComputeConfiguration(stateDirectory: stateDir, domainType: domainType)
         computeConfiguration.poolName = storagePool
-        let compute = ComputeService(
+        var compute = ComputeService(
             host: hostName, catalog: try catalog.open(), libvirt: libvirt, configuration: computeConfiguration)
-        var endpoints = [ComputeEndpoints(compute: compute).endpoint]
+        let metricsRecorder = MetricsRecorder(host: hostName)
+        compute.metrics = metricsRecorder
+        var inventory = NodeInventory()
+        for node in nodes {
+            do { try inventory.add(node) } catch { throw ValidationError(error.message) }
+        }
+        let bareMetal = BareMetalService(
+            host: hostName, catalog: compute.catalog, inventory: inventory, stateDirectory: stateDir)
+        var endpoints = [ComputeEndpoints(compute: compute, bareMetal: bareMetal).endpoint]
         if debugRPC { endpoints.append(DebugEndpoints.endpoint) }
 
         let server = try RPCServer(configuration: configuration, endpoints: endpoints, logger: logger)
@@ -255,9 +279,27 @@ struct Worker: AsyncParsableCommand {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
+        if metricsInterval > 0 {
+            var metricsConfiguration = MetricsPollerConfiguration(host: hostName)
+            metricsConfiguration.interval = .milliseconds(Int(metricsInterval * 1000))
+            let poller = MetricsPoller(
+                configuration: metricsConfiguration, source: libvirt,
+                publisher: MeteringNotifier(
+                    urls: configuration.urls, options: configuration.options, host: hostName, topics: [meteringTopic],
+                    logger: logger),
+                recorder: metricsRecorder, logger: logger)
+            do {
+                try await poller.start()
+            } catch {
+                logger.critical("cannot start the metrics poller", metadata: ["error": "\(error)"])
+                throw ExitCode(1)
+            }
+            // After the server: the group stops services in reverse order, so polling ends before the drain.
+            services.append(.init(service: poller))
+        }
         let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         logger.info("worker exited cleanly")
     }

@@ -1,0 +1,261 @@
+import BerthCatalog
+import BerthCore
+import BerthDiskImage
+import BerthJSON
+import Foundation
+import Glibc
+import Logging
+
+/// The worker's bare-metal nodes: name → block device or disk file, from its own configuration. An RPC
+/// names a node; it never names a path.
+public struct NodeInventory: Sendable {
+    public struct Node: Sendable, Equatable {
+        public var name: String
+        public var path: String
+        public var sectorSize: Int
+    }
+
+    public private(set) var nodes: [String: Node] = [:]
+
+    public init() {}
+
+    /// `NAME=PATH` or `NAME=PATH:SECTOR_SIZE` (512 or 4096), as given to `berth worker --node`.
+    public mutating func add(_ text: String) throws(BerthError) {
+        guard let equals = text.firstIndex(of: "=") else {
+            throw .invalidRequest("--node takes NAME=PATH[:SECTOR_SIZE], got '\(text)'")
+        }
+        let name = String(text[..<equals])
+        var path = String(text[text.index(after: equals)...])
+        var sectorSize = 512
+        if let colon = path.lastIndex(of: ":"), let size = Int(path[path.index(after: colon)...]) {
+            sectorSize = size
+            path = String(path[..<colon])
+        }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        guard !name.isEmpty, name.count <= 64, name.allSatisfy(allowed.contains) else {
+            throw .invalidRequest("node name '\(name)' must be 1-64 letters, digits, '.', '_' or '-'")
+        }
+        guard path.hasPrefix("/") else { throw .invalidRequest("node \(name): the path must be absolute, got '\(path)'") }
+        guard sectorSize == 512 || sectorSize == 4096 else {
+            throw .invalidRequest("node \(name): sector size must be 512 or 4096, got \(sectorSize)")
+        }
+        guard nodes[name] == nil else { throw .invalidRequest("node \(name) is listed twice") }
+        nodes[name] = Node(name: name, path: path, sectorSize: sectorSize)
+    }
+
+    public func node(_ name: String) throws(BerthError) -> Node {
+        guard let node = nodes[name] else { throw .nodeNotFound(name, known: nodes.keys.sorted()) }
+        return node
+    }
+}
+
+/// What a finished deploy leaves behind on the worker: the answer to repeats, `get_instance` and
+/// `delete_instance`. One JSON file per instance, written atomically.
+struct DeployRecord: Codable, Equatable {
+    var uuid: String
+    var name: String
+    var node: String
+    var imageID: String
+    var fingerprint: String
+    var requestID: String?
+
+    enum CodingKeys: String, CodingKey {
+        case uuid, name, node, fingerprint
+        case imageID = "image_id"
+        case requestID = "request_id"
+    }
+}
+
+/// Deploys images to bare-metal disks (DESIGN §6): refuse what cannot be written before writing anything,
+/// stream the image to the disk, then find or make the config partition and write the config drive.
+public struct BareMetalService: Sendable {
+    public let host: String
+    public let catalog: any Catalog
+    public let inventory: NodeInventory
+    let recordDirectory: String
+
+    public init(host: String, catalog: any Catalog, inventory: NodeInventory, stateDirectory: String) {
+        self.host = host
+        self.catalog = catalog
+        self.inventory = inventory
+        self.recordDirectory = stateDirectory + "/deploys"
+    }
+
+    /// Reports deploy progress (bytes written of the total).
+    public typealias Progress = @Sendable (_ done: UInt64, _ total: UInt64) -> Void
+
+    public func deploy(
+        _ request: BootRequest, requestID: String?, logger: Logger, progress: @escaping Progress
+    ) async throws(BerthError) -> JSONObject {
+        guard let nodeName = request.node else {
+            throw .invalidRequest(
+                "instance.node is required for target 'baremetal'; known nodes: \(inventory.nodes.keys.sorted().joined(separator: ", "))")
+        }
+        let node = try inventory.node(nodeName)
+        let fingerprint = Self.fingerprint(request)
+        let records = try loadRecords()
+        if let existing = records.first(where: { $0.uuid == request.uuid }) {
+            guard existing.fingerprint == fingerprint else {
+                throw .instanceExists(request.uuid, differences: ["the deploy request differs from the one that made it"])
+            }
+            return result(existing)
+        }
+        if let holder = records.first(where: { $0.node == node.name }) {
+            throw .invalidRequest(
+                "node \(node.name) holds instance \(holder.uuid); delete that instance before deploying another")
+        }
+        let image: CatalogImage
+        let imagePath: String
+        do {
+            image = try await catalog.image(id: request.imageID)
+            guard !image.isPlaceholder, !image.isKernel, !image.isRamdisk, image.size > 0 else {
+                throw BerthError.invalidImage(
+                    "image \(image.id) has no disk data to write (a placeholder, kernel or ramdisk); deploy a raw or "
+                        + "qcow2 disk image")
+            }
+            imagePath = try await catalog.localImageData(id: image.id)
+        } catch let error as BerthError {
+            throw error
+        } catch let error as CatalogError {
+            throw BerthError.from(error)
+        } catch {
+            throw .deployFailed("cannot read the catalog: \(error)")
+        }
+        let content = ConfigDriveContent(
+            uuid: request.uuid, name: request.name, hostname: Self.hostname(request.name),
+            publicKeys: request.publicKeys, meta: request.metadata, projectID: request.projectID,
+            userData: request.userData)
+        let started = ContinuousClock.now
+        let report = try await Self.onDeployThread { () throws(BerthError) in
+            try NodeDisk.checkNotInUse(node)
+            let checksum = try Self.checksum(of: image)
+            let plan = try ImageWriter.plan(
+                imagePath: imagePath, diskPath: node.path, sectorSize: node.sectorSize, checksum: checksum)
+            let written = try plan.write(progress: progress)
+            let drive = try ConfigDriveDeployer.write(diskPath: node.path, sectorSize: node.sectorSize, content: content)
+            return (written, drive)
+        }
+        let seconds = Double((ContinuousClock.now - started).components.seconds)
+            + Double((ContinuousClock.now - started).components.attoseconds) / 1e18
+        logger.info(
+            "deploy finished",
+            metadata: [
+                "node": "\(node.name)", "image_id": "\(image.id)", "seconds": "\(seconds)",
+                "bytes_written": "\(report.0.bytesWritten)", "config_partition": "\(report.1.partitionNumber)",
+            ])
+        let record = DeployRecord(
+            uuid: request.uuid, name: request.name, node: node.name, imageID: image.id, fingerprint: fingerprint,
+            requestID: requestID)
+        try save(record)
+        var answer = result(record)
+        answer["bytes_written"] = .int(Int64(report.0.bytesWritten))
+        answer["seconds"] = .double(seconds)
+        return answer
+    }
+
+    public func describe(uuid: String) throws(BerthError) -> JSONObject? {
+        try loadRecords().first { $0.uuid == uuid }.map(result)
+    }
+
+    /// Forgets the deploy; the node is free for another. The disk keeps what was written (cleaning is a
+    /// separate step in Ironic too).
+    public func delete(uuid: String) throws(BerthError) -> String? {
+        guard let record = try loadRecords().first(where: { $0.uuid == uuid }) else { return nil }
+        unlink("\(recordDirectory)/\(uuid).json")
+        return record.imageID
+    }
+
+    func result(_ record: DeployRecord) -> JSONObject {
+        [
+            "uuid": .string(record.uuid), "status": "ACTIVE", "host": .string(host), "image_id": .string(record.imageID),
+            "node": .string(record.node), "kernel_cmdline": .null, "boot_variant": .null, "volume_id": .null,
+        ]
+    }
+
+    static func hostname(_ name: String) -> String {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
+        let lowered = String(name.lowercased().map { allowed.contains($0) ? $0 : "-" }.prefix(63))
+        return lowered.trimmingCharacters(in: CharacterSet(charactersIn: "-")).isEmpty ? "instance" : lowered
+    }
+
+    static func fingerprint(_ request: BootRequest) -> String {
+        let keys = request.publicKeys.keys.sorted().map { "\($0)=\(request.publicKeys[$0]!)" }.joined(separator: ";")
+        let meta = request.metadata.keys.sorted().map { "\($0)=\(request.metadata[$0]!)" }.joined(separator: ";")
+        let userData = request.userData.map { String($0.count) + ":" + $0.map { String($0) }.joined(separator: ",") } ?? "-"
+        return [request.uuid, request.name, request.imageID, request.node ?? "", keys, meta, userData].joined(separator: "\n")
+    }
+
+    static func checksum(of image: CatalogImage) throws(BerthError) -> ImageChecksum? {
+        if let algo = image.osHashAlgo, let value = image.osHashValue {
+            guard let algorithm = ImageHashAlgorithm(rawValue: algo) else {
+                throw .invalidImage(
+                    "image \(image.id) has os_hash_algo '\(algo)'; supported: \(ImageHashAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return try ImageChecksum(algorithm: algorithm, expected: value)
+        }
+        if let md5 = image.checksum { return try ImageChecksum(algorithm: .md5, expected: md5, field: "checksum") }
+        return nil
+    }
+
+    // MARK: Records
+
+    private func loadRecords() throws(BerthError) -> [DeployRecord] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: recordDirectory) else { return [] }
+        var records: [DeployRecord] = []
+        for name in names where name.hasSuffix(".json") && !name.hasPrefix(".") {
+            guard let data = FileManager.default.contents(atPath: "\(recordDirectory)/\(name)"),
+                let record = try? JSONCodec.decode(DeployRecord.self, from: [UInt8](data))
+            else { continue }
+            records.append(record)
+        }
+        return records
+    }
+
+    private func save(_ record: DeployRecord) throws(BerthError) {
+        do {
+            try FileManager.default.createDirectory(atPath: recordDirectory, withIntermediateDirectories: true)
+            let bytes = try JSONCodec.encode(record)
+            let temporary = "\(recordDirectory)/.\(record.uuid).json.tmp"
+            try Data(bytes).write(to: URL(fileURLWithPath: temporary))
+            guard rename(temporary, "\(recordDirectory)/\(record.uuid).json") == 0 else {
+                throw BerthError.deployFailed("cannot record the deploy: \(String(cString: strerror(errno)))")
+            }
+        } catch let error as BerthError {
+            throw error
+        } catch {
+            throw .deployFailed("cannot record the deploy in \(recordDirectory): \(error)")
+        }
+    }
+
+    /// Disk writes block for minutes; they run on a dispatch thread, not the cooperative pool.
+    static func onDeployThread<T: Sendable>(_ body: @escaping @Sendable () throws(BerthError) -> T) async throws(BerthError) -> T {
+        let result: Result<T, BerthError> = await withCheckedContinuation { continuation in
+            DispatchQueue.global(qos: .userInitiated).async {
+                continuation.resume(returning: Result { () throws(BerthError) in try body() })
+            }
+        }
+        return try result.get()
+    }
+}
+
+/// Checks on the node's disk itself.
+enum NodeDisk {
+    /// A mounted device (or one of its partitions), or a disk another deploy holds, is not ours to write.
+    static func checkNotInUse(_ node: NodeInventory.Node) throws(BerthError) {
+        guard let resolved = realpath(node.path, nil) else {
+            throw .deployFailed("node \(node.name)'s disk \(node.path) does not exist; fix the worker's --node list")
+        }
+        let path = String(cString: resolved)
+        free(resolved)
+        if let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) {
+            for line in mounts.split(separator: "\n") {
+                let source = line.split(separator: " ").first.map(String.init) ?? ""
+                if source == path || (source.hasPrefix(path) && source.dropFirst(path.count).allSatisfy(\.isNumber))
+                    || source.hasPrefix(path + "p")
+                {
+                    throw .deployFailed("node \(node.name)'s disk \(path) is mounted (\(source)); unmount it first")
+                }
+            }
+        }
+    }
+}
