@@ -35,6 +35,7 @@ public struct RPCFailure: Error, Sendable, Hashable, CustomStringConvertible {
     public static let berthClasses: Set<String> = [
         "InvalidRequest", "ImageNotFound", "VolumeNotFound", "InvalidImage", "InvalidMetadata", "HostIncompatible",
         "InstanceExists", "InstanceNotFound", "NodeNotFound", "BuildFailed", "DeployFailed", "SnapshotFailed",
+        "RetryLimitExceeded",
     ]
 
     /// A Berth error (`berth.exceptions.<className>`), args `[message]` like a one-argument Python exception.

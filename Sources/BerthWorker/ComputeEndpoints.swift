@@ -155,6 +155,7 @@ public enum DebugEndpoints {
         RPCEndpointMethods(
             namespace: namespace, version: .oneZero,
             methods: [
+                "crash": crash,
                 "sleep": { call in
                     let check = ArgumentCheck(call.args, method: "sleep")
                     try check.allowOnly(["seconds"])

@@ -47,6 +47,13 @@ public struct RPCServerConfiguration: Sendable {
     public var notificationTopics = ["notifications"]
     /// Events held while the broker is away; past this the oldest are dropped (and counted in the log).
     public var eventBufferCapacity = 10_000
+    /// Starts a request gets (crashes, handler time-outs) before it is dead-lettered and its caller answered
+    /// with `RetryLimitExceeded`.
+    public var maxAttempts = 3
+    /// How long a handler may run before it is abandoned and the request retried; nil: no limit.
+    public var handlerTimeout: Duration?
+    /// Where start counts survive a crash (`AttemptLedger`); nil: in memory only.
+    public var attemptsDirectory: String?
 
     public init(urls: [AMQPURL], host: String) {
         self.urls = urls
@@ -67,6 +74,7 @@ public final class RPCServer: Service, EventSink, Sendable {
     let inFlight = Mutex(0)
     let draining = Mutex(false)
     let outbox: EventOutbox
+    let attempts: AttemptLedger
 
     public init(configuration: RPCServerConfiguration, endpoints: [RPCEndpointMethods], logger: Logger) throws {
         try configuration.options.validate()
@@ -74,6 +82,7 @@ public final class RPCServer: Service, EventSink, Sendable {
         self.endpoints = endpoints
         self.logger = logger
         self.outbox = EventOutbox(capacity: configuration.eventBufferCapacity)
+        self.attempts = AttemptLedger(directory: configuration.attemptsDirectory)
         let topology = RPCServerTopology(
             options: configuration.options, topic: configuration.topic, server: configuration.host)
         self.topology = topology
@@ -207,21 +216,46 @@ public final class RPCServer: Service, EventSink, Sendable {
             client.reject(delivery, requeue: false)
             return
         }
-        log.debug("dispatching", metadata: ["redelivered": "\(delivery.redelivered)"])
+        // Count this start (a crash inside the handler leaves the count behind for the redelivery).
+        let key = request.uniqueID ?? request.msgID
+        var attempt = key.map(attempts.begin) ?? 1
+        if case .int(let count)? = delivery.properties.header("x-delivery-count") {
+            attempt = max(attempt, Int(clamping: count) + 1)
+        }
+        log.debug("dispatching", metadata: ["redelivered": "\(delivery.redelivered)", "attempt": "\(attempt)"])
+        if attempt > configuration.maxAttempts {
+            let reason =
+                "\(request.method) was started \(attempt - 1) times without finishing (the worker crashed or the "
+                + "handler timed out each time); the limit is \(configuration.maxAttempts) (berth worker --max-attempts)"
+            await deadLetter(delivery, reason: reason, reply: request.replyAddress, failureClass: "RetryLimitExceeded")
+            if let key { attempts.finish(key) }
+            return
+        }
         let call = RPCCall(request: request, host: configuration.host, logger: log, events: self)
-        let outcome: Result<JSONValue, RPCFailure> = await withCallMonitor(request, logger: log) {
-            do {
-                return .success(try await function(call))
-            } catch let failure as RPCFailure {
-                return .failure(failure)
-            } catch is CancellationError {
-                return .failure(.berth("BuildFailed", "the worker stopped before the request finished; retry it"))
-            } catch {
-                return .failure(.berth("InternalError", "\(error)"))
-            }
+        let timeout = configuration.handlerTimeout
+        let outcome: Result<JSONValue, RPCFailure>? = await withCallMonitor(request, logger: log) {
+            await Self.run(function, call, timeout: timeout)
         }
         if Task.isCancelled {
             // Shutdown overtook the work: leave the request unacked so the broker hands it to another worker.
+            if let key { attempts.handBack(key) }
+            return
+        }
+        guard let outcome else {
+            // The handler outlived --handler-timeout: abandon it and let the broker deliver the request again
+            // (here or to another worker); the next start past the limit dead-letters it.
+            log.warning(
+                "handler timed out; handing the request back",
+                metadata: ["attempt": "\(attempt)", "limit": "\(configuration.maxAttempts)"])
+            if attempt >= configuration.maxAttempts {
+                let reason =
+                    "\(request.method) timed out \(attempt) times (berth worker --handler-timeout); the limit is "
+                    + "\(configuration.maxAttempts) (berth worker --max-attempts)"
+                await deadLetter(delivery, reason: reason, reply: request.replyAddress, failureClass: "RetryLimitExceeded")
+                if let key { attempts.finish(key) }
+            } else {
+                client.reject(delivery, requeue: true)
+            }
             return
         }
         switch outcome {
@@ -239,6 +273,35 @@ public final class RPCServer: Service, EventSink, Sendable {
             guard await reply(message, to: replyQueue, logger: log) else { return }
         }
         client.ack(delivery)
+        if let key { attempts.finish(key) }
+    }
+
+    /// Runs a handler; nil when it outlived `timeout` (it is cancelled then).
+    private static func run(
+        _ function: @escaping RPCMethod, _ call: RPCCall, timeout: Duration?
+    ) async -> Result<JSONValue, RPCFailure>? {
+        let work: @Sendable () async -> Result<JSONValue, RPCFailure> = {
+            do {
+                return .success(try await function(call))
+            } catch let failure as RPCFailure {
+                return .failure(failure)
+            } catch is CancellationError {
+                return .failure(.berth("BuildFailed", "the worker stopped before the request finished; retry it"))
+            } catch {
+                return .failure(.berth("InternalError", "\(error)"))
+            }
+        }
+        guard let timeout else { return await work() }
+        // Not a task group: a group waits for its children, and a handler stuck in a blocking call would hold
+        // the request past its timeout. The abandoned handler is cancelled and left to end on its own.
+        return await withCheckedContinuation { (continuation: CheckedContinuation<HandlerRace.Outcome, Never>) in
+            let race = HandlerRace(continuation)
+            let handler = Task {
+                let result = await work()
+                race.finish(result)
+            }
+            race.startTimer(after: timeout) { handler.cancel() }
+        }
     }
 
     private func dispatcherEndpoint(for request: RPCRequest) -> RPCEndpoint? {
@@ -302,12 +365,14 @@ public final class RPCServer: Service, EventSink, Sendable {
 
     /// Republishes an unusable message to the dead-letter exchange with the reason, answers the caller when
     /// possible, then acks the original, so it is neither lost nor redelivered for ever.
-    private func deadLetter(_ delivery: AMQPDelivery, reason: String, reply address: ReplyAddress?) async {
+    private func deadLetter(
+        _ delivery: AMQPDelivery, reason: String, reply address: ReplyAddress?, failureClass: String = "InvalidRequest"
+    ) async {
         logger.warning(
             "dead-lettering message",
             metadata: ["reason": "\(reason)", "routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
         if let address {
-            let failure = RPCFailure.berth("InvalidRequest", reason)
+            let failure = RPCFailure.berth(failureClass, reason)
             guard await reply(RPCReply.failure(failure, msgID: address.msgID), to: address.replyQueue, logger: logger)
             else { return }
         }
@@ -355,5 +420,41 @@ public final class RPCServer: Service, EventSink, Sendable {
         if let id = request.context["request_id"]?.stringValue { log[metadataKey: "request_id"] = "\(id)" }
         if let id = request.msgID { log[metadataKey: "msg_id"] = "\(id)" }
         return log
+    }
+}
+
+/// Whichever ends first, the handler or its timer, resumes the caller; the other finds nothing to resume.
+private final class HandlerRace: Sendable {
+    typealias Outcome = Result<JSONValue, RPCFailure>?
+    private let pending: Mutex<CheckedContinuation<Outcome, Never>?>
+    private let timer = Mutex<Task<Void, Never>?>(nil)
+
+    init(_ continuation: CheckedContinuation<Outcome, Never>) {
+        pending = Mutex(continuation)
+    }
+
+    func finish(_ outcome: Outcome) {
+        timer.withLock { $0?.cancel() }
+        pending.withLock { $0.take() }?.resume(returning: outcome)
+    }
+
+    func startTimer(after timeout: Duration, onExpiry: @escaping @Sendable () -> Void) {
+        let task = Task {
+            try? await Task.sleep(for: timeout)
+            guard !Task.isCancelled, let continuation = self.pending.withLock({ $0.take() }) else { return }
+            onExpiry()
+            continuation.resume(returning: nil)
+        }
+        timer.withLock { $0 = task }
+        // The handler may have finished before the timer existed.
+        if pending.withLock({ $0 == nil }) { task.cancel() }
+    }
+}
+
+extension RPCRequest {
+    /// Where a call's answer goes; nil for a cast.
+    var replyAddress: ReplyAddress? {
+        guard let msgID, let replyQueue else { return nil }
+        return ReplyAddress(msgID: msgID, replyQueue: replyQueue)
     }
 }

@@ -207,6 +207,12 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "libvirt storage pool (a dir pool under --state-dir/instances) for root disks.")
     var storagePool = "berth"
 
+    @Option(help: "Starts a request gets (the worker crashed or the handler timed out) before it is dead-lettered.")
+    var maxAttempts = 3
+
+    @Option(help: "Seconds a handler may run before it is abandoned and the request retried; 0: no limit.")
+    var handlerTimeout = 3600.0
+
     @Option(help: "Seconds between metrics polls (berth.metrics samples on <metering-topic>.sample); 0: no poller.")
     var metricsInterval = 10.0
 
@@ -223,6 +229,10 @@ struct Worker: AsyncParsableCommand {
         }
         guard gracePeriod >= 0, gracePeriod <= 3600 else { throw ValidationError("--grace-period must be 0-3600 s") }
         if let host { try HostName.validate(host) }
+        guard (1...100).contains(maxAttempts) else { throw ValidationError("--max-attempts must be 1-100") }
+        guard handlerTimeout >= 0, handlerTimeout <= 86400 else {
+            throw ValidationError("--handler-timeout must be 0 (no limit) to 86400 s")
+        }
         guard metricsInterval == 0 || (0.1...3600).contains(metricsInterval) else {
             throw ValidationError("--metrics-interval must be 0 (off) or 0.1-3600 s")
         }
@@ -241,6 +251,9 @@ struct Worker: AsyncParsableCommand {
         configuration.limits = JSONLimits(maxBytes: maxMessageBytes, maxDepth: 32)
         configuration.gracePeriod = .milliseconds(Int(gracePeriod * 1000))
         configuration.notificationTopics = [notificationTopic]
+        configuration.maxAttempts = maxAttempts
+        configuration.handlerTimeout = handlerTimeout > 0 ? .milliseconds(Int(handlerTimeout * 1000)) : nil
+        configuration.attemptsDirectory = stateDir + "/attempts"
 
         let libvirt = LibvirtHost(uri: libvirtURI, logger: logger)
         do {

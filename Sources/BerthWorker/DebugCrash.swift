@@ -1,0 +1,15 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension DebugEndpoints {
+    /// `crash`: the worker dies on the spot with SIGKILL, as a handler that brings the process down would
+    /// (a segfault, the OOM killer). For the poison-request tests: the request stays unacked and is
+    /// redelivered, and `--max-attempts` bounds how often.
+    static let crash: RPCMethod = { call in
+        try ArgumentCheck(call.args, method: "crash").allowOnly([])
+        call.logger.warning("debug crash requested: killing this worker with SIGKILL")
+        kill(getpid(), SIGKILL)
+        return .null
+    }
+}
