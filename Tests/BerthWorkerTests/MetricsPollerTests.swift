@@ -183,7 +183,8 @@ struct MetricsPollerTests {
         let publisher = FakePublisher()
         let poller = poller(source, publisher, interval: .milliseconds(50))
         let task = Task { try await poller.run() }
-        let deadline = ContinuousClock.now + .seconds(10)
+        // Generous: on a loaded 2-core machine other suites can hold the cooperative pool for seconds.
+        let deadline = ContinuousClock.now + .seconds(60)
         while publisher.batches.count < 3, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
