@@ -88,7 +88,7 @@ public final class RPCServer: Service, EventSink, Sendable {
         self.topology = topology
         var amqp = AMQPTopology()
         amqp.exchanges = topology.exchanges.map(ExchangeSpec.init) + [configuration.deadLetter.exchangeSpec]
-        amqp.queues = topology.queues.map(QueueSpec.init) + [configuration.deadLetter.queueSpec]
+        amqp.queues = topology.queues.map(QueueSpec.init) + [configuration.deadLetter.queueSpec(quorum: configuration.options.rabbitQuorumQueue)]
         amqp.bindings = topology.bindings.map(BindingSpec.init) + [configuration.deadLetter.binding]
         // Declared as oslo's notifier declares them, so events wait for a listener that starts later.
         let notifications = Notifier.topology(options: configuration.options, topics: configuration.notificationTopics)

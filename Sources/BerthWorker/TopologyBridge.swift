@@ -52,6 +52,15 @@ public struct DeadLetterRoute: Sendable, Equatable {
     }
 
     public var exchangeSpec: ExchangeSpec { ExchangeSpec(name: exchange, type: "topic", durable: true, autoDelete: false) }
-    public var queueSpec: QueueSpec { QueueSpec(name: queue, durable: true, autoDelete: false) }
+    public var queueSpec: QueueSpec { queueSpec(quorum: false) }
+
+    /// With `rabbit_quorum_queue` the dead letters go to a quorum queue too: a classic durable queue lives on
+    /// one node of a cluster, and while that node is down every worker's redeclaration of it fails (404 "home
+    /// node ... is down"), which would keep the whole pool off the bus.
+    public func queueSpec(quorum: Bool) -> QueueSpec {
+        QueueSpec(
+            name: queue, durable: true, autoDelete: false,
+            arguments: quorum ? [(key: "x-queue-type", value: .string("quorum"))] : [])
+    }
     public var binding: BindingSpec { BindingSpec(queue: queue, exchange: exchange, routingKey: "#") }
 }

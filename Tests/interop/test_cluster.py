@@ -1,0 +1,244 @@
+"""A three-node RabbitMQ cluster on loopback with quorum queues (DESIGN.md §2, §9): workers are given all
+three brokers in their transport URL; the node they use is stopped under load; they fail over to another
+node and nothing is lost.
+
+The cluster is this module's own (nodes berth-c1..3@localhost on ports 5701-5703, distribution ports
+25701-25703, data under a temporary directory), so the shared broker the other tests use is untouched.
+Messages are published with publisher confirms from a connection to a node that stays up: a confirmed
+message is one the cluster took responsibility for, and every one of them must be worked on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+
+import amqp
+import pytest
+
+from conftest import (DEBUG_NAMESPACE, WorkerProcess, make_conf, oslo_transport_url, request_context, rpc_client,
+                      unavailable, unique)
+
+NODES = [("berth-c1@localhost", 5701, 25701), ("berth-c2@localhost", 5702, 25702), ("berth-c3@localhost", 5703, 25703)]
+START_TIMEOUT = 120
+
+
+def ctl(node: str, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["rabbitmqctl", "-n", node, *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"rabbitmqctl -n {node} {' '.join(args)} failed: {proc.stdout}{proc.stderr}"
+    return proc
+
+
+def node_env(base: str, name: str, port: int, dist: int) -> dict:
+    short = name.split("@")[0]
+    env = dict(os.environ)
+    env.update({
+        "RABBITMQ_NODENAME": name,
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(dist),
+        "RABBITMQ_MNESIA_BASE": f"{base}/{short}/mnesia",
+        "RABBITMQ_LOG_BASE": f"{base}/{short}/log",
+        "RABBITMQ_ENABLED_PLUGINS_FILE": f"{base}/{short}/enabled_plugins",
+        "RABBITMQ_CONFIG_FILE": f"{base}/{short}/rabbitmq",
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if shutil.which("rabbitmq-server") is None:
+        unavailable("rabbitmq-server is not installed (run scripts/install-deps.sh)")
+    # Debian's rabbitmq-server drops to the rabbitmq user: its data must be somewhere that user can reach
+    # (pytest's temporary directories are private to root).
+    base = f"/var/tmp/berth-cluster-{uuid.uuid4().hex[:8]}"
+    os.makedirs(base)
+    procs = []
+    for name, port, dist in NODES:
+        short = name.split("@")[0]
+        os.makedirs(f"{base}/{short}/log", exist_ok=True)
+        with open(f"{base}/{short}/enabled_plugins", "w") as out:
+            out.write("[].\n")
+        with open(f"{base}/{short}/rabbitmq.conf", "w") as out:
+            out.write("loopback_users.guest = true\n")
+        log = open(f"{base}/{short}/stdout.log", "wb")
+        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", base], check=False)
+        procs.append(subprocess.Popen(["rabbitmq-server"], env=node_env(base, name, port, dist), stdout=log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+        log.close()
+    try:
+        for (name, _, _), proc in zip(NODES, procs):
+            wait_started(name, proc, f"{base}/{name.split('@')[0]}/stdout.log")
+        first = NODES[0][0]
+        for name, _, _ in NODES[1:]:
+            ctl(name, "stop_app")
+            # Right after start-up the first node's Mnesia may not take peers yet ("could not connect").
+            for attempt in range(10):
+                joined = ctl(name, "join_cluster", first, check=attempt == 9)
+                if joined.returncode == 0:
+                    break
+                time.sleep(2)
+            ctl(name, "start_app")
+        for name, _, _ in NODES:
+            ctl(name, "await_startup")
+        status = ctl(first, "cluster_status", "--formatter", "json").stdout
+        running = json.loads(status)["running_nodes"]
+        assert sorted(running) == sorted(n for n, _, _ in NODES), status
+        yield NODES
+    finally:
+        for name, _, _ in NODES:
+            ctl(name, "stop", check=False, timeout=60)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if not os.environ.get("BERTH_KEEP_CLUSTER"):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_started(name: str, proc: subprocess.Popen, log: str):
+    """`await_startup` fails at once while the node has not registered with epmd yet: retry until it
+    answers, the server exits, or START_TIMEOUT passes."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        result = ctl(name, "await_startup", "--timeout", "10", timeout=30, check=False)
+        if result.returncode == 0:
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with open(log, errors="replace") as out:
+                tail = out.read()[-3000:]
+            pytest.fail(f"RabbitMQ node {name} did not start (exit {proc.poll()}):\n{tail}", pytrace=False)
+        time.sleep(1)
+
+
+def cluster_url(nodes) -> str:
+    return "amqp://" + ",".join(f"guest:guest@127.0.0.1:{port}" for _, port, _ in nodes) + "/"
+
+
+def connections_on(node: str) -> list[str]:
+    out = ctl(node, "list_connections", "client_properties", "--formatter", "json").stdout
+    names = []
+    for row in json.loads(out or "[]"):
+        props = row.get("client_properties") or []
+        # client_properties comes as a list of [key, type, value] triples
+        for item in props:
+            if isinstance(item, list) and item and item[0] == "connection_name":
+                names.append(item[-1])
+    return names
+
+
+class ConfirmedPublisher:
+    """Publishes oslo casts of berth.debug `record` with publisher confirms from one node's connection."""
+
+    def __init__(self, port: int, exchange: str, topic: str):
+        self.conn = amqp.Connection(f"127.0.0.1:{port}", userid="guest", password="guest", confirm_publish=True)
+        self.conn.connect()
+        self.channel = self.conn.channel()
+        self.exchange, self.topic = exchange, topic
+        self.confirmed: list[str] = []
+
+    def cast(self, tag: str):
+        message = {
+            "method": "record", "args": {"tag": tag}, "namespace": DEBUG_NAMESPACE, "version": "1.0",
+            "_unique_id": uuid.uuid4().hex, "_context_request_id": f"req-{uuid.uuid4()}",
+        }
+        body = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(message)})
+        # confirm_publish=True: basic_publish returns once the broker confirmed (raises on a nack).
+        self.channel.basic_publish(
+            amqp.Message(body, content_type="application/json", content_encoding="utf-8", delivery_mode=2),
+            exchange=self.exchange, routing_key=self.topic)
+        self.confirmed.append(tag)
+
+    def close(self):
+        self.conn.close()
+
+
+def test_worker_fails_over_when_its_node_stops_under_load(cluster, berth_bin, names, tmp_path_factory):
+    url = cluster_url(cluster)
+    exchange, topic = unique("berth-test-cluster"), unique("cluster")
+    conf = make_conf(exchange)
+    import oslo_messaging  # noqa: PLC0415
+
+    oslo_messaging.get_rpc_transport(conf, url=oslo_transport_url(url)).cleanup()
+    conf.set_override("rabbit_quorum_queue", True, group="oslo_messaging_rabbit")
+    transport = oslo_messaging.get_rpc_transport(conf, url=oslo_transport_url(url))
+    log_dir = tmp_path_factory.mktemp("cluster-logs")
+    workers = []
+    try:
+        for index in range(2):
+            state = tmp_path_factory.mktemp(f"cluster-state-{index}")
+            w = WorkerProcess(berth_bin, url, unique("cl"), log_dir, transport, exchange, topic,
+                              ["--rabbit-quorum-queue", "--state-dir", str(state), "--metrics-interval", "0",
+                               "--concurrency", "4"])
+            workers.append(w.start())
+        stopped_node = cluster[0][0]
+        on_first = connections_on(stopped_node)
+        assert any(f"berth-worker {w.host}" in name for w in workers for name in on_first), (
+            f"the workers are not on {stopped_node} (the first URL) before the stop: {on_first}")
+
+        publisher = ConfirmedPublisher(cluster[1][1], exchange, topic)
+        stop_publishing = threading.Event()
+
+        def publish():
+            index = 0
+            while not stop_publishing.is_set():
+                publisher.cast(f"cl-{index}")
+                index += 1
+                time.sleep(0.005)
+
+        thread = threading.Thread(target=publish, daemon=True)
+        thread.start()
+        time.sleep(2)
+        before = [w.log_text().count("connected to the broker") for w in workers]
+        stopped_at = time.monotonic()
+        ctl(stopped_node, "stop_app")
+        failover = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(failover) < len(workers):
+            for w, count in zip(workers, before):
+                if w.host not in failover and w.log_text().count("connected to the broker") > count:
+                    failover[w.host] = time.monotonic() - stopped_at
+            time.sleep(0.05)
+        time.sleep(2)  # load goes on after the failover
+        stop_publishing.set()
+        thread.join(timeout=30)
+        publisher.close()
+        assert len(failover) == len(workers), "\n".join(w.describe() for w in workers)
+
+        wanted = set(publisher.confirmed)
+        seen: set[str] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not wanted <= seen:
+            seen = set()
+            for w in workers:
+                seen |= set(re.findall(r"debug record tag=(cl-\d+)", w.log_text()))
+            time.sleep(0.2)
+        lost = wanted - seen
+        print(f"\n[cluster figures] confirmed casts {len(wanted)}, worked on {len(wanted & seen)}, lost {len(lost)}; "
+              f"failover after {', '.join(f'{s:.2f}s' for s in failover.values())}")
+        assert not lost, f"{len(lost)} of {len(wanted)} confirmed casts lost in the failover, e.g. {sorted(lost)[:5]}"
+        # The pool still answers calls, now through the remaining nodes.
+        client = rpc_client(transport, topic)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(workers)) as pool:
+            pongs = list(pool.map(
+                lambda w: client.prepare(server=w.host, timeout=30).call(request_context(), "ping"), workers))
+        assert [p["host"] for p in pongs] == [w.host for w in workers]
+        ctl(stopped_node, "start_app")
+        for w in workers:
+            assert w.stop() == 0, w.describe()
+    finally:
+        for w in workers:
+            w.kill()
+        transport.cleanup()
+        conf.clear_override("rabbit_quorum_queue", group="oslo_messaging_rabbit")
