@@ -207,6 +207,13 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "libvirt storage pool (a dir pool under --state-dir/instances) for root disks.")
     var storagePool = "berth"
 
+    @Option(
+        help: ArgumentHelp(
+            "Queue that keeps dead letters (bound to exchange berth.dlx). A quorum queue with --rabbit-quorum-queue, "
+                + "so every worker of a vhost must agree on that option, as for the RPC queues.",
+            valueName: "queue"))
+    var deadLetterQueue = "berth.dead-letter"
+
     @Option(help: "Starts a request gets (the worker crashed or the handler timed out) before it is dead-lettered.")
     var maxAttempts = 3
 
@@ -229,6 +236,11 @@ struct Worker: AsyncParsableCommand {
         }
         guard gracePeriod >= 0, gracePeriod <= 3600 else { throw ValidationError("--grace-period must be 0-3600 s") }
         if let host { try HostName.validate(host) }
+        guard !deadLetterQueue.isEmpty, deadLetterQueue.utf8.count <= 255,
+            !deadLetterQueue.hasPrefix("amq."), deadLetterQueue.allSatisfy({ !$0.isWhitespace && !$0.isNewline })
+        else {
+            throw ValidationError("--dead-letter-queue must be 1-255 bytes, no spaces, not starting with 'amq.'")
+        }
         guard (1...100).contains(maxAttempts) else { throw ValidationError("--max-attempts must be 1-100") }
         guard handlerTimeout >= 0, handlerTimeout <= 86400 else {
             throw ValidationError("--handler-timeout must be 0 (no limit) to 86400 s")
@@ -252,6 +264,7 @@ struct Worker: AsyncParsableCommand {
         configuration.gracePeriod = .milliseconds(Int(gracePeriod * 1000))
         configuration.notificationTopics = [notificationTopic]
         configuration.maxAttempts = maxAttempts
+        configuration.deadLetter = DeadLetterRoute(queue: deadLetterQueue)
         configuration.handlerTimeout = handlerTimeout > 0 ? .milliseconds(Int(handlerTimeout * 1000)) : nil
         configuration.attemptsDirectory = stateDir + "/attempts"
 

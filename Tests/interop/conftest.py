@@ -40,6 +40,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 REQUIRE_SERVICES = os.environ.get("BERTH_REQUIRE_SERVICES") == "1"
 AMQP_URL = os.environ.get("BERTH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DEBUG_NAMESPACE = "berth.debug"
+DEAD_LETTER_QUEUE = "berth.dead-letter"
+QUORUM_DEAD_LETTER_QUEUE = "berth.dead-letter.quorum"
 # Where the worker dead-letters what it cannot decode (`berth worker --help`).
 DEAD_LETTER_EXCHANGE = os.environ.get("BERTH_TEST_DLX", "berth.dlx")
 DEAD_LETTER_QUEUE = os.environ.get("BERTH_TEST_DLQ", "berth.dead-letter")
@@ -310,7 +312,15 @@ class WorkerProcess:
             "--libvirt-uri", "test:///default",
             "--debug-rpc",
             *self.extra_args,
-        ]
+        ] + self.dead_letter_args()
+
+    def dead_letter_args(self) -> list[str]:
+        """Berth's dead-letter queue is a quorum queue when the worker runs with --rabbit-quorum-queue, and
+        one vhost cannot hold it both ways: the tests mix both modes on one broker, so quorum-mode workers
+        keep their dead letters in a queue of their own (bound to the same exchange)."""
+        if "--rabbit-quorum-queue" in self.extra_args and "--dead-letter-queue" not in self.extra_args:
+            return ["--dead-letter-queue", QUORUM_DEAD_LETTER_QUEUE]
+        return []
 
     def start(self, wait: bool = True):
         self.starts += 1

@@ -11,6 +11,7 @@ message is one the cluster took responsibility for, and every one of them must b
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -55,30 +56,47 @@ def node_env(base: str, name: str, port: int, dist: int) -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+@contextlib.contextmanager
+def rabbit_nodes(nodes):
+    """Starts RabbitMQ nodes of the test's own (name, AMQP port, distribution port), stops them after."""
     if shutil.which("rabbitmq-server") is None:
         unavailable("rabbitmq-server is not installed (run scripts/install-deps.sh)")
     # Debian's rabbitmq-server drops to the rabbitmq user: its data must be somewhere that user can reach
     # (pytest's temporary directories are private to root).
-    base = f"/var/tmp/berth-cluster-{uuid.uuid4().hex[:8]}"
+    base = f"/var/tmp/berth-rabbit-{uuid.uuid4().hex[:8]}"
     os.makedirs(base)
     procs = []
-    for name, port, dist in NODES:
-        short = name.split("@")[0]
-        os.makedirs(f"{base}/{short}/log", exist_ok=True)
-        with open(f"{base}/{short}/enabled_plugins", "w") as out:
-            out.write("[].\n")
-        with open(f"{base}/{short}/rabbitmq.conf", "w") as out:
-            out.write("loopback_users.guest = true\n")
-        log = open(f"{base}/{short}/stdout.log", "wb")
-        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", base], check=False)
-        procs.append(subprocess.Popen(["rabbitmq-server"], env=node_env(base, name, port, dist), stdout=log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
-        log.close()
     try:
-        for (name, _, _), proc in zip(NODES, procs):
+        for name, port, dist in nodes:
+            short = name.split("@")[0]
+            os.makedirs(f"{base}/{short}/log", exist_ok=True)
+            with open(f"{base}/{short}/enabled_plugins", "w") as out:
+                out.write("[].\n")
+            with open(f"{base}/{short}/rabbitmq.conf", "w") as out:
+                out.write("loopback_users.guest = true\n")
+            log = open(f"{base}/{short}/stdout.log", "wb")
+            subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", base], check=False)
+            procs.append(subprocess.Popen(["rabbitmq-server"], env=node_env(base, name, port, dist), stdout=log,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+            log.close()
+        for (name, _, _), proc in zip(nodes, procs):
             wait_started(name, proc, f"{base}/{name.split('@')[0]}/stdout.log")
+        yield nodes
+    finally:
+        for name, _, _ in nodes:
+            ctl(name, "stop", check=False, timeout=60)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if not os.environ.get("BERTH_KEEP_RABBIT_NODES"):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with rabbit_nodes(NODES):
         first = NODES[0][0]
         for name, _, _ in NODES[1:]:
             ctl(name, "stop_app")
@@ -95,16 +113,6 @@ def cluster(tmp_path_factory):
         running = json.loads(status)["running_nodes"]
         assert sorted(running) == sorted(n for n, _, _ in NODES), status
         yield NODES
-    finally:
-        for name, _, _ in NODES:
-            ctl(name, "stop", check=False, timeout=60)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if not os.environ.get("BERTH_KEEP_CLUSTER"):
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def wait_started(name: str, proc: subprocess.Popen, log: str):
@@ -242,3 +250,122 @@ def test_worker_fails_over_when_its_node_stops_under_load(cluster, berth_bin, na
             w.kill()
         transport.cleanup()
         conf.clear_override("rabbit_quorum_queue", group="oslo_messaging_rabbit")
+
+
+# --- a broker restart under load, on a node of the test's own ------------------------------------------
+
+LONE_NODE = ("berth-r1@localhost", 5711, 25711)
+RECORD_CASTS = 500
+BUSY_SLEEP = 4.0  # seconds each worker slot is held when the broker stops
+
+
+@pytest.fixture(scope="module")
+def lone_node():
+    with rabbit_nodes([LONE_NODE]) as nodes:
+        yield nodes[0]
+
+
+@contextlib.contextmanager
+def quorum_or_durable_transport(url: str, exchange: str, variant: str):
+    import oslo_messaging  # noqa: PLC0415
+
+    conf = make_conf(exchange)
+    oslo_messaging.get_rpc_transport(conf, url=oslo_transport_url(url)).cleanup()
+    conf.set_override(variant, True, group="oslo_messaging_rabbit")
+    transport = oslo_messaging.get_rpc_transport(conf, url=oslo_transport_url(url))
+    try:
+        yield transport
+    finally:
+        transport.cleanup()
+        conf.clear_override(variant, group="oslo_messaging_rabbit")
+
+
+def reconnections(worker) -> int:
+    return worker.log_text().count("connected to the broker")
+
+
+@pytest.mark.parametrize("variant", ["amqp_durable_queues", "rabbit_quorum_queue"])
+def test_broker_restart_under_load_loses_no_request(variant, lone_node, berth_bin, tmp_path_factory):
+    """Two workers have every slot busy and 500 casts queued behind them when the broker stops. After it
+    returns, both reconnect within 5 s, redeclare, and every queued cast and every interrupted one is
+    worked on; a reply whose queue is gone is logged and dropped, and the worker goes on."""
+    node, port, _ = lone_node
+    url = f"amqp://guest:guest@127.0.0.1:{port}/"
+    exchange, topic = unique("berth-test-restart"), unique(f"restart-{variant[:10]}")
+    flag = "--" + variant.replace("_", "-")
+    log_dir = tmp_path_factory.mktemp("restart-logs")
+    workers = []
+    with quorum_or_durable_transport(url, exchange, variant) as transport:
+        try:
+            for index in range(2):
+                state = tmp_path_factory.mktemp(f"restart-state-{index}")
+                w = WorkerProcess(berth_bin, url, unique("rs"), log_dir, transport, exchange, topic,
+                                  ["--state-dir", str(state), "--concurrency", "2", "--metrics-interval", "0", flag])
+                workers.append(w.start())
+            debug = rpc_client(transport, topic, namespace=DEBUG_NAMESPACE)
+            # Every slot busy (2 workers x 2), then the casts wait in the queue behind them.
+            for _ in range(4):
+                debug.cast(request_context(), "sleep", seconds=BUSY_SLEEP)
+            for index in range(RECORD_CASTS):
+                debug.cast(request_context(), "record", tag=f"{variant}-{index}")
+            before = [reconnections(w) for w in workers]
+            ctl(node, "stop_app")
+            time.sleep(2)
+            ctl(node, "start_app")
+            ctl(node, "await_startup")
+            back_at = time.monotonic()
+            reconnected = {}
+            deadline = back_at + 30
+            while time.monotonic() < deadline and len(reconnected) < len(workers):
+                for w, count in zip(workers, before):
+                    if w.host not in reconnected and reconnections(w) > count:
+                        reconnected[w.host] = time.monotonic() - back_at
+                time.sleep(0.05)
+            assert len(reconnected) == len(workers), "\n".join(w.describe() for w in workers)
+            slowest = max(reconnected.values())
+
+            wanted = {f"{variant}-{index}" for index in range(RECORD_CASTS)}
+            seen: set[str] = set()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not wanted <= seen:
+                for w in workers:
+                    seen |= set(re.findall(r"debug record tag=(\S+)", w.log_text()))
+                time.sleep(0.2)
+            lost = wanted - seen
+            sleeps_done = sum(len(re.findall(r"method=sleep .*request done", w.log_text())) for w in workers)
+            print(f"\n[restart figures] {variant}: casts {RECORD_CASTS}, lost {len(lost)}, interrupted sleeps "
+                  f"finished {sleeps_done}/4, reconnected {', '.join(f'{s:.2f}s' for s in reconnected.values())} "
+                  f"after the broker returned")
+            assert not lost, f"{len(lost)} of {RECORD_CASTS} queued casts lost across the restart: {sorted(lost)[:5]}"
+            assert slowest <= 5.0, f"a worker reconnected {slowest:.1f}s after the broker returned (limit 5 s)"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and sleeps_done < 4:
+                time.sleep(0.2)
+                sleeps_done = sum(len(re.findall(r"method=sleep .*request done", w.log_text())) for w in workers)
+            assert sleeps_done >= 4, "the casts interrupted by the restart were not worked on again"
+
+            # A reply whose queue is gone: a hand-made call naming a reply queue that does not exist. The
+            # worker retries for a few seconds, logs it and drops the reply, and serves other calls meanwhile.
+            conn = amqp.Connection(f"127.0.0.1:{port}", userid="guest", password="guest")
+            conn.connect()
+            try:
+                message = {
+                    "method": "ping", "args": {}, "version": "1.0", "_msg_id": uuid.uuid4().hex,
+                    "_reply_q": f"reply_{uuid.uuid4().hex}", "_unique_id": uuid.uuid4().hex,
+                    "_context_request_id": f"req-{uuid.uuid4()}",
+                }
+                body = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(message)})
+                conn.channel().basic_publish(
+                    amqp.Message(body, content_type="application/json", content_encoding="utf-8"),
+                    exchange=exchange, routing_key=f"{topic}.{workers[0].host}")
+            finally:
+                conn.close()
+            pong = rpc_client(transport, topic).prepare(server=workers[0].host, timeout=10).call(
+                request_context(), "ping")
+            assert pong["host"] == workers[0].host
+            assert workers[0].wait_for_log("reply queue is gone; dropping the reply", timeout=20), workers[0].describe()
+            for w in workers:
+                assert w.stop() == 0, w.describe()
+        finally:
+            for w in workers:
+                w.kill()

@@ -33,7 +33,8 @@ import uuid
 import oslo_messaging
 import pytest
 
-from conftest import DEBUG_NAMESPACE, amqp_connect, delete_broker_objects, request_context, rpc_client, unique
+from conftest import (DEAD_LETTER_QUEUE, DEBUG_NAMESPACE, QUORUM_DEAD_LETTER_QUEUE, amqp_connect, request_context,
+                      rpc_client, unique)
 from test_topology_options import fresh_names, oslo_transport
 
 POOL_BOOTS = int(os.environ.get("BERTH_POOL_BOOTS", "1000"))
@@ -298,8 +299,9 @@ def test_request_that_crashes_workers_is_dead_lettered(variant, worker_factory, 
         # Quorum queues count deliveries for the whole pool; classic queues only per host.
         limit = max_attempts if variant == "rabbit_quorum_queue" else max_attempts * len(workers)
         assert 1 <= crashes <= limit, f"{crashes} crashes for one request (limit {limit})"
-        letters = dead_letters_for_request(context["request_id"])
-        assert letters, "the poison request is not in berth.dead-letter"
+        queue = QUORUM_DEAD_LETTER_QUEUE if variant == "rabbit_quorum_queue" else DEAD_LETTER_QUEUE
+        letters = dead_letters_for_request(context["request_id"], queue)
+        assert letters, f"the poison request is not in {queue}"
         assert "without finishing" in str(letters[0]["headers"].get("x-berth-reason")), letters[0]["headers"]
         report(f"poison-{variant}", max_attempts=max_attempts, workers=len(workers), crashes=crashes,
                caller_got="RetryLimitExceeded", dead_lettered=len(letters))
@@ -328,8 +330,8 @@ def test_handler_timeout_is_retried_then_dead_lettered(worker_factory, rpc_trans
     assert w.stop() == 0, w.describe()
 
 
-def dead_letters_for_request(request_id: str, timeout: float = 10) -> list[dict]:
-    """Dead letters whose oslo context carries `request_id` (the test's own tag on the call)."""
+def dead_letters_for_request(request_id: str, queue: str = DEAD_LETTER_QUEUE, timeout: float = 10) -> list[dict]:
+    """Dead letters in `queue` whose oslo context carries `request_id` (the test's own tag on the call)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         conn = amqp_connect()
@@ -337,7 +339,7 @@ def dead_letters_for_request(request_id: str, timeout: float = 10) -> list[dict]
             channel = conn.channel()
             found, others = [], []
             while True:
-                message = channel.basic_get("berth.dead-letter")
+                message = channel.basic_get(queue)
                 if message is None:
                     break
                 try:
