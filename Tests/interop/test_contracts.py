@@ -23,6 +23,7 @@ import copy
 import json
 import os
 import pathlib
+import re
 
 import jsonschema
 import pytest
@@ -31,7 +32,7 @@ import yaml
 from jsonschema.exceptions import best_match
 
 from capture import PYTHON_CONNECTIONS, decode_oslo
-from conftest import CONTRACT_SESSION, DEAD_LETTER_EXCHANGE, REPO_ROOT, unavailable
+from conftest import CONTRACT_SESSION, DEAD_LETTER_EXCHANGE, DEBUG_NAMESPACE, REPO_ROOT, unavailable
 
 CONTRACTS = REPO_ROOT / "contracts"
 SCHEMAS = CONTRACTS / "schemas"
@@ -45,6 +46,7 @@ API = {
     (None, "snapshot_instance"): "snapshot_instance", (None, "create_placeholder_image"): "create_placeholder_image",
     ("berth.debug", "sleep"): "debug.sleep", ("berth.debug", "fail"): "debug.fail",
     ("berth.debug", "record"): "debug.record", ("berth.debug", "emit_later"): "debug.emit_later",
+    ("berth.debug", "crash"): "debug.crash",
 }
 # A worker answering with one of these says the request itself was wrong: such a request need not fit the
 # request schema (the bad-input tests send them on purpose).
@@ -189,6 +191,46 @@ def test_asyncapi_document_references_existing_schemas():
     assert set(EVENT_TYPES) <= titles, sorted(set(EVENT_TYPES) - titles)
 
 
+def test_asyncapi_covers_every_schema_and_what_the_worker_source_uses():
+    """Every args, result and event schema has its AsyncAPI message, and every RPC method and event type the
+    worker's source names (Sources/BerthWorker) is in contracts/: a method or event added without its contract
+    fails here, before any traffic is captured."""
+    doc = yaml.safe_load((CONTRACTS / "asyncapi.yaml").read_text())
+    messages = doc["components"]["messages"]
+
+    def referenced(key):
+        return {m[key]["$ref"].removeprefix("./schemas/") for m in messages.values() if key in m}
+
+    files = {kind: {p.relative_to(SCHEMAS).as_posix() for p in (SCHEMAS / kind).glob("*.json")}
+             for kind in ("rpc/args", "rpc/results", "events")}
+    assert referenced("x-berth-args") == files["rpc/args"]
+    assert referenced("x-berth-result") == files["rpc/results"]
+    assert referenced("x-berth-payload") == files["events"] | {"metrics/berth.metrics.json"}
+    assert {f"rpc/args/{name}.json" for name in API.values()} == files["rpc/args"]
+    # Each request message is on every RPC channel, each result on the reply queue.
+    for channel in ("rpcTopic", "rpcServer", "rpcFanout"):
+        on_channel = {ref["$ref"].split("/")[-1] for ref in doc["channels"][channel]["messages"].values()}
+        assert on_channel == {n for n, m in messages.items() if "x-berth-args" in m}, channel
+    replies = {ref["$ref"].split("/")[-1] for ref in doc["channels"]["replyQueue"]["messages"].values()}
+    assert {n for n, m in messages.items() if "x-berth-result" in m} <= replies
+
+    source = "\n".join(p.read_text() for p in sorted((REPO_ROOT / "Sources" / "BerthWorker").glob("*.swift")))
+    compute = set(re.findall(r'methods\["(\w+)"\]\s*=', source))
+    debug_block = source[source.index("enum DebugEndpoints"):]
+    debug_block = debug_block[:debug_block.index("\n}\n")]
+    debug = set(re.findall(r'^\s*"(\w+)": (?:\w+,|\{ call in)', debug_block, re.M))
+    assert compute and debug, "the method tables moved: update this test"
+    assert {(None, m) for m in compute} | {(DEBUG_NAMESPACE, m) for m in debug} == set(API), (compute, debug)
+    emitted = set(re.findall(r'\.emit\(\s*"([a-z_.]+)"', source))
+    for operation in re.findall(r'InstanceEvents\.around\(\s*"([a-z_.]+)"', source):
+        emitted |= {f"{operation}.start", f"{operation}.end", f"{operation}.error"}
+    emitted |= set(re.findall(r'static let eventType = "([a-z_.]+)"', source))
+    assert emitted, "the event emitters moved: update this test"
+    contracted = set(EVENT_TYPES) | {METRICS_EVENT}
+    assert emitted == contracted, f"emitted, not in contracts/: {sorted(emitted - contracted)}; in contracts/, " \
+                                  f"never emitted: {sorted(contracted - emitted)}"
+
+
 def test_image_property_contract_agrees_with_the_schemas(contracts):
     properties = json.loads((CONTRACTS / "image-properties.json").read_text())
     by_name = {p["name"]: p for p in properties["properties"]}
@@ -240,6 +282,49 @@ def test_generic_schemas_accept_real_oslo_messages(contracts):
         assert not errors, f"{path.name} vs {name}:\n" + "\n".join(errors)
         checked += 1
     assert checked >= 10
+
+
+def test_only_a_minted_placeholder_event_has_a_null_instance_uuid(contracts):
+    """The one event whose instance_uuid may be null (contracts/README.md): image.placeholder.create from
+    create_placeholder_image. From snapshot_instance it names the instance and the volume snapshot; every other
+    event names its instance; no event may drop the key or have a null image_id."""
+    base = {"image_id": "img-1", "host": "compute-1", "request_id": "req-1", "state": "active"}
+    uuid_ = "3f2a8c1e-5b7d-4e9a-8c2f-1a2b3c4d5e6f"
+    placeholder = "events/image.placeholder.create.json"
+    accepted = [
+        {**base, "instance_uuid": None},  # create_placeholder_image(volume_id)
+        {**base, "instance_uuid": None, "snapshot_id": "snap-1"},  # create_placeholder_image(snapshot_id)
+        {**base, "instance_uuid": uuid_, "snapshot_id": "snap-1"},  # snapshot_instance, volume-backed
+    ]
+    refused = [
+        {**base, "instance_uuid": uuid_},  # from an instance, but without the snapshot it took
+        base,  # instance_uuid must be present, if null
+        {**base, "instance_uuid": None, "image_id": None},
+        {**base, "instance_uuid": ""},
+    ]
+    for payload in accepted:
+        assert not contracts.errors(placeholder, payload), payload
+    for payload in refused:
+        assert contracts.errors(placeholder, payload), payload
+    for event_type in EVENT_TYPES:
+        if event_type == "image.placeholder.create":
+            continue
+        schema = contracts.registry.contents(SCHEMA_BASE + f"events/{event_type}.json")
+        assert "instance_uuid" in schema["required"], event_type
+        assert contracts.errors(f"events/{event_type}.json", {**base, "instance_uuid": None}), event_type
+
+
+def test_snapshot_result_is_image_id_and_kind(contracts):
+    """DESIGN §3: image_id and kind (snapshot_id with a placeholder); snapshot_image_id is deprecated."""
+    result = "rpc/results/snapshot_instance.json"
+    assert not contracts.errors(result, {"image_id": "img-2", "kind": "image"})
+    assert not contracts.errors(result, {"image_id": "img-2", "kind": "placeholder", "snapshot_id": "snap-1"})
+    assert contracts.errors(result, {"image_id": "img-2", "kind": "placeholder"})
+    assert contracts.errors(result, {"image_id": "img-2", "kind": "image", "snapshot_id": "snap-1"})
+    assert contracts.errors(result, {"kind": "image"})
+    schema = contracts.registry.contents(SCHEMA_BASE + result)
+    assert schema["properties"]["snapshot_image_id"].get("deprecated") is True
+    assert "snapshot_image_id" not in schema["required"]
 
 
 # --- classifying the captured messages -------------------------------------------------------------------------

@@ -2,12 +2,22 @@
 `berth monitor` adds up exactly what that listener recorded.
 
 Two workers on the in-process test driver (each process has its own test:///default host), three
-catalog images, several instances of each booted through the bus. Both workers poll every second
-and publish on a metering topic of this module's own. A stock listener records every batch by its
-message_id from before the monitors start until after they stop; each `berth monitor ... --json
---message-ids` lists the notifications it aggregated, so the listener's figures over exactly those
-notifications must equal the monitor's: counts and max exactly, sums and means to floating-point
-rounding (the monitor adds doubles, Python adds the integers the worker sent).
+images in one shared catalog: two plain raw images and a **placeholder image** (DESIGN §5): a bootable
+volume made from a raw image with `berth volumes create`, a snapshot of it with `berth volumes
+snapshot`, and a content-free placeholder minted from that snapshot by a worker through the RPC
+`create_placeholder_image`, called by a stock oslo client. Several instances of each image are booted
+through the bus on both workers; each placeholder boot gets a volume of its own made from the
+snapshot (a placeholder minted from a plain volume boots one instance at a time, so it could not
+give several instances). Both workers poll every second and publish on a metering topic of this
+module's own. A stock listener records every batch by its message_id from before the monitors start
+until after they stop; each `berth monitor ... --json --message-ids` lists the notifications it
+aggregated, so the listener's figures over exactly those notifications must equal the monitor's:
+counts and max exactly, sums and means to floating-point rounding (the monitor adds doubles, Python
+adds the integers the worker sent). The per-image figures therefore cover a placeholder image_id.
+
+create_placeholder_image is also called for the plain volume, and refused for a volume that does not
+exist and for a request naming both a volume and a snapshot, so its requests, results, failures and
+`image.placeholder.create` events are in the session's capture that test_contracts.py validates.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from conftest import request_context, rpc_client, unique
 
 INSTANCES_PER_IMAGE_PER_WORKER = 2
 FLAVORS = ["tiny", "small", "tiny"]  # per image: two images share a flavor, so --by flavor merges them
+PLACEHOLDER = 2  # index of the placeholder image in `images`
 MONITOR_SECONDS = 4
 
 
@@ -79,25 +90,95 @@ def recorder(notification_transport, metering_topic):
     listener.wait()
 
 
+class EventRecorder:
+    """A stock listener endpoint for the workers' status events (`<topic>-notifications`, see conftest)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, str, dict]] = []
+
+    def _record(self, publisher_id, event_type, payload):
+        with self.lock:
+            self.events.append((publisher_id, event_type, payload))
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        self._record(publisher_id, event_type, payload)
+
+    def error(self, ctxt, publisher_id, event_type, payload, metadata):
+        self._record(publisher_id, event_type, payload)
+
+    def of(self, event_type: str) -> list[tuple[str, dict]]:
+        with self.lock:
+            return [(p, e) for p, t, e in self.events if t == event_type]
+
+
 @pytest.fixture(scope="module")
-def images(berth_bin, tmp_path_factory) -> tuple[str, list[str]]:
+def events(notification_transport, names):
+    rec = EventRecorder()
+    listener = oslo_messaging.get_notification_listener(
+        notification_transport, [oslo_messaging.Target(topic=f"{names.topic}-notifications")], [rec],
+        executor="threading")
+    listener.start()
+    yield rec
+    listener.stop()
+    listener.wait()
+
+
+class Catalog:
+    """The workers' shared local catalog, managed with the `berth images` / `berth volumes` commands."""
+
+    def __init__(self, berth_bin: str, root):
+        self.berth_bin, self.root = berth_bin, root
+
+    def run(self, *args: str) -> dict:
+        proc = subprocess.run([self.berth_bin, *args, "--catalog", f"local:{self.root}"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"berth {' '.join(args)}: {proc.stderr}"
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def catalog(berth_bin, tmp_path_factory):
+    """Two raw images; a bootable volume made from the first and a snapshot of it (placeholder sources)."""
     root = tmp_path_factory.mktemp("metrics-catalog")
     disk = root.parent / "metrics-root.raw"
     disk.write_bytes(b"\0" * (1 << 20))
-    ids = []
-    for index in range(3):
-        proc = subprocess.run(
-            [berth_bin, "images", "create", "--name", f"metrics-{index}", "--disk-format", "raw", "--file", str(disk),
-             "--catalog", f"local:{root}"],
-            capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        ids.append(json.loads(proc.stdout)["id"])
-    return str(root), ids
+    cat = Catalog(berth_bin, root)
+    cat.raw = [
+        cat.run("images", "create", "--name", f"metrics-{index}", "--disk-format", "raw", "--file", str(disk))["id"]
+        for index in range(2)
+    ]
+    cat.volume = cat.run("volumes", "create", "--name", "metrics-root", "--size", "1", "--image", cat.raw[0],
+                         "--bootable")
+    cat.snapshot = cat.run("volumes", "snapshot", cat.volume["id"], "--name", "metrics-root-snap")
+    return cat
 
 
 @pytest.fixture(scope="module")
-def workers(worker_factory, images, metering_topic, recorder, tmp_path_factory):
-    root, _ = images
+def minted(rpc_transport, workers, catalog, events) -> dict:
+    """Placeholder images minted over the bus by whichever worker of the pool takes the call (topic
+    `compute`, no server): {"snapshot": (image_id, request_id), "volume": (image_id, request_id)}."""
+    client = rpc_client(rpc_transport, workers[0].topic).prepare(timeout=60)
+    made = {}
+    for source, args in (("snapshot", {"snapshot_id": catalog.snapshot["id"]}),
+                         ("volume", {"volume_id": catalog.volume["id"]})):
+        context = request_context()
+        result = client.call(context, "create_placeholder_image", name=f"metrics-{source}-placeholder",
+                             properties={"os_distro": "debian"}, **args)
+        assert set(result) == {"image_id"}, result
+        made[source] = (result["image_id"], context["request_id"])
+    return made
+
+
+@pytest.fixture(scope="module")
+def images(catalog, minted) -> tuple[str, list[str]]:
+    """(catalog root, [raw image, raw image, placeholder image]): the three images instances boot from."""
+    return str(catalog.root), [*catalog.raw, minted["snapshot"][0]]
+
+
+@pytest.fixture(scope="module")
+def workers(worker_factory, catalog, metering_topic, recorder, tmp_path_factory):
+    root = catalog.root
     made = []
     for index in range(2):
         state = tmp_path_factory.mktemp(f"metrics-state-{index}")
@@ -116,7 +197,8 @@ def workers(worker_factory, images, metering_topic, recorder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def booted(rpc_transport, workers, images):
-    """{instance uuid: (worker host, image id, flavor)} for every instance booted through the bus."""
+    """{instance uuid: (worker host, image id, flavor)} for every instance booted through the bus. A
+    placeholder boot runs on a volume made from the placeholder's snapshot, whose id is the instance's."""
     _, image_ids = images
     plan = []
     for w in workers:
@@ -133,6 +215,9 @@ def booted(rpc_transport, workers, images):
         client = rpc_client(rpc_transport, w.topic)
         result = client.prepare(server=w.host, timeout=120).call(request_context(), "boot_instance", instance=inst)
         assert result["status"] == "ACTIVE", result
+        assert (result["host"], result["image_id"]) == (w.host, image_id), result
+        is_placeholder = image_id == image_ids[PLACEHOLDER]
+        assert result["volume_id"] == (inst["uuid"] if is_placeholder else None), result
         return inst["uuid"], (w.host, image_id, flavor)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(plan)) as pool:
@@ -224,11 +309,14 @@ def test_monitor_matches_what_a_stock_listener_recorded(berth_cli, recorder, wor
                 assert math.isclose(have["mean"], total / want["count"], rel_tol=1e-12), (by, name, metric)
                 assert (have["unit"], have["type"]) == (want["unit"], want["type"])
 
-    # Every image, with all its instances on both workers, is in the per-image figures.
+    # Every image, with all its instances on both workers, is in the per-image figures: the placeholder too.
     per_image = results["image_id"]["groups"]
     assert set(per_image) == set(image_ids)
     for image_id in image_ids:
         assert per_image[image_id]["instances"] == 2 * INSTANCES_PER_IMAGE_PER_WORKER
+    placeholder = per_image[image_ids[PLACEHOLDER]]["metrics"]
+    assert {"cpu.time", "memory.used"} <= set(placeholder), placeholder
+    assert placeholder["memory.used"]["max"] == 128 * 1024 * 1024
     assert set(results["host"]["groups"]) == hosts
     assert set(results["flavor"]["groups"]) == set(FLAVORS)
 
@@ -263,3 +351,74 @@ def test_every_sample_is_tagged_and_shaped(recorder, workers, booted, images):
     durations = collections.Counter(s["instance_uuid"] for s in by_name["boot.duration"])
     assert durations == collections.Counter(set(booted))
     assert all(0 < s["value"] < 120 and s["unit"] == "s" for s in by_name["boot.duration"])
+
+
+def wait_for_events(events: EventRecorder, predicate, timeout: float, what: str):
+    wait_for(lambda: predicate(events), timeout, what)
+
+
+def test_placeholders_minted_over_the_bus(catalog, minted, events, workers):
+    """create_placeholder_image through a stock client: content-free images naming the snapshot or the volume,
+    inheriting the volume's image metadata, each announced by image.placeholder.create with its image_id."""
+    hosts = {w.host for w in workers}
+    expected_bdm = {
+        "snapshot": {"source_type": "snapshot", "snapshot_id": catalog.snapshot["id"], "destination_type": "volume",
+                     "boot_index": 0, "device_name": "/dev/vda", "volume_size": 1, "delete_on_termination": True},
+        "volume": {"source_type": "volume", "volume_id": catalog.volume["id"], "destination_type": "volume",
+                   "boot_index": 0, "device_name": "/dev/vda", "volume_size": 1, "delete_on_termination": False},
+    }
+    for source, (image_id, request_id) in minted.items():
+        image = catalog.run("images", "show", image_id)
+        assert image["size"] == 0 and image["status"] == "active", image
+        props = image["properties"]
+        assert json.loads(props["block_device_mapping"]) == [expected_bdm[source]], props
+        assert props["bdm_v2"] == "True" and props["root_device_name"] == "/dev/vda", props
+        # The caller's properties, and the base image recorded from the volume's image metadata.
+        assert props["os_distro"] == "debian" and props["base_image_ref"] == catalog.raw[0], props
+        # Minted straight from a volume or snapshot: no instance, so instance_uuid is null (contracts/README.md).
+        wait_for_events(events, lambda ev: any(e["image_id"] == image_id for _, e in ev.of("image.placeholder.create")),
+                        20, f"image.placeholder.create for the {source} placeholder")
+        [(publisher, event)] = [(p, e) for p, e in events.of("image.placeholder.create") if e["image_id"] == image_id]
+        want = {"instance_uuid": None, "image_id": image_id, "host": publisher.removeprefix("compute."),
+                "request_id": request_id, "state": "active"}
+        if source == "snapshot":
+            want["snapshot_id"] = catalog.snapshot["id"]
+        assert event == want, event
+        assert publisher.removeprefix("compute.") in hosts
+
+
+def test_create_placeholder_image_refuses_what_it_cannot_mint(rpc_transport, workers, catalog, minted, events):
+    client = rpc_client(rpc_transport, workers[0].topic).prepare(server=workers[0].host, timeout=30)
+    missing = str(uuid.uuid4())
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        client.call(request_context(), "create_placeholder_image", volume_id=missing, name="no-such-volume")
+    assert caught.value.exc_type == "VolumeNotFound" and missing in caught.value.value, caught.value
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        client.call(request_context(), "create_placeholder_image", volume_id=catalog.volume["id"],
+                    snapshot_id=catalog.snapshot["id"], name="both-sources")
+    assert caught.value.exc_type == "InvalidRequest" and "exactly one" in caught.value.value, caught.value
+    # Nothing was minted, and nothing announced (beyond the two placeholders minted above).
+    wait_for_events(events, lambda ev: len(ev.of("image.placeholder.create")) >= len(minted), 20,
+                    "image.placeholder.create of the minted placeholders")
+    names = {json.loads(line)["name"] for line in subprocess.run(
+        [catalog.berth_bin, "images", "list", "--catalog", f"local:{catalog.root}"],
+        capture_output=True, text=True, check=True).stdout.splitlines() if line.strip()}
+    assert not {"no-such-volume", "both-sources"} & names
+    assert len(events.of("image.placeholder.create")) == len(minted)
+
+
+def test_every_boot_event_names_its_image(events, booted, images):
+    """instance.create.start and .end of every instance carry the image it booted from, the placeholder's
+    id for a volume-backed one: never null, never the volume's or the snapshot's."""
+    wait_for_events(events, lambda ev: {e["instance_uuid"] for _, e in ev.of("instance.create.end")} >= set(booted),
+                    30, "instance.create.end of every booted instance")
+    for event_type in ("instance.create.start", "instance.create.end"):
+        seen = {}
+        for publisher, event in events.of(event_type):
+            if event["instance_uuid"] not in booted:
+                continue
+            host, image_id, _ = booted[event["instance_uuid"]]
+            assert event["image_id"] == image_id and publisher == f"compute.{host}", (event_type, event)
+            seen[event["instance_uuid"]] = event
+        assert set(seen) == set(booted), event_type
+    assert not events.of("instance.create.error")
