@@ -54,6 +54,9 @@ public struct RPCServerConfiguration: Sendable {
     public var handlerTimeout: Duration?
     /// Where start counts survive a crash (`AttemptLedger`); nil: in memory only.
     public var attemptsDirectory: String?
+    /// How often a topic-addressed boot this host cannot run is passed on to the pool before the caller
+    /// gets `HostIncompatible` (`HostHandOff`); 0: answer at once.
+    public var maxHandOffs = 16
 
     public init(urls: [AMQPURL], host: String) {
         self.urls = urls
@@ -186,7 +189,10 @@ public final class RPCServer: Service, EventSink, Sendable {
 
     func process(_ delivery: AMQPDelivery) async {
         let disposition = intake.withLock {
-            $0.classify(contentType: delivery.properties.contentType, body: delivery.body, redelivered: delivery.redelivered)
+            // A handed-on boot carries the _unique_id this worker may have seen: not a duplicate.
+            $0.classify(
+                contentType: delivery.properties.contentType, body: delivery.body,
+                redelivered: delivery.redelivered || HostHandOff(headers: delivery.properties.headers).isHandedOn)
         }
         switch disposition {
         case .duplicate(let uniqueID):
@@ -231,6 +237,26 @@ public final class RPCServer: Service, EventSink, Sendable {
             if let key { attempts.finish(key) }
             return
         }
+        let canHandOn = canHandOn(delivery, request)
+        var handOff = HostHandOff(headers: delivery.properties.headers)
+        if canHandOn, handOff.wasRefused(by: configuration.host) {
+            // This host said no before; running it again would say no again.
+            try? await Task.sleep(for: handOff.pause)
+            handOff.record(host: configuration.host, reason: "")
+            if handOff.count <= configuration.maxHandOffs {
+                await handOn(delivery, request, handOff, logger: log)
+            } else {
+                log.warning("no worker of the pool can run it", metadata: ["handoffs": "\(handOff.count - 1)"])
+                if let address = request.replyAddress {
+                    let failure = RPCFailure.berth("HostIncompatible", handOff.finalMessage)
+                    guard await reply(RPCReply.failure(failure, msgID: address.msgID), to: address.replyQueue, logger: log)
+                    else { return }
+                }
+                client.ack(delivery)
+            }
+            if let key { attempts.finish(key) }
+            return
+        }
         let call = RPCCall(request: request, host: configuration.host, logger: log, events: self)
         let timeout = configuration.handlerTimeout
         let outcome: Result<JSONValue, RPCFailure>? = await withCallMonitor(request, logger: log) {
@@ -261,12 +287,24 @@ public final class RPCServer: Service, EventSink, Sendable {
         switch outcome {
         case .success:
             log.info("request done")
+        case .failure(let failure) where canHandOn && failure.className == "HostIncompatible":
+            handOff.record(host: configuration.host, reason: failure.message)
+            if handOff.count <= configuration.maxHandOffs {
+                await handOn(delivery, request, handOff, logger: log)
+                if let key { attempts.finish(key) }
+                return
+            }
+            log.warning("no worker of the pool can run it", metadata: ["handoffs": "\(handOff.count - 1)"])
         case .failure(let failure):
             log.warning("request failed", metadata: ["error": "\(failure.className): \(failure.message)"])
         }
+        var answer = outcome
+        if handOff.isHandedOn, case .failure(let failure) = outcome, failure.className == "HostIncompatible" {
+            answer = .failure(RPCFailure.berth("HostIncompatible", handOff.finalMessage))
+        }
         if let msgID = request.msgID, let replyQueue = request.replyQueue {
             let message: JSONObject
-            switch outcome {
+            switch answer {
             case .success(let value): message = RPCReply.result(value, msgID: msgID)
             case .failure(let failure): message = RPCReply.failure(failure, msgID: msgID)
             }
@@ -274,6 +312,34 @@ public final class RPCServer: Service, EventSink, Sendable {
         }
         client.ack(delivery)
         if let key { attempts.finish(key) }
+    }
+
+    /// A boot sent to the whole pool (the shared topic queue), which another host may be able to run.
+    private func canHandOn(_ delivery: AMQPDelivery, _ request: RPCRequest) -> Bool {
+        configuration.maxHandOffs > 0 && request.method == "boot_instance" && request.namespace == nil
+            && delivery.routingKey == configuration.topic
+    }
+
+    /// Republishes the request to the topic with this host's refusal on it, then acks this copy; if the
+    /// broker does not take the new copy, this one goes back to the queue instead.
+    private func handOn(_ delivery: AMQPDelivery, _ request: RPCRequest, _ handOff: HostHandOff, logger: Logger) async {
+        logger.info(
+            "this host cannot run the boot; handing it to the pool",
+            metadata: ["handoffs": "\(handOff.count)", "refused_by": "\(handOff.refusedBy.joined(separator: ","))"])
+        var properties = delivery.properties
+        properties.headers = handOff.headers(replacing: delivery.properties.headers)
+        do {
+            let outcome = try await client.publish(
+                exchange: delivery.exchange, routingKey: delivery.routingKey, body: delivery.body,
+                properties: properties)
+            guard outcome == .confirmed else {
+                client.reject(delivery, requeue: true)
+                return
+            }
+            client.ack(delivery)
+        } catch {
+            logger.warning("could not hand the boot on; it goes back to the queue", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Runs a handler; nil when it outlived `timeout` (it is cancelled then).

@@ -214,6 +214,11 @@ struct Worker: AsyncParsableCommand {
             valueName: "queue"))
     var deadLetterQueue = "berth.dead-letter"
 
+    @Option(
+        name: .customLong("max-handoffs"),
+        help: "Times a boot sent to the pool that this host cannot run is passed on to other workers before the caller gets HostIncompatible; 0: answer at once.")
+    var maxHandOffs = 16
+
     @Option(help: "Starts a request gets (the worker crashed or the handler timed out) before it is dead-lettered.")
     var maxAttempts = 3
 
@@ -241,6 +246,7 @@ struct Worker: AsyncParsableCommand {
         else {
             throw ValidationError("--dead-letter-queue must be 1-255 bytes, no spaces, not starting with 'amq.'")
         }
+        guard (0...100).contains(maxHandOffs) else { throw ValidationError("--max-handoffs must be 0-100") }
         guard (1...100).contains(maxAttempts) else { throw ValidationError("--max-attempts must be 1-100") }
         guard handlerTimeout >= 0, handlerTimeout <= 86400 else {
             throw ValidationError("--handler-timeout must be 0 (no limit) to 86400 s")
@@ -264,6 +270,7 @@ struct Worker: AsyncParsableCommand {
         configuration.gracePeriod = .milliseconds(Int(gracePeriod * 1000))
         configuration.notificationTopics = [notificationTopic]
         configuration.maxAttempts = maxAttempts
+        configuration.maxHandOffs = maxHandOffs
         configuration.deadLetter = DeadLetterRoute(queue: deadLetterQueue)
         configuration.handlerTimeout = handlerTimeout > 0 ? .milliseconds(Int(handlerTimeout * 1000)) : nil
         configuration.attemptsDirectory = stateDir + "/attempts"

@@ -73,7 +73,14 @@ func imgRun(_ tool: String, _ arguments: [String], input: Data? = nil) throws ->
 /// Runs a tool and throws when it fails.
 @discardableResult
 func imgTool(_ tool: String, _ arguments: [String], input: Data? = nil) throws -> ImgToolResult {
-    let result = try imgRun(tool, arguments, input: input)
+    var result = try imgRun(tool, arguments, input: input)
+    // qemu-img times its LUKS key derivation with getrusage, which on a loaded machine sometimes fails
+    // ("Unable to get accurate CPU usage"): that is the machine, not the image; try again.
+    var attempts = 1
+    while result.status != 0, attempts < 5, result.errors.contains("accurate CPU usage") {
+        attempts += 1
+        result = try imgRun(tool, arguments, input: input)
+    }
     guard result.status == 0 else {
         throw ImgToolFailure(
             description: "\(tool) \(arguments.joined(separator: " ")) failed (\(result.status)): \(result.errors)")

@@ -360,3 +360,54 @@ def dead_letters_for_request(request_id: str, queue: str = DEAD_LETTER_QUEUE, ti
             return found
         time.sleep(0.5)
     return []
+
+
+# --- host mismatch in a pool ---------------------------------------------------------------------------
+
+SMALL_NODE = """<node>
+  <cpu><mhz>2000</mhz><model>i686</model><active>2</active><total>2</total>
+       <nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads></cpu>
+  <memory>4194304</memory>
+</node>
+"""
+
+
+def test_a_boot_this_host_cannot_run_goes_to_one_that_can(worker_factory, rpc_transport, names, catalog,
+                                                           tmp_path_factory):
+    """Two small workers (a 2-CPU libvirt test host) and one big one (test:///default, 16 CPUs) share the
+    topic. 8-vCPU boots sent to the pool all end on the big one; a 64-vCPU boot, which no worker can run,
+    gets HostIncompatible naming every host, after a bounded number of hand-offs."""
+    _, image_id = catalog
+    node_file = tmp_path_factory.mktemp("small-node") / "node.xml"
+    node_file.write_text(SMALL_NODE)
+    handoffs = ["--max-handoffs", "10"]
+    small = [worker_factory(unique("small"), pool_args(catalog, tmp_path_factory, f"small{i}", "--libvirt-uri",
+                                                      f"test://{node_file}", *handoffs)) for i in range(2)]
+    big = worker_factory(unique("big"), pool_args(catalog, tmp_path_factory, "big", *handoffs))
+    start_all(small + [big])
+    client = rpc_client(rpc_transport, names.topic).prepare(timeout=60)
+
+    def boot(vcpus):
+        inst = instance(image_id)
+        inst["flavor"] = {"name": f"v{vcpus}", "vcpus": vcpus, "memory_mb": 128, "root_gb": 0}
+        return client.call(request_context(), "boot_instance", instance=inst)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(boot, [8] * 20))
+    hosts = collections.Counter(r["host"] for r in results)
+    assert hosts == {big.host: 20}, f"8-vCPU boots ended on {dict(hosts)}; only {big.host} has 16 CPUs"
+    handed = sum(w.log_text().count("handing it to the pool") for w in small)
+    assert handed >= 1, "no small worker handed a boot on (the test proves nothing)"
+
+    started = time.monotonic()
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(64)
+    elapsed = time.monotonic() - started
+    assert caught.value.exc_type == "HostIncompatible", caught.value
+    text = str(caught.value.value)
+    for w in small + [big]:
+        assert w.host in text, f"{w.host} not named in: {text}"
+    report("host-mismatch", small_workers=2, big_workers=1, boots=20, all_on_big=True, handed_on=handed,
+           impossible_boot_answered_in_s=round(elapsed, 1))
+    for w in small + [big]:
+        assert w.stop() == 0, w.describe()
