@@ -14,6 +14,9 @@ final class PartitionDiskFile {
     static let blkRereadPartitions: UInt = 0x125F  // BLKRRPART
     static let blkGetSize64: UInt = 0x8008_1272  // BLKGETSIZE64
     static let blkLogicalSectorSize: UInt = 0x1268  // BLKSSZGET
+    // fallocate modes (linux/falloc.h).
+    static let fallocKeepSize: Int32 = 0x01
+    static let fallocPunchHole: Int32 = 0x02
 
     init(path: String, writable: Bool) throws(BerthError) {
         self.path = path
@@ -103,8 +106,17 @@ final class PartitionDiskFile {
         }
     }
 
-    /// Zeros `count` bytes from `offset`, a megabyte at a time so memory stays bounded.
+    /// Zeros `count` bytes from `offset`. A disk file gets a hole punched, as the image writer leaves its zero
+    /// ranges (the bytes read as zeros and take no space); a block device, or a file system that cannot punch
+    /// holes, gets zeros written a megabyte at a time so memory stays bounded.
     func zero(at offset: UInt64, count: UInt64) throws(BerthError) {
+        guard count > 0 else { return }
+        if !isBlockDevice,
+            ImageFallocate.call(
+                descriptor, Self.fallocPunchHole | Self.fallocKeepSize, off_t(offset), off_t(count)) == 0
+        {
+            return
+        }
         let chunk = [UInt8](repeating: 0, count: 1 << 20)
         var done: UInt64 = 0
         while done < count {

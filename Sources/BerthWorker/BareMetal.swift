@@ -31,11 +31,14 @@ public struct NodeInventory: Sendable {
             sectorSize = size
             path = String(path[..<colon])
         }
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-        guard !name.isEmpty, name.count <= 64, name.allSatisfy(allowed.contains) else {
-            throw .invalidRequest("node name '\(name)' must be 1-64 letters, digits, '.', '_' or '-'")
+        // What boot_instance's `node` accepts (BootRequest), so every node in the inventory can be named.
+        guard CatalogID.isValid(name), name.utf8.count <= 63 else {
+            throw .invalidRequest(
+                "node name '\(name)' must be 1-63 letters, digits, '.', '_' or '-', not starting with '.' or '-'")
         }
-        guard path.hasPrefix("/") else { throw .invalidRequest("node \(name): the path must be absolute, got '\(path)'") }
+        guard path.hasPrefix("/") else {
+            throw .invalidRequest("node \(name): the path must be absolute, got '\(path)'")
+        }
         guard sectorSize == 512 || sectorSize == 4096 else {
             throw .invalidRequest("node \(name): sector size must be 512 or 4096, got \(sectorSize)")
         }
@@ -58,11 +61,16 @@ struct DeployRecord: Codable, Equatable {
     var imageID: String
     var fingerprint: String
     var requestID: String?
+    /// What the deploy reported, so a repeated boot answers exactly what the first one did. Optional: records
+    /// written before these were kept have neither.
+    var bytesWritten: UInt64?
+    var seconds: Double?
 
     enum CodingKeys: String, CodingKey {
-        case uuid, name, node, fingerprint
+        case uuid, name, node, fingerprint, seconds
         case imageID = "image_id"
         case requestID = "request_id"
+        case bytesWritten = "bytes_written"
     }
 }
 
@@ -72,6 +80,8 @@ public struct BareMetalService: Sendable {
     public let host: String
     public let catalog: any Catalog
     public let inventory: NodeInventory
+    /// Where a finished deploy reports its throughput (`deploy.throughput`, DESIGN §7); nil: not reported.
+    public var metrics: MetricsRecorder?
     let recordDirectory: String
 
     public init(host: String, catalog: any Catalog, inventory: NodeInventory, stateDirectory: String) {
@@ -89,19 +99,26 @@ public struct BareMetalService: Sendable {
     ) async throws(BerthError) -> JSONObject {
         guard let nodeName = request.node else {
             throw .invalidRequest(
-                "instance.node is required for target 'baremetal'; known nodes: \(inventory.nodes.keys.sorted().joined(separator: ", "))")
+                "instance.node is required for target 'baremetal'; known nodes: \(inventory.nodes.keys.sorted().joined(separator: ", "))"
+            )
         }
         let node = try inventory.node(nodeName)
         let fingerprint = Self.fingerprint(request)
+        // Held until the deploy is recorded (or failed): a second deploy to the node, from this worker or another
+        // on the host, is refused instead of writing the same disk at the same time.
+        let lease = try NodeLease(node: node, uuid: request.uuid, directory: recordDirectory)
+        defer { withExtendedLifetime(lease) {} }
         let records = try loadRecords()
         if let existing = records.first(where: { $0.uuid == request.uuid }) {
             guard existing.fingerprint == fingerprint else {
-                throw .instanceExists(request.uuid, differences: ["the deploy request differs from the one that made it"])
+                throw .instanceExists(
+                    request.uuid, differences: ["the deploy request differs from the one that made it"])
             }
-            return result(existing)
+            return bootAnswer(existing)
         }
+        // The request is well formed; the node is taken. DeployFailed, not InvalidRequest: another node may do.
         if let holder = records.first(where: { $0.node == node.name }) {
-            throw .invalidRequest(
+            throw .deployFailed(
                 "node \(node.name) holds instance \(holder.uuid); delete that instance before deploying another")
         }
         let image: CatalogImage
@@ -132,10 +149,12 @@ public struct BareMetalService: Sendable {
             let plan = try ImageWriter.plan(
                 imagePath: imagePath, diskPath: node.path, sectorSize: node.sectorSize, checksum: checksum)
             let written = try plan.write(progress: progress)
-            let drive = try ConfigDriveDeployer.write(diskPath: node.path, sectorSize: node.sectorSize, content: content)
+            let drive = try ConfigDriveDeployer.write(
+                diskPath: node.path, sectorSize: node.sectorSize, content: content)
             return (written, drive)
         }
-        let seconds = Double((ContinuousClock.now - started).components.seconds)
+        let seconds =
+            Double((ContinuousClock.now - started).components.seconds)
             + Double((ContinuousClock.now - started).components.attoseconds) / 1e18
         logger.info(
             "deploy finished",
@@ -145,16 +164,21 @@ public struct BareMetalService: Sendable {
             ])
         let record = DeployRecord(
             uuid: request.uuid, name: request.name, node: node.name, imageID: image.id, fingerprint: fingerprint,
-            requestID: requestID)
+            requestID: requestID, bytesWritten: report.0.bytesWritten, seconds: seconds)
         try save(record)
-        var answer = result(record)
-        answer["bytes_written"] = .int(Int64(report.0.bytesWritten))
-        answer["seconds"] = .double(seconds)
-        return answer
+        metrics?.deployFinished(
+            uuid: request.uuid, imageID: image.id, flavor: request.flavor.name, bytes: report.0.bytesWritten,
+            seconds: seconds)
+        return bootAnswer(record)
     }
 
     public func describe(uuid: String) throws(BerthError) -> JSONObject? {
         try loadRecords().first { $0.uuid == uuid }.map(result)
+    }
+
+    /// The image a deployed instance was made from, nil when this worker deployed no such instance.
+    public func imageID(of uuid: String) throws(BerthError) -> String? {
+        try loadRecords().first { $0.uuid == uuid }?.imageID
     }
 
     /// Forgets the deploy; the node is free for another. The disk keeps what was written (cleaning is a
@@ -167,29 +191,46 @@ public struct BareMetalService: Sendable {
 
     func result(_ record: DeployRecord) -> JSONObject {
         [
-            "uuid": .string(record.uuid), "status": "ACTIVE", "host": .string(host), "image_id": .string(record.imageID),
+            "uuid": .string(record.uuid), "status": "ACTIVE", "host": .string(host),
+            "image_id": .string(record.imageID),
             "node": .string(record.node), "kernel_cmdline": .null, "boot_variant": .null, "volume_id": .null,
         ]
     }
 
+    /// `boot_instance`'s answer: the instance plus what the deploy wrote and how long it took. Built from the
+    /// record for the first answer and for every repeat alike, so they are equal.
+    func bootAnswer(_ record: DeployRecord) -> JSONObject {
+        var answer = result(record)
+        if let written = record.bytesWritten { answer["bytes_written"] = .int(Int64(clamping: written)) }
+        if let seconds = record.seconds { answer["seconds"] = .double(seconds) }
+        return answer
+    }
+
+    /// The config drive's hostname: an RFC 1123 label made from the instance name (a label may not start or
+    /// end with `-`, so those are trimmed).
     static func hostname(_ name: String) -> String {
         let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
-        let lowered = String(name.lowercased().map { allowed.contains($0) ? $0 : "-" }.prefix(63))
-        return lowered.trimmingCharacters(in: CharacterSet(charactersIn: "-")).isEmpty ? "instance" : lowered
+        let lowered = String(name.lowercased().map { allowed.contains($0) ? $0 : "-" })
+        let label = String(lowered.trimmingCharacters(in: CharacterSet(charactersIn: "-")).prefix(63))
+        let trimmed = label.trimmingCharacters(in: CharacterSet(charactersIn: "-"))
+        return trimmed.isEmpty ? "instance" : trimmed
     }
 
     static func fingerprint(_ request: BootRequest) -> String {
         let keys = request.publicKeys.keys.sorted().map { "\($0)=\(request.publicKeys[$0]!)" }.joined(separator: ";")
         let meta = request.metadata.keys.sorted().map { "\($0)=\(request.metadata[$0]!)" }.joined(separator: ";")
-        let userData = request.userData.map { String($0.count) + ":" + $0.map { String($0) }.joined(separator: ",") } ?? "-"
-        return [request.uuid, request.name, request.imageID, request.node ?? "", keys, meta, userData].joined(separator: "\n")
+        let userData =
+            request.userData.map { String($0.count) + ":" + $0.map { String($0) }.joined(separator: ",") } ?? "-"
+        return [request.uuid, request.name, request.imageID, request.node ?? "", keys, meta, userData].joined(
+            separator: "\n")
     }
 
     static func checksum(of image: CatalogImage) throws(BerthError) -> ImageChecksum? {
         if let algo = image.osHashAlgo, let value = image.osHashValue {
             guard let algorithm = ImageHashAlgorithm(rawValue: algo) else {
                 throw .invalidImage(
-                    "image \(image.id) has os_hash_algo '\(algo)'; supported: \(ImageHashAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))")
+                    "image \(image.id) has os_hash_algo '\(algo)'; supported: \(ImageHashAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))"
+                )
             }
             return try ImageChecksum(algorithm: algorithm, expected: value)
         }
@@ -228,7 +269,9 @@ public struct BareMetalService: Sendable {
     }
 
     /// Disk writes block for minutes; they run on a dispatch thread, not the cooperative pool.
-    static func onDeployThread<T: Sendable>(_ body: @escaping @Sendable () throws(BerthError) -> T) async throws(BerthError) -> T {
+    static func onDeployThread<T: Sendable>(_ body: @escaping @Sendable () throws(BerthError) -> T)
+        async throws(BerthError) -> T
+    {
         let result: Result<T, BerthError> = await withCheckedContinuation { continuation in
             DispatchQueue.global(qos: .userInitiated).async {
                 continuation.resume(returning: Result { () throws(BerthError) in try body() })
@@ -236,6 +279,60 @@ public struct BareMetalService: Sendable {
         }
         return try result.get()
     }
+}
+
+/// Exclusive use of a node for one deploy: `flock` on `<state>/deploys/<node>.lock`, released when the lease is
+/// freed (or the process dies). flock conflicts between any two opens of the file, so this covers concurrent
+/// calls in one worker and workers sharing the host's state directory alike. The holder writes its instance
+/// uuid into the file, so a refused deploy can say whose deploy is running.
+final class NodeLease {
+    private let descriptor: Int32
+
+    init(node: NodeInventory.Node, uuid: String, directory: String) throws(BerthError) {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw .deployFailed("cannot create the deploy state directory \(directory): \(error)")
+        }
+        let path = "\(directory)/\(node.name).lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw .deployFailed("cannot open the node lock \(path): \(String(cString: strerror(errno)))")
+        }
+        var result: Int32
+        repeat { result = flock(fd, LOCK_EX | LOCK_NB) } while result != 0 && errno == EINTR
+        guard result == 0 else {
+            let code = errno
+            let holder = Self.holder(fd)
+            close(fd)
+            guard code == EWOULDBLOCK else {
+                throw .deployFailed("cannot lock node \(node.name) (\(path)): \(String(cString: strerror(code)))")
+            }
+            if holder == uuid {
+                throw .deployFailed(
+                    "instance \(uuid) is being deployed to node \(node.name) right now (an earlier request for it is "
+                        + "still running); ask get_instance once it has finished")
+            }
+            throw .deployFailed(
+                "node \(node.name) is being deployed right now (instance \(holder ?? "unknown")); wait for that "
+                    + "deploy to finish and delete its instance before deploying another")
+        }
+        descriptor = fd
+        let text = Array(uuid.utf8)
+        _ = ftruncate(fd, 0)
+        _ = text.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    /// The uuid the current holder wrote, if it has yet.
+    private static func holder(_ fd: Int32) -> String? {
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let count = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard count > 0 else { return nil }
+        let text = String(decoding: bytes[0..<count], as: UTF8.self)
+        return BootRequest.isCanonicalUUID(text) ? text : nil
+    }
+
+    deinit { close(descriptor) }
 }
 
 /// Checks on the node's disk itself.

@@ -24,6 +24,9 @@ public struct ComputeEndpoints: Sendable {
         self.host = compute.host
         self.libvirt = compute.libvirt
         self.compute = compute
+        // Deploys report their throughput with the boots' durations, in the same metrics batches.
+        var bareMetal = bareMetal
+        if bareMetal.metrics == nil { bareMetal.metrics = compute.metrics }
         self.bareMetal = bareMetal
     }
 
@@ -49,16 +52,35 @@ public struct ComputeEndpoints: Sendable {
                 return try await InstanceEvents.around(
                     "baremetal.deploy", uuid: request.uuid, imageID: request.imageID, call: call
                 ) { () async throws(BerthError) -> JSONValue in
+                    // One uuid, one instance: a VM of this uuid here makes the deploy a different instance. (A host
+                    // whose libvirt is away still deploys: bare metal does not need it.)
+                    if (try? await compute.instanceImageID(request.uuid)) != nil {
+                        throw .instanceExists(
+                            request.uuid, differences: ["it is a VM on this host, not a bare-metal deploy"])
+                    }
                     let progress = DeployProgressEvents(uuid: request.uuid, imageID: request.imageID, call: call)
-                    return .object(
-                        try await bareMetal.deploy(
-                            request, requestID: call.requestID, logger: call.logger, progress: progress.report))
+                    let outcome: Result<JSONObject, BerthError>
+                    do throws(BerthError) {
+                        outcome = .success(
+                            try await bareMetal.deploy(
+                                request, requestID: call.requestID, logger: call.logger, progress: progress.report))
+                    } catch {
+                        outcome = .failure(error)
+                    }
+                    // Every progress event is out before `.end` or `.error`.
+                    await progress.finish()
+                    return .object(try outcome.get())
                 }
             }
             return try await InstanceEvents.around(
                 "instance.create", uuid: request.uuid, imageID: request.imageID, call: call
             ) { () async throws(BerthError) -> JSONValue in
-                .object(try await compute.boot(request, requestID: call.requestID, logger: call.logger))
+                if let deployed = try bareMetal.describe(uuid: request.uuid) {
+                    let node = deployed["node"]?.stringValue ?? "?"
+                    throw .instanceExists(
+                        request.uuid, differences: ["it is a bare-metal deploy to node \(node), not a VM"])
+                }
+                return .object(try await compute.boot(request, requestID: call.requestID, logger: call.logger))
             }
         }
         methods["get_instance"] = { call in
@@ -72,7 +94,9 @@ public struct ComputeEndpoints: Sendable {
         methods["delete_instance"] = { call in
             let uuid = try ArgumentCheck(call.args, method: "delete_instance").instanceUUID()
             // Only an instance that exists has an image_id to report; deleting nothing emits nothing.
-            if let imageID = try? await compute.instanceImageID(uuid) {
+            var existingImageID = try? bareMetal.imageID(of: uuid)
+            if existingImageID == nil { existingImageID = try? await compute.instanceImageID(uuid) }
+            if let imageID = existingImageID {
                 await call.events.emit(
                     "instance.delete.start",
                     payload: InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deleting"),
@@ -103,7 +127,7 @@ public struct ComputeEndpoints: Sendable {
             let imageID = try await BerthError.rpc { () async throws(BerthError) in
                 try await compute.instanceImageID(uuid)
             }
-            return try await InstanceEvents.around(
+            let answer = try await InstanceEvents.around(
                 "instance.snapshot", uuid: uuid, imageID: imageID, call: call
             ) { () async throws(BerthError) -> JSONValue in
                 let result = try await compute.snapshot(
@@ -116,6 +140,11 @@ public struct ComputeEndpoints: Sendable {
                 answer["snapshot_image_id"] = .string(result.imageID)
                 return .object(answer)
             }
+            // snapshot_image_id is for instance.snapshot.end, whose image_id is the instance's own image; the
+            // result names the new image image_id and nothing else (DESIGN §3, contracts/README.md).
+            guard var result = answer.objectValue else { return answer }
+            _ = result.removeValue(forKey: "snapshot_image_id")
+            return .object(result)
         }
         methods["create_placeholder_image"] = { call in
             let check = ArgumentCheck(call.args, method: "create_placeholder_image")
@@ -351,35 +380,51 @@ enum InstanceEvents {
     }
 }
 
-/// `baremetal.deploy.progress` about every 5 % of the bytes, from the deploy thread.
+/// `baremetal.deploy.progress` about every 5 % of the bytes. The deploy thread reports synchronously; the
+/// events go out in the order they were reported, through one stream and one publishing task (a task per
+/// event would let them overtake each other, and the `.end` event). `finish()` waits until all are out.
 final class DeployProgressEvents: Sendable {
     let uuid: String
     let imageID: String
     let call: RPCCall
     private let lastStep = Mutex(-1)
+    private let pending: AsyncStream<JSONObject>.Continuation
+    private let publisher: Task<Void, Never>
 
     init(uuid: String, imageID: String, call: RPCCall) {
         self.uuid = uuid
         self.imageID = imageID
         self.call = call
+        // Unbounded, but at most 21 events (one per 5 %) are ever queued.
+        let (stream, continuation) = AsyncStream.makeStream(of: JSONObject.self)
+        pending = continuation
+        publisher = Task {
+            for await payload in stream {
+                await call.events.emit("baremetal.deploy.progress", payload: payload, error: false)
+            }
+        }
+    }
+
+    /// Ends the stream and waits until every reported event has been handed to the event sink.
+    func finish() async {
+        pending.finish()
+        await publisher.value
     }
 
     var report: BareMetalService.Progress {
         { [self] done, total in
             let percent = total == 0 ? 100 : Int(done * 100 / total)
             let step = percent / 5
-            let isNew = lastStep.withLock { last in
-                guard step > last else { return false }
+            // Chosen and queued under one lock, so concurrent reports cannot queue out of order.
+            lastStep.withLock { last in
+                guard step > last else { return }
                 last = step
-                return true
+                var payload = InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deploying")
+                payload["progress"] = .int(Int64(percent))
+                payload["bytes_done"] = .int(Int64(done))
+                payload["bytes_total"] = .int(Int64(total))
+                pending.yield(payload)
             }
-            guard isNew else { return }
-            var payload = InstanceEvents.payload(uuid: uuid, imageID: imageID, call: call, state: "deploying")
-            payload["progress"] = .int(Int64(percent))
-            payload["bytes_done"] = .int(Int64(done))
-            payload["bytes_total"] = .int(Int64(total))
-            let call = self.call
-            Task { await call.events.emit("baremetal.deploy.progress", payload: payload, error: false) }
         }
     }
 }

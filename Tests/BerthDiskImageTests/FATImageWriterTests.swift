@@ -184,4 +184,31 @@ struct FATImageWriterTests {
         let probe = try partBlkid(disk, offset: 2 << 20)
         #expect(probe["TYPE"] == "vfat")
     }
+
+    /// A bare-metal node's disk file stays sparse: the wiped ends of the partition become holes, as the image
+    /// writer leaves its zero ranges, so only the filesystem's own sectors take space.
+    @Test("On a disk file the wiped ends are holes, not written zeros")
+    func wipeLeavesHoles() throws {
+        let directory = try PartTestDirectory()
+        let size = 64 << 20
+        let disk = try directory.sparseFile("disk.img", bytes: UInt64(size))
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: disk))
+        for offset in [0, size - (1 << 20)] {
+            try handle.seek(toOffset: UInt64(offset))
+            try handle.write(contentsOf: Data(repeating: 0xAB, count: 1 << 20))
+        }
+        try handle.close()
+        try FATImageWriter(sectorSize: 512).write(
+            files: [FATImageWriter.File(path: "openstack/latest/meta_data.json", contents: Array("{}".utf8))],
+            diskPath: disk, offset: 0, size: UInt64(size), hiddenSectors: 0)
+        let volume = try FATImageWriter(sectorSize: 512).layout(files: [], size: UInt64(size), hiddenSectors: 0)
+        let allocated = try imgAllocatedBytes(disk)
+        #expect(allocated <= UInt64(volume.metadata.count) + (256 << 10), "\(allocated) bytes allocated")
+        #expect(try partReadBytes(disk, offset: UInt64(size - (1 << 20)), count: 1 << 20).allSatisfy { $0 == 0 })
+        // Past the few clusters the files use, the old bytes of the first MiB are gone.
+        let past = UInt64(volume.metadata.count) + (256 << 10)
+        #expect(try partReadBytes(disk, offset: past, count: (1 << 20) - Int(past)).allSatisfy { $0 == 0 })
+        let fsck = try partTool("fsck.vfat", ["-n", disk])
+        #expect(fsck.succeeded, "fsck.vfat: \(fsck.output) \(fsck.errors)")
+    }
 }

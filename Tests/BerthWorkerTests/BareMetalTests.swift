@@ -1,0 +1,141 @@
+import BerthCore
+import BerthJSON
+import BerthWire
+import Foundation
+import Logging
+import Synchronization
+import Testing
+
+@testable import BerthWorker
+
+/// Records what a method emits, in the order the sink receives it; each emit yields first, as a real publish
+/// suspends, so anything that could overtake does.
+final class RecordingEventSink: EventSink {
+    let events = Mutex<[(type: String, payload: JSONObject)]>([])
+
+    func emit(_ eventType: String, payload: JSONObject, error: Bool) async {
+        await Task.yield()
+        events.withLock { $0.append((eventType, payload)) }
+    }
+}
+
+@Suite("Bare-metal deploy bookkeeping")
+struct BareMetalTests {
+    static func call(_ sink: RecordingEventSink) -> RPCCall {
+        RPCCall(
+            request: RPCRequest(method: "boot_instance", context: ["request_id": "req-1"]), host: "h1",
+            logger: Logger(label: "test"), events: sink)
+    }
+
+    @Test(
+        "Node inventory entries: NAME=PATH[:SECTOR_SIZE], names a boot request can use",
+        arguments: [
+            ("n1=/dev/sdb", "n1", "/dev/sdb", 512),
+            ("rack-2.node_7=/srv/disk.img:4096", "rack-2.node_7", "/srv/disk.img", 4096),
+            ("a=/x:512", "a", "/x", 512),
+        ])
+    func inventoryAccepts(text: String, name: String, path: String, sectorSize: Int) throws {
+        var inventory = NodeInventory()
+        try inventory.add(text)
+        #expect(inventory.nodes[name] == NodeInventory.Node(name: name, path: path, sectorSize: sectorSize))
+    }
+
+    @Test(
+        "Node inventory entries a boot request could not name, or that make no sense, are refused",
+        arguments: [
+            "no-equals", "=/dev/sdb", ".hidden=/dev/sdb", "-dash=/dev/sdb", "a/b=/dev/sdb", "n=relative/path",
+            "n=/dev/sdb:1024", String(repeating: "n", count: 64) + "=/dev/sdb",
+        ])
+    func inventoryRefuses(text: String) {
+        var inventory = NodeInventory()
+        #expect(throws: BerthError.self) { try inventory.add(text) }
+        #expect(inventory.nodes.isEmpty)
+    }
+
+    @Test(
+        "The config drive's hostname is an RFC 1123 label made from the instance name",
+        arguments: [
+            ("web-1", "web-1"), ("Web Server 01", "web-server-01"),
+            (" -e2e <guest> & 'friends'- ", "e2e--guest-----friends"),
+            ("---", "instance"), ("ünïcode", "n-code"),
+            (String(repeating: "a", count: 62) + "-b", String(repeating: "a", count: 62)),
+        ])
+    func hostname(name: String, expected: String) {
+        #expect(BareMetalService.hostname(name) == expected)
+    }
+
+    @Test("Progress events go out in report order, one per 5 %, all before finish() returns")
+    func progressOrder() async {
+        let sink = RecordingEventSink()
+        let progress = DeployProgressEvents(uuid: "u", imageID: "img", call: Self.call(sink))
+        let report = progress.report
+        let total: UInt64 = 1000
+        // From another thread, as the deploy thread reports.
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                for step in stride(from: UInt64(0), through: total, by: 7) { report(step, total) }
+                report(total, total)
+                done.resume()
+            }
+        }
+        await progress.finish()
+        let events = sink.events.withLock { $0 }
+        let percents = events.map { $0.payload["progress"]?.intValue ?? -1 }
+        #expect(events.allSatisfy { $0.type == "baremetal.deploy.progress" })
+        #expect(percents == percents.sorted() && Set(percents).count == percents.count, "\(percents)")
+        #expect(percents.count == 21 && percents.last == 100, "\(percents)")
+        #expect(events.allSatisfy { $0.payload["request_id"] == "req-1" && $0.payload["state"] == "deploying" })
+    }
+
+    @Test("finish() with nothing reported returns at once")
+    func finishEmpty() async {
+        let sink = RecordingEventSink()
+        let progress = DeployProgressEvents(uuid: "u", imageID: "img", call: Self.call(sink))
+        await progress.finish()
+        #expect(sink.events.withLock { $0.isEmpty })
+    }
+
+    @Test("A repeat answers what the first deploy did: bytes_written and seconds come from the record")
+    func repeatAnswer() throws {
+        let record = DeployRecord(
+            uuid: "u", name: "n", node: "node1", imageID: "img", fingerprint: "f", requestID: "r",
+            bytesWritten: 7_352_320, seconds: 0.442721004)
+        let decoded = try JSONCodec.decode(DeployRecord.self, from: try JSONCodec.encode(record))
+        #expect(decoded == record)
+        // A record from before these fields were kept still decodes, and answers without them.
+        let old = try JSONCodec.decode(
+            DeployRecord.self,
+            from: Array(#"{"uuid":"u","name":"n","node":"node1","image_id":"img","fingerprint":"f"}"#.utf8))
+        #expect(old.bytesWritten == nil && old.seconds == nil)
+    }
+
+    @Test("A node is leased to one deploy at a time, the refusal names the holder, and it is free again after")
+    func nodeLease() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("berth-lease-\(UUID())").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let node = NodeInventory.Node(name: "node1", path: "/dev/null", sectorSize: 512)
+        let holder = "3f2a8c1e-5b7d-4e9a-8c2f-1a2b3c4d5e6f"
+        let other = "9b1d7f3c-2e4a-4c6b-8d0f-5a7c9e1b3d5f"
+        var first: NodeLease? = try NodeLease(node: node, uuid: holder, directory: directory)
+        #expect(first != nil)
+        do {
+            _ = try NodeLease(node: node, uuid: other, directory: directory)
+            Issue.record("a second lease on a leased node was granted")
+        } catch {
+            #expect(error.kind == .deployFailed)
+            #expect(error.message.contains("being deployed right now (instance \(holder))"), "\(error.message)")
+        }
+        do {
+            _ = try NodeLease(node: node, uuid: holder, directory: directory)
+            Issue.record("the holder's own uuid got a second lease")
+        } catch {
+            #expect(error.message.contains("an earlier request for it is still running"), "\(error.message)")
+        }
+        first = nil
+        let again = try NodeLease(node: node, uuid: other, directory: directory)
+        let elsewhere = try NodeLease(
+            node: NodeInventory.Node(name: "node2", path: "/dev/null", sectorSize: 512), uuid: holder,
+            directory: directory)
+        withExtendedLifetime((again, elsewhere)) {}
+    }
+}
