@@ -315,16 +315,14 @@ def test_only_a_minted_placeholder_event_has_a_null_instance_uuid(contracts):
 
 
 def test_snapshot_result_is_image_id_and_kind(contracts):
-    """DESIGN §3: image_id and kind (snapshot_id with a placeholder); snapshot_image_id is deprecated."""
+    """DESIGN §3: image_id and kind (snapshot_id with a placeholder); nothing else, snapshot_image_id included."""
     result = "rpc/results/snapshot_instance.json"
     assert not contracts.errors(result, {"image_id": "img-2", "kind": "image"})
     assert not contracts.errors(result, {"image_id": "img-2", "kind": "placeholder", "snapshot_id": "snap-1"})
     assert contracts.errors(result, {"image_id": "img-2", "kind": "placeholder"})
     assert contracts.errors(result, {"image_id": "img-2", "kind": "image", "snapshot_id": "snap-1"})
     assert contracts.errors(result, {"kind": "image"})
-    schema = contracts.registry.contents(SCHEMA_BASE + result)
-    assert schema["properties"]["snapshot_image_id"].get("deprecated") is True
-    assert "snapshot_image_id" not in schema["required"]
+    assert contracts.errors(result, {"image_id": "img-2", "kind": "image", "snapshot_image_id": "img-2"})
 
 
 # --- classifying the captured messages -------------------------------------------------------------------------
