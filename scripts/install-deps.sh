@@ -18,6 +18,11 @@ APT_PACKAGES=(
     linux-image-amd64 busybox-static cpio libxml2-utils
     # Bare-metal deploy tests: partition tools, FAT tools and cloud-init's own config-drive reader.
     gdisk fdisk mtools dosfstools cloud-init
+    # Benchmarks/run.sh: the oslo peer's libvirt binding (Debian's, for the system python the venv is made
+    # from; the peer adds its path), GNU time for peak RSS, gcc for the C load generator and responder.
+    python3-libvirt time gcc
+    # Security and deploy tests: a CA and certificates for a TLS broker, `systemd-analyze verify` of the unit.
+    openssl systemd
 )
 
 SUDO=()

@@ -55,10 +55,7 @@ final class AMQPConnection {
             amqp_ssl_socket_set_verify_hostname(socket, 1)
             if let ca = url.caCertificatePath {
                 let status = amqp_ssl_socket_set_cacert(socket, arena.cString(ca))
-                guard status == AMQP_STATUS_OK.rawValue else {
-                    throw AMQPError(
-                        .connect, "cannot load CA certificate '\(ca)': \(Self.statusText(status)); check cacert= in the transport URL")
-                }
+                guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError.tls(.unreadableCABundle, url: url) }
             }
         } else {
             socket = amqp_tcp_socket_new(state)
@@ -68,6 +65,7 @@ final class AMQPConnection {
         var timeout = Self.makeTimeval(seconds: url.connectTimeout)
         let status = amqp_socket_open_noblock(socket, arena.cString(url.host), Int32(url.port), &timeout)
         guard status == AMQP_STATUS_OK.rawValue else {
+            if let failure = Self.tlsFailure(status) { throw AMQPError.tls(failure, url: url) }
             throw AMQPError(
                 .connect,
                 "cannot connect to the broker at \(url.host):\(url.port): \(Self.statusText(status)); is RabbitMQ running and listening there?"
@@ -404,6 +402,15 @@ final class AMQPConnection {
             return (0, "unexpected broker method 0x\(String(reply.reply.id, radix: 16))")
         default:
             return (0, "unknown librabbitmq reply type")
+        }
+    }
+
+    /// The librabbitmq statuses that mean the broker's certificate was checked and refused.
+    static func tlsFailure(_ status: Int32) -> TLSFailure? {
+        switch status {
+        case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue: .untrustedCertificate
+        case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue: .hostNameMismatch
+        default: nil
         }
     }
 

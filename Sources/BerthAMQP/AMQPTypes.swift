@@ -4,6 +4,8 @@ public struct AMQPError: Error, Sendable, CustomStringConvertible, Equatable {
         case invalidURL
         case connect
         case login
+        /// The broker's TLS certificate did not verify, or the CA bundle could not be loaded.
+        case tls
         /// The broker closed the channel, e.g. 406 PRECONDITION_FAILED on a declaration, 404 NOT_FOUND.
         case channelClosed
         /// The broker closed the connection (e.g. 320 CONNECTION_FORCED on shutdown).
@@ -32,7 +34,7 @@ public struct AMQPError: Error, Sendable, CustomStringConvertible, Equatable {
     public var isTransient: Bool {
         switch kind {
         case .connect, .connectionClosed, .connectionLost, .notConnected, .library: true
-        case .invalidURL, .login, .channelClosed, .shutdown: false
+        case .invalidURL, .login, .tls, .channelClosed, .shutdown: false
         }
     }
 }

@@ -129,21 +129,11 @@ struct BusOptions: ParsableArguments {
 
     /// Reads a credentials file, refusing one that others can read: a password there is as good as public.
     static func readSecretFile(_ path: String) throws -> String {
-        let attributes: [FileAttributeKey: Any]
         do {
-            attributes = try FileManager.default.attributesOfItem(atPath: path)
+            return try TransportURLFile.read(path)
         } catch {
-            throw ValidationError("cannot read --transport-url-file '\(path)': \(error.localizedDescription)")
+            throw ValidationError(error.message)
         }
-        let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue ?? 0
-        guard mode & 0o077 == 0 else {
-            throw ValidationError(
-                "--transport-url-file '\(path)' has mode \(String(mode, radix: 8)); make it private with chmod 600 \(path)")
-        }
-        guard let text = FileManager.default.contents(atPath: path).flatMap({ String(data: $0, encoding: .utf8) }) else {
-            throw ValidationError("cannot read --transport-url-file '\(path)' as UTF-8 text")
-        }
-        return text
     }
 }
 
