@@ -120,7 +120,7 @@ public struct BootRequest: Sendable, Hashable {
         case (.baremetal, nil):
             throw .invalidRequest(
                 "\(path).node is required for target \"baremetal\": name a node from the worker's inventory "
-                    + "(`berth status` lists them)")
+                    + "(its --node options; a NodeNotFound answer lists them)")
         case (.vm, .some):
             throw .invalidRequest(
                 "\(path).node is only for target \"baremetal\"; remove it or set target to \"baremetal\"")
