@@ -33,14 +33,56 @@ import Testing
         #expect(AttemptLedger(directory: path).begin("m") == 2)
     }
 
-    @Test func fileNamesAreDigestsNeverTheKey() throws {
+    @Test func theLogHoldsDigestsNeverTheKey() throws {
         let path = directory()
         defer { try? FileManager.default.removeItem(atPath: path) }
         let ledger = AttemptLedger(directory: path)
         _ = ledger.begin("../../etc/passwd")
-        let names = try FileManager.default.contentsOfDirectory(atPath: path)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: path) == [AttemptLedger.logName])
+        let log = try String(contentsOfFile: path + "/" + AttemptLedger.logName, encoding: .utf8)
+        #expect(!log.contains("passwd"))
+        let names = log.split(separator: "\n").map { $0.split(separator: " ")[0] }
         #expect(names.count == 1)
         #expect(names.allSatisfy { $0.count == 64 && $0.allSatisfy(\.isHexDigit) })
+    }
+
+    @Test func aCutShortLastLineIsIgnored() throws {
+        let path = directory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(AttemptLedger(directory: path).begin("m") == 1)
+        // The worker died in the middle of an append.
+        let handle = try #require(FileHandle(forWritingAtPath: path + "/" + AttemptLedger.logName))
+        handle.seekToEndOfFile()
+        handle.write(Data((AttemptLedger.fileName("m") + " 7").utf8))
+        handle.closeFile()
+        #expect(AttemptLedger(directory: path).begin("m") == 2)
+    }
+
+    @Test func countsLeftAsOneFilePerRequestAreKept() throws {
+        let path = directory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        try Data("2\n".utf8).write(to: URL(fileURLWithPath: path + "/" + AttemptLedger.fileName("old")))
+        let ledger = AttemptLedger(directory: path)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: path) == [AttemptLedger.logName])
+        #expect(ledger.begin("old") == 3)
+    }
+
+    @Test func theLogIsRewrittenWhenLong() throws {
+        let path = directory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let ledger = AttemptLedger(directory: path)
+        _ = ledger.begin("open")
+        // Each request appends two lines of 66 bytes: well past the compaction size.
+        for index in 0..<(AttemptLedger.compactionBytes / 100) {
+            _ = ledger.begin("r\(index)")
+            ledger.finish("r\(index)")
+        }
+        let size = try #require(
+            try FileManager.default.attributesOfItem(atPath: path + "/" + AttemptLedger.logName)[.size] as? Int)
+        #expect(size < AttemptLedger.compactionBytes)
+        #expect(AttemptLedger(directory: path).begin("open") == 2)
+        #expect(AttemptLedger(directory: path).begin("r1") == 1)
     }
 
     @Test func withoutADirectoryCountsLiveInMemory() {

@@ -1,0 +1,52 @@
+import BerthCore
+import Foundation
+import Synchronization
+import Testing
+
+@testable import BerthWorker
+
+@Suite struct InstanceLocksTests {
+    @Test func aUuidAlwaysMapsToTheSameStripe() {
+        // Workers on one host must agree on the file, across processes and versions.
+        #expect(InstanceLocks.stripe("6f1c2a3e-0d7b-4c59-9a3e-2f1b5c7d8e90") == InstanceLocks.stripe("6F1C2A3E-0D7B-4C59-9A3E-2F1B5C7D8E90"))
+        #expect(InstanceLocks.stripe("") == 2_166_136_261 % InstanceLocks.stripes)
+        let stripes = Set((0..<2000).map { _ in InstanceLocks.stripe(UUID().uuidString.lowercased()) })
+        #expect(stripes.allSatisfy { $0 < InstanceLocks.stripes })
+        #expect(stripes.count > 200)
+    }
+
+    @Test func workOnOneUuidIsSerialisedAndTheDirectoryHoldsOnlyStripes() async throws {
+        let directory = NSTemporaryDirectory() + "berth-locks-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let locks = InstanceLocks(directory: directory)
+        let overlap = Overlap()
+        let uuid = UUID().uuidString.lowercased()
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<8 {
+                group.addTask {
+                    try? await locks.withLock(uuid) { () async throws(BerthError) in
+                        overlap.enter()
+                        try? await Task.sleep(for: .milliseconds(5))
+                        overlap.leave()
+                    }
+                }
+            }
+        }
+        #expect(overlap.most == 1)
+        for _ in 0..<50 {
+            try await locks.withLock(UUID().uuidString.lowercased()) { () async throws(BerthError) in }
+        }
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        #expect(names.count <= 51)
+        #expect(names.allSatisfy { $0.hasSuffix(".lock") && $0.count <= 7 })
+    }
+}
+
+/// How many holders were inside at once, at most.
+private final class Overlap: Sendable {
+    private let state = Mutex((inside: 0, most: 0))
+
+    func enter() { state.withLock { $0.inside += 1; $0.most = max($0.most, $0.inside) } }
+    func leave() { state.withLock { $0.inside -= 1 } }
+    var most: Int { state.withLock { $0.most } }
+}
