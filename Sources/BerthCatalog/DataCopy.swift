@@ -167,8 +167,11 @@ enum DataCopy {
         return true
     }
 
-    /// md5 and sha512 of a stored file, for verification.
-    static func digests(of descriptor: Descriptor) throws(CatalogError) -> (md5: String, sha512: String, size: Int64) {
+    /// md5 and/or sha512 of a stored file, for verification: only the digests asked for are computed, since
+    /// hashing is most of what a verification costs.
+    static func digests(of descriptor: Descriptor, md5 wantMD5: Bool = true, sha512 wantSHA512: Bool = true)
+        throws(CatalogError) -> (md5: String?, sha512: String?, size: Int64)
+    {
         var md5 = MD5Digest()
         var sha512 = SHA512Digest()
         var total: Int64 = 0
@@ -177,11 +180,11 @@ enum DataCopy {
         while true {
             let got = try Files.readFull(descriptor, into: buffer, action: "read")
             let chunk = UnsafeRawBufferPointer(rebasing: buffer[..<got])
-            md5.update(chunk)
-            sha512.update(chunk)
+            if wantMD5 { md5.update(chunk) }
+            if wantSHA512 { sha512.update(chunk) }
             total += Int64(got)
             if got < buffer.count { break }
         }
-        return (md5.finalize(), sha512.finalize(), total)
+        return (wantMD5 ? md5.finalize() : nil, wantSHA512 ? sha512.finalize() : nil, total)
     }
 }

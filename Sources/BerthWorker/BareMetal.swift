@@ -145,9 +145,11 @@ public struct BareMetalService: Sendable {
         let started = ContinuousClock.now
         let report = try await Self.onDeployThread { () throws(BerthError) in
             try NodeDisk.checkNotInUse(node)
-            let checksum = try Self.checksum(of: image)
+            // No second checksum pass: `localImageData` hands out only data it has verified against the image's
+            // os_hash_value (or checksum), and `plan` pins that file's identity, so what is written is what was
+            // verified. Hashing again cost as much as the write itself.
             let plan = try ImageWriter.plan(
-                imagePath: imagePath, diskPath: node.path, sectorSize: node.sectorSize, checksum: checksum)
+                imagePath: imagePath, diskPath: node.path, sectorSize: node.sectorSize, checksum: nil)
             let written = try plan.write(progress: progress)
             let drive = try ConfigDriveDeployer.write(
                 diskPath: node.path, sectorSize: node.sectorSize, content: content)
@@ -223,19 +225,6 @@ public struct BareMetalService: Sendable {
             request.userData.map { String($0.count) + ":" + $0.map { String($0) }.joined(separator: ",") } ?? "-"
         return [request.uuid, request.name, request.imageID, request.node ?? "", keys, meta, userData].joined(
             separator: "\n")
-    }
-
-    static func checksum(of image: CatalogImage) throws(BerthError) -> ImageChecksum? {
-        if let algo = image.osHashAlgo, let value = image.osHashValue {
-            guard let algorithm = ImageHashAlgorithm(rawValue: algo) else {
-                throw .invalidImage(
-                    "image \(image.id) has os_hash_algo '\(algo)'; supported: \(ImageHashAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))"
-                )
-            }
-            return try ImageChecksum(algorithm: algorithm, expected: value)
-        }
-        if let md5 = image.checksum { return try ImageChecksum(algorithm: .md5, expected: md5, field: "checksum") }
-        return nil
     }
 
     // MARK: Records
