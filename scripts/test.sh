@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 2: runs Berth's whole test suite on a Debian 12 machine with Swift, from nothing:
-#   install the Debian packages and the Python venv, start RabbitMQ and libvirtd on loopback,
+#   install the Debian packages and the Python venv, start RabbitMQ and libvirtd on loopback, start Glance,
 #   swift build, swift test (unit + integration against the real broker and libvirtd),
 #   the Python interop suite (stock oslo.messaging against the built `berth`), and an
 #   AddressSanitizer/LeakSanitizer pass of the Swift tests.
@@ -80,6 +80,9 @@ asan() {
 
 step "install dependencies (apt, .venv)" scripts/install-deps.sh
 step "start services (RabbitMQ, libvirtd)" scripts/start-services.sh
+# Glance for Tests/interop/test_glance.py: pip install of the pinned glance into .venv-glance (about 30 s
+# with pip's cache, 1-2 min cold; skipped when the venv matches) and gunicorn on 127.0.0.1:9292 (about 5 s).
+step "start Glance (for test_glance.py)" bounded scripts/start-glance.sh
 step "swift build" bounded swift build ${SCRATCH[@]+"${SCRATCH[@]}"}
 step "swift test" bounded swift test ${SCRATCH[@]+"${SCRATCH[@]}"}
 step "interop tests (oslo.messaging 18.3.1 vs berth)" interop

@@ -15,8 +15,11 @@ public struct CatalogError: Error, Sendable, Equatable, CustomStringConvertible 
         case alreadyExists
         /// Refused because something else still depends on the record; `force` overrides where offered.
         case inUse
-        /// The catalog directory cannot be read or written: missing, not writable, read-only, disk full.
+        /// The catalog directory cannot be read or written: missing, not writable, read-only, disk full;
+        /// or the image service cannot be reached, is failing, or refuses the data (too large, over quota).
         case catalogUnavailable
+        /// The image service refused Berth's credentials (Glance 401) or the operation for them (403).
+        case unauthorized
     }
 
     public let kind: Kind
@@ -38,7 +41,7 @@ public struct CatalogError: Error, Sendable, Equatable, CustomStringConvertible 
         case .volumeNotFound, .snapshotNotFound: "VolumeNotFound"
         case .invalidImage, .invalidProperty: "InvalidImage"
         case .invalidRequest, .alreadyExists, .inUse: "InvalidRequest"
-        case .catalogUnavailable: operationFailure
+        case .catalogUnavailable, .unauthorized: operationFailure
         }
     }
 

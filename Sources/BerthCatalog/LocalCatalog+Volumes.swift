@@ -26,6 +26,21 @@ extension LocalCatalog {
     public func createVolume(
         id: String?, name: String, sizeGB: Int, fromImage: String?, fromSnapshot: String?, bootable: Bool
     ) async throws -> CatalogVolume {
+        try await createVolume(
+            id: id, name: name, sizeGB: sizeGB, imageSource: fromImage.map(ImageForVolume.catalog),
+            fromSnapshot: fromSnapshot, bootable: bootable)
+    }
+
+    /// Where the image of a new volume is: in this catalog, or elsewhere (Glance) with its data on this host.
+    enum ImageForVolume {
+        case catalog(String)
+        case external(CatalogImage, dataPath: String)
+    }
+
+    func createVolume(
+        id: String?, name: String, sizeGB: Int, imageSource fromImage: ImageForVolume?, fromSnapshot: String?,
+        bootable: Bool
+    ) async throws -> CatalogVolume {
         try await perform { () throws(CatalogError) in
             let id = try Self.newID(id, kind: "volume")
             try ImageRules.checkName(name, of: "volume")
@@ -223,14 +238,22 @@ extension LocalCatalog {
         return Descriptor(raw: fd, path: path)
     }
 
-    private func openImageForVolume(_ text: String, sizeBytes: Int64, sizeGB: Int) throws(CatalogError)
+    private func openImageForVolume(_ source: ImageForVolume, sizeBytes: Int64, sizeGB: Int) throws(CatalogError)
         -> (CatalogImage, Descriptor)
     {
-        let imageID = try Self.existingID(text, notFound: CatalogError.imageNotFound, kind: "image")
-        let (image, data) = try withLock(exclusive: false) { () throws(CatalogError) in
-            let image = try loadImage(imageID)
-            try Self.requireData(image)
-            return (image, try openData(layout.imageData(imageID), of: "image \(imageID)"))
+        let image: CatalogImage
+        let data: Descriptor
+        switch source {
+        case .catalog(let text):
+            let imageID = try Self.existingID(text, notFound: CatalogError.imageNotFound, kind: "image")
+            (image, data) = try withLock(exclusive: false) { () throws(CatalogError) in
+                let image = try loadImage(imageID)
+                try Self.requireData(image)
+                return (image, try openData(layout.imageData(imageID), of: "image \(imageID)"))
+            }
+        case .external(let external, let path):
+            image = external
+            data = try openData(path, of: "image \(external.id)")
         }
         // Volumes are raw block devices; the local catalog copies bytes and does not convert formats.
         guard image.diskFormat == "raw" else {

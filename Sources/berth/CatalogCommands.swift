@@ -6,16 +6,82 @@ import BerthLibvirt
 import BerthWorker
 import Foundation
 
-/// Where the catalog is: `local:PATH` (the default, `local:/var/lib/berth/catalog`).
+/// Where the catalog is: `local:PATH` (the default, `local:/var/lib/berth/catalog`) or `glance:URL` (images in
+/// Glance v2; volumes and volume snapshots stay in the local catalog at `--volume-catalog`). docs/glance.md.
 struct CatalogOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Image catalog: local:PATH.", valueName: "catalog"))
+    @Option(
+        help: ArgumentHelp(
+            "Image catalog: local:PATH, or glance:URL (e.g. glance:http://127.0.0.1:9292).", valueName: "catalog"))
     var catalog = "local:/var/lib/berth/catalog"
 
-    func open() throws -> LocalCatalog {
-        guard catalog.hasPrefix("local:"), catalog.count > 6 else {
-            throw ValidationError("--catalog must be local:PATH (e.g. local:/var/lib/berth/catalog)")
+    @Option(
+        help: ArgumentHelp(
+            "With glance:URL: a file (mode 0600) holding the Glance token sent as X-Auth-Token; else the "
+                + "BERTH_GLANCE_TOKEN, then OS_AUTH_TOKEN, from the environment.", valueName: "path"))
+    var glanceTokenFile: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "With glance:URL: this host's download cache of Glance image data (put it under the worker's "
+                + "--state-dir).", valueName: "path"))
+    var glanceCacheDir = "/var/lib/berth/cache/glance"
+
+    @Option(
+        help: ArgumentHelp(
+            "With glance:URL: the local catalog directory that holds volumes and volume snapshots.",
+            valueName: "path"))
+    var volumeCatalog = "/var/lib/berth/catalog"
+
+    func open() throws -> any Catalog {
+        if catalog.hasPrefix("local:"), catalog.count > 6 {
+            return LocalCatalog(root: String(catalog.dropFirst(6)))
         }
-        return LocalCatalog(root: String(catalog.dropFirst(6)))
+        if catalog.hasPrefix("glance:"), catalog.count > 7 {
+            let endpoint: GlanceEndpoint
+            do {
+                endpoint = try GlanceEndpoint(String(catalog.dropFirst(7)))
+            } catch {
+                throw ValidationError("--catalog: \(error.message)")
+            }
+            return GlanceCatalog(
+                endpoint: endpoint, token: try glanceToken(), cacheDirectory: glanceCacheDir,
+                volumes: LocalCatalog(root: volumeCatalog))
+        }
+        throw ValidationError(
+            "--catalog must be local:PATH or glance:URL (e.g. local:/var/lib/berth/catalog, "
+                + "glance:http://127.0.0.1:9292)")
+    }
+
+    /// The token from the file, else the environment; nil (Glance without auth) when none is given. The value
+    /// is never printed: messages name only where it came from.
+    func glanceToken() throws -> String? {
+        if let glanceTokenFile {
+            var info = stat()
+            guard stat(glanceTokenFile, &info) == 0, let data = FileManager.default.contents(atPath: glanceTokenFile)
+            else {
+                throw ValidationError("--glance-token-file: cannot read \(glanceTokenFile)")
+            }
+            guard info.st_mode & 0o077 == 0 else {
+                throw ValidationError(
+                    "--glance-token-file: \(glanceTokenFile) is readable by group or others; chmod 600 it")
+            }
+            return try Self.token(String(decoding: data, as: UTF8.self), from: "--glance-token-file")
+        }
+        let environment = ProcessInfo.processInfo.environment
+        for name in ["BERTH_GLANCE_TOKEN", "OS_AUTH_TOKEN"] {
+            if let value = environment[name], !value.isEmpty { return try Self.token(value, from: name) }
+        }
+        return nil
+    }
+
+    private static func token(_ text: String, from source: String) throws -> String {
+        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !token.isEmpty, token.utf8.count <= 8192,
+            token.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f })
+        else {
+            throw ValidationError("the Glance token from \(source) is empty, too long or not printable ASCII")
+        }
+        return token
     }
 }
 
@@ -34,7 +100,8 @@ enum Output {
         do {
             return try await body()
         } catch let error as CatalogError {
-            FileHandle.standardError.write(Data("error: \(error.rpcClassName): \(error.message)\n".utf8))
+            let label = error.kind == .unauthorized ? "Unauthorized" : error.rpcClassName
+            FileHandle.standardError.write(Data("error: \(label): \(error.message)\n".utf8))
             throw ExitCode(1)
         } catch let error as BerthError {
             FileHandle.standardError.write(Data("error: \(error.className): \(error.message)\n".utf8))
@@ -56,7 +123,7 @@ func parseProperties(_ arguments: [String]) throws -> [String: String] {
 
 struct Images: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "images", abstract: "Manage images in the local catalog.",
+        commandName: "images", abstract: "Manage images in the catalog (local or Glance).",
         subcommands: [Create.self, List.self, Show.self, Update.self, Delete.self, Check.self])
 
     struct Create: AsyncParsableCommand {

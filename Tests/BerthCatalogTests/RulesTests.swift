@@ -138,7 +138,7 @@ import Testing
         (CatalogError.Kind.imageNotFound, "ImageNotFound"), (.volumeNotFound, "VolumeNotFound"),
         (.snapshotNotFound, "VolumeNotFound"), (.invalidImage, "InvalidImage"), (.invalidProperty, "InvalidImage"),
         (.invalidRequest, "InvalidRequest"), (.alreadyExists, "InvalidRequest"), (.inUse, "InvalidRequest"),
-        (.catalogUnavailable, "BuildFailed"),
+        (.catalogUnavailable, "BuildFailed"), (.unauthorized, "BuildFailed"),
     ])
     func mapsToBerthFailureClasses(kind: CatalogError.Kind, className: String) {
         #expect(CatalogError(kind: kind, message: "m").rpcClassName == className)
