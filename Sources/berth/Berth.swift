@@ -285,7 +285,8 @@ struct Worker: AsyncParsableCommand {
         var compute = ComputeService(
             host: hostName, catalog: try catalog.open(), libvirt: libvirt, configuration: computeConfiguration)
         let metricsRecorder = MetricsRecorder(host: hostName)
-        compute.metrics = metricsRecorder
+        // Without a poller nobody drains the recorder: boot durations would pile up to its cap.
+        compute.metrics = metricsInterval > 0 ? metricsRecorder : nil
         var inventory = NodeInventory()
         for node in nodes {
             do { try inventory.add(node) } catch { throw ValidationError(error.message) }
