@@ -26,6 +26,7 @@ import pytest
 
 from conftest import (DEBUG_NAMESPACE, WorkerProcess, make_conf, oslo_transport_url, request_context, rpc_client,
                       unavailable, unique)
+from test_topology_options import oslo_transport
 
 NODES = [("berth-c1@localhost", 5701, 25701), ("berth-c2@localhost", 5702, 25702), ("berth-c3@localhost", 5703, 25703)]
 START_TIMEOUT = 120
@@ -265,23 +266,52 @@ def lone_node():
         yield nodes[0]
 
 
-@contextlib.contextmanager
-def quorum_or_durable_transport(url: str, exchange: str, variant: str):
-    import oslo_messaging  # noqa: PLC0415
-
-    conf = make_conf(exchange)
-    oslo_messaging.get_rpc_transport(conf, url=oslo_transport_url(url)).cleanup()
-    conf.set_override(variant, True, group="oslo_messaging_rabbit")
-    transport = oslo_messaging.get_rpc_transport(conf, url=oslo_transport_url(url))
-    try:
-        yield transport
-    finally:
-        transport.cleanup()
-        conf.clear_override(variant, group="oslo_messaging_rabbit")
-
-
 def reconnections(worker) -> int:
     return worker.log_text().count("connected to the broker")
+
+
+def recorded_tags(workers, prefix: str) -> set[str]:
+    """The `record` casts the workers worked on, by tag, over all their logs."""
+    found: set[str] = set()
+    for w in workers:
+        found |= set(re.findall(rf"debug record tag=({re.escape(prefix)}-\d+)", w.log_text()))
+    return found
+
+
+def start_pair(berth_bin, url, transport, exchange, topic, log_dir, tmp_path_factory, label, *flags):
+    """Two workers with two slots each on the lone node."""
+    workers = []
+    for index in range(2):
+        state = tmp_path_factory.mktemp(f"{label}-state-{index}")
+        w = WorkerProcess(berth_bin, url, unique(label[:6]), log_dir, transport, exchange, topic,
+                          ["--state-dir", str(state), "--concurrency", "2", "--metrics-interval", "0", *flags])
+        workers.append(w.start())
+    return workers
+
+
+def restart_with_work_queued(node, transport, topic, workers, prefix: str) -> dict[str, float]:
+    """Fills every slot (4 sleeps), queues RECORD_CASTS casts behind them, restarts the broker, and returns
+    each worker's reconnect time after the broker was back."""
+    debug = rpc_client(transport, topic, namespace=DEBUG_NAMESPACE)
+    for _ in range(4):
+        debug.cast(request_context(), "sleep", seconds=BUSY_SLEEP)
+    for index in range(RECORD_CASTS):
+        debug.cast(request_context(), "record", tag=f"{prefix}-{index}")
+    time.sleep(0.5)
+    before = [reconnections(w) for w in workers]
+    ctl(node, "stop_app")
+    time.sleep(2)
+    ctl(node, "start_app")
+    ctl(node, "await_startup")
+    back_at = time.monotonic()
+    reconnected = {}
+    while time.monotonic() < back_at + 30 and len(reconnected) < len(workers):
+        for w, count in zip(workers, before):
+            if w.host not in reconnected and reconnections(w) > count:
+                reconnected[w.host] = time.monotonic() - back_at
+        time.sleep(0.05)
+    assert len(reconnected) == len(workers), "\n".join(w.describe() for w in workers)
+    return reconnected
 
 
 @pytest.mark.parametrize("variant", ["amqp_durable_queues", "rabbit_quorum_queue"])
@@ -292,57 +322,32 @@ def test_broker_restart_under_load_loses_no_request(variant, lone_node, berth_bi
     node, port, _ = lone_node
     url = f"amqp://guest:guest@127.0.0.1:{port}/"
     exchange, topic = unique("berth-test-restart"), unique(f"restart-{variant[:10]}")
-    flag = "--" + variant.replace("_", "-")
     log_dir = tmp_path_factory.mktemp("restart-logs")
     workers = []
-    with quorum_or_durable_transport(url, exchange, variant) as transport:
+    with oslo_transport(url, exchange, {variant: True}) as transport:
         try:
-            for index in range(2):
-                state = tmp_path_factory.mktemp(f"restart-state-{index}")
-                w = WorkerProcess(berth_bin, url, unique("rs"), log_dir, transport, exchange, topic,
-                                  ["--state-dir", str(state), "--concurrency", "2", "--metrics-interval", "0", flag])
-                workers.append(w.start())
-            debug = rpc_client(transport, topic, namespace=DEBUG_NAMESPACE)
-            # Every slot busy (2 workers x 2), then the casts wait in the queue behind them.
-            for _ in range(4):
-                debug.cast(request_context(), "sleep", seconds=BUSY_SLEEP)
-            for index in range(RECORD_CASTS):
-                debug.cast(request_context(), "record", tag=f"{variant}-{index}")
-            before = [reconnections(w) for w in workers]
-            ctl(node, "stop_app")
-            time.sleep(2)
-            ctl(node, "start_app")
-            ctl(node, "await_startup")
-            back_at = time.monotonic()
-            reconnected = {}
-            deadline = back_at + 30
-            while time.monotonic() < deadline and len(reconnected) < len(workers):
-                for w, count in zip(workers, before):
-                    if w.host not in reconnected and reconnections(w) > count:
-                        reconnected[w.host] = time.monotonic() - back_at
-                time.sleep(0.05)
-            assert len(reconnected) == len(workers), "\n".join(w.describe() for w in workers)
+            workers = start_pair(berth_bin, url, transport, exchange, topic, log_dir, tmp_path_factory, "restart",
+                                 "--" + variant.replace("_", "-"))
+            reconnected = restart_with_work_queued(node, transport, topic, workers, variant)
             slowest = max(reconnected.values())
-
             wanted = {f"{variant}-{index}" for index in range(RECORD_CASTS)}
-            seen: set[str] = set()
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not wanted <= seen:
-                for w in workers:
-                    seen |= set(re.findall(r"debug record tag=(\S+)", w.log_text()))
+            while time.monotonic() < deadline and not wanted <= recorded_tags(workers, variant):
                 time.sleep(0.2)
-            lost = wanted - seen
-            sleeps_done = sum(len(re.findall(r"method=sleep .*request done", w.log_text())) for w in workers)
+            lost = wanted - recorded_tags(workers, variant)
+
+            def sleeps_done():
+                return sum(len(re.findall(r"method=sleep .*request done", w.log_text())) for w in workers)
+
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and sleeps_done() < 4:
+                time.sleep(0.2)
             print(f"\n[restart figures] {variant}: casts {RECORD_CASTS}, lost {len(lost)}, interrupted sleeps "
-                  f"finished {sleeps_done}/4, reconnected {', '.join(f'{s:.2f}s' for s in reconnected.values())} "
+                  f"finished {sleeps_done()}/4, reconnected {', '.join(f'{s:.2f}s' for s in reconnected.values())} "
                   f"after the broker returned")
             assert not lost, f"{len(lost)} of {RECORD_CASTS} queued casts lost across the restart: {sorted(lost)[:5]}"
             assert slowest <= 5.0, f"a worker reconnected {slowest:.1f}s after the broker returned (limit 5 s)"
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and sleeps_done < 4:
-                time.sleep(0.2)
-                sleeps_done = sum(len(re.findall(r"method=sleep .*request done", w.log_text())) for w in workers)
-            assert sleeps_done >= 4, "the casts interrupted by the restart were not worked on again"
+            assert sleeps_done() >= 4, "the casts interrupted by the restart were not worked on again"
 
             # A reply whose queue is gone: a hand-made call naming a reply queue that does not exist. The
             # worker retries for a few seconds, logs it and drops the reply, and serves other calls meanwhile.
@@ -377,47 +382,24 @@ def test_broker_restart_with_oslo_transient_defaults_loses_what_was_queued(lone_
     node, port, _ = lone_node
     url = f"amqp://guest:guest@127.0.0.1:{port}/"
     exchange, topic = unique("berth-test-transient"), unique("restart-transient")
-    import oslo_messaging  # noqa: PLC0415
-
-    conf = make_conf(exchange)
-    transport = oslo_messaging.get_rpc_transport(conf, url=oslo_transport_url(url))
     log_dir = tmp_path_factory.mktemp("transient-logs")
     workers = []
-    try:
-        for index in range(2):
-            state = tmp_path_factory.mktemp(f"transient-state-{index}")
-            w = WorkerProcess(berth_bin, url, unique("tr"), log_dir, transport, exchange, topic,
-                              ["--state-dir", str(state), "--concurrency", "2", "--metrics-interval", "0"])
-            workers.append(w.start())
-        debug = rpc_client(transport, topic, namespace=DEBUG_NAMESPACE)
-        for _ in range(4):
-            debug.cast(request_context(), "sleep", seconds=BUSY_SLEEP)
-        for index in range(RECORD_CASTS):
-            debug.cast(request_context(), "record", tag=f"transient-{index}")
-        time.sleep(0.5)
-        before = [reconnections(w) for w in workers]
-        ctl(node, "stop_app")
-        time.sleep(2)
-        ctl(node, "start_app")
-        ctl(node, "await_startup")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(reconnections(w) <= n for w, n in zip(workers, before)):
-            time.sleep(0.05)
-        assert all(reconnections(w) > n for w, n in zip(workers, before)), "\n".join(w.describe() for w in workers)
-        pong = rpc_client(transport, topic).prepare(server=workers[0].host, timeout=30).call(request_context(), "ping")
-        assert pong["host"] == workers[0].host
-        time.sleep(3)
-        seen = set()
-        for w in workers:
-            seen |= set(re.findall(r"debug record tag=(transient-\d+)", w.log_text()))
-        lost = RECORD_CASTS - len(seen)
-        print(f"\n[restart figures] oslo transient defaults: casts {RECORD_CASTS} queued behind 4 busy slots, "
-              f"worked on {len(seen)}, lost {lost} (plus the 4 in hand)")
-        # What docs/operations.md says: with transient queues a broker restart loses what was queued.
-        assert lost > 0, "nothing was lost: the test did not queue anything across the restart"
-        for w in workers:
-            assert w.stop() == 0, w.describe()
-    finally:
-        for w in workers:
-            w.kill()
-        transport.cleanup()
+    with oslo_transport(url, exchange, {}) as transport:
+        try:
+            workers = start_pair(berth_bin, url, transport, exchange, topic, log_dir, tmp_path_factory, "transient")
+            restart_with_work_queued(node, transport, topic, workers, "transient")
+            pong = rpc_client(transport, topic).prepare(server=workers[0].host, timeout=30).call(
+                request_context(), "ping")
+            assert pong["host"] == workers[0].host
+            time.sleep(3)
+            seen = recorded_tags(workers, "transient")
+            lost = RECORD_CASTS - len(seen)
+            print(f"\n[restart figures] oslo transient defaults: casts {RECORD_CASTS} queued behind 4 busy slots, "
+                  f"worked on {len(seen)}, lost {lost} (plus the 4 in hand)")
+            # What docs/operations.md says: with transient queues a broker restart loses what was queued.
+            assert lost > 0, "nothing was lost: the test did not queue anything across the restart"
+            for w in workers:
+                assert w.stop() == 0, w.describe()
+        finally:
+            for w in workers:
+                w.kill()
