@@ -284,21 +284,13 @@ public final class GlanceCatalog: Catalog {
             let id = reference.id
             switch reference.target {
             case .kernel, .ramdisk:
-                let wanted = reference.target == .kernel ? "aki" : "ari"
-                let what = reference.target == .kernel ? "kernel" : "ramdisk"
                 let image: CatalogImage
                 do throws(CatalogError) {
                     image = try await fetch(id)
-                } catch  where error.kind == .imageNotFound {
-                    throw .invalidProperty(
-                        "\(location) names image \(id), which is not in Glance; upload the \(what) first "
-                            + "(disk_format \(wanted)) and use its id")
+                } catch where error.kind == .imageNotFound {
+                    throw reference.missingBootFile(in: "Glance")
                 }
-                guard image.diskFormat == wanted else {
-                    throw .invalidProperty(
-                        "\(location) names image \(id) (\(CatalogID.quoted(image.name))), which has disk_format "
-                            + "\(image.diskFormat); a \(what) must be an image with disk_format \(wanted)")
-                }
+                try reference.checkBootFile(image)
             case .snapshot:
                 do {
                     _ = try await volumes.snapshot(id: id.value)

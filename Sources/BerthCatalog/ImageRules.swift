@@ -1,3 +1,4 @@
+import BerthCore
 import BerthJSON
 
 /// What the catalog accepts on write, checked before anything touches the disk. Glance's own limits
@@ -37,6 +38,31 @@ enum ImageRules {
         /// Where the id was found, for the message: `kernel_id`, `boot_options[1].ramdisk_id`.
         let location: String
         let id: CatalogID
+
+        /// For a kernel or ramdisk reference: the disk format the named image must have, and what it is called.
+        var bootFile: (diskFormat: String, what: String)? {
+            switch target {
+            case .kernel: ("aki", "kernel")
+            case .ramdisk: ("ari", "ramdisk")
+            case .snapshot, .volume: nil
+            }
+        }
+
+        /// The named kernel or ramdisk image, which `catalogName` ("the catalog", "Glance") did not find.
+        func missingBootFile(in catalogName: String) -> CatalogError {
+            guard let (wanted, what) = bootFile else { preconditionFailure("\(target) references name no boot file") }
+            return .invalidProperty(
+                "\(location) names image \(id), which is not in \(catalogName); upload the \(what) first "
+                    + "(disk_format \(wanted)) and use its id")
+        }
+
+        /// Refuses a kernel or ramdisk reference to an image of another disk format.
+        func checkBootFile(_ image: CatalogImage) throws(CatalogError) {
+            guard let (wanted, what) = bootFile, image.diskFormat != wanted else { return }
+            throw .invalidProperty(
+                "\(location) names image \(id) (\(CatalogID.quoted(image.name))), which has disk_format "
+                    + "\(image.diskFormat); a \(what) must be an image with disk_format \(wanted)")
+        }
     }
 
     static func checkName(_ name: String, of what: String) throws(CatalogError) {

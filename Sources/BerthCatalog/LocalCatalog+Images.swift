@@ -211,18 +211,8 @@ extension LocalCatalog {
             let id = reference.id
             switch reference.target {
             case .kernel, .ramdisk:
-                let wanted = reference.target == .kernel ? "aki" : "ari"
-                let what = reference.target == .kernel ? "kernel" : "ramdisk"
-                guard let image = try readImage(id) else {
-                    throw .invalidProperty(
-                        "\(location) names image \(id), which is not in the catalog; upload the \(what) first "
-                            + "(disk_format \(wanted)) and use its id")
-                }
-                guard image.diskFormat == wanted else {
-                    throw .invalidProperty(
-                        "\(location) names image \(id) (\(CatalogID.quoted(image.name))), which has disk_format "
-                            + "\(image.diskFormat); a \(what) must be an image with disk_format \(wanted)")
-                }
+                guard let image = try readImage(id) else { throw reference.missingBootFile(in: "the catalog") }
+                try reference.checkBootFile(image)
             case .snapshot:
                 guard try readSnapshot(id) != nil else {
                     throw .invalidProperty(
