@@ -145,9 +145,12 @@ public final class GlanceCatalog: Catalog {
     public func deleteImage(id: String) async throws {
         let id = try LocalCatalog.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
         _ = try await transport.json("DELETE", endpoint.image(id), operation: .delete(imageID: id.value), expect: [204])
-        let path = cachePath(id)
+        let (path, stamp) = (cachePath(id), stampPath(id))
         verified.withLock { _ = $0.removeValue(forKey: id.value) }
-        _ = try? await perform { () throws(CatalogError) in Files.discard(path) }
+        _ = try? await perform { () throws(CatalogError) in
+            Files.discard(path)
+            Files.discard(stamp)
+        }
     }
 
     public func localImageData(id: String) async throws -> String {
@@ -163,6 +166,8 @@ public final class GlanceCatalog: Catalog {
     // MARK: The host cache
 
     func cachePath(_ id: CatalogID) -> String { "\(cacheDirectory)/\(id.value)" }
+    /// The cache file's `DataStamp`, so a verification outlives the process that downloaded or hashed it.
+    func stampPath(_ id: CatalogID) -> String { "\(cacheDirectory)/.\(id.value)\(CatalogLayout.verifiedSuffix)" }
 
     /// The cache file of `image`, downloaded (and verified while downloading) if this host has none, else
     /// hashed once per process (or every time with `always`) while the file is unchanged.
@@ -199,7 +204,14 @@ public final class GlanceCatalog: Catalog {
     {
         defer { file.closeQuietly() }
         let stamp = DataStamp(try Files.status(file), checksum: image.osHashValue)
-        if !always, verified.withLock({ $0[image.id] == stamp }) { return }
+        let stampPath = stampPath(CatalogID(image.id)!)
+        if !always {
+            if verified.withLock({ $0[image.id] == stamp }) { return }
+            if DataStamp.load(from: stampPath) == stamp {
+                verified.withLock { $0[image.id] = stamp }
+                return
+            }
+        }
         let handoff = Handoff(file)
         let result = try await perform { () throws(CatalogError) in
             try GlanceHash.file(handoff.descriptor, algorithm: algorithm)
@@ -208,12 +220,14 @@ public final class GlanceCatalog: Catalog {
             verified.withLock { _ = $0.removeValue(forKey: image.id) }
             // The cached copy is wrong (changed on disk, or the image in Glance was replaced): drop it, so the
             // next boot downloads it again instead of failing forever.
+            Files.discard(stampPath)
             Files.discard(file.path)
             throw .invalidImage(
                 "the cached data of image \(image.id) (\(file.path)) does not match Glance's record (\(mismatch)); "
                     + "it was removed and the next boot downloads it again")
         }
         verified.withLock { $0[image.id] = stamp }
+        stamp.save(to: stampPath)
     }
 
     private func download(_ image: CatalogImage, id: CatalogID, algorithm: GlanceHash.Algorithm, to path: String)
@@ -240,8 +254,10 @@ public final class GlanceCatalog: Catalog {
                 try Files.rename(temporary.path, to: path)
                 try Files.syncDirectory(self.cacheDirectory)
             }
+            // Hashed while it arrived: verified, here and for later processes.
             let stamp = DataStamp(try Files.status(temporary), checksum: image.osHashValue)
             verified.withLock { $0[image.id] = stamp }
+            stamp.save(to: stampPath(id))
         } catch {
             Files.discard(temporary.path)
             throw error

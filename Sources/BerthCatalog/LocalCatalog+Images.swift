@@ -45,13 +45,15 @@ extension LocalCatalog {
                 image.status = "active"
             }
             do throws(CatalogError) {
-                try self.commitNew(
+                let status = try self.commitNew(
                     record: try RecordCoding.encode(image), at: self.layout.imageRecord(id), data: staged?.file,
                     at: self.layout.imageData(id)
                 ) { () throws(CatalogError) in
                     guard !Files.exists(self.layout.imageRecord(id)) else { throw Self.alreadyExists("image", id) }
                     try self.checkReferences(references)
                 }
+                // Hashed while copied in: verified now, not again at the first boot or deploy.
+                if let status { self.stampVerified(id, status: status, image: image) }
             } catch {
                 if let staged { Files.discard(staged.file.path) }
                 throw error
@@ -77,9 +79,11 @@ extension LocalCatalog {
                     image.updatedAt = RecordCoding.now()
                     try Files.rename(staged.file.path, to: self.layout.imageData(id))
                     do throws(CatalogError) {
+                        let status = try Files.status(staged.file)
                         try Files.syncDirectory(self.layout.images)
                         try self.faults.check(.dataCommitted)
                         try Files.writeAtomically(try RecordCoding.encode(image), to: self.layout.imageRecord(id))
+                        self.stampVerified(id, status: status, image: image)
                     } catch {
                         // The queued record does not point at data; unless the new record landed, drop the data.
                         if (try? self.loadImage(id))?.status == "queued" { Files.discard(self.layout.imageData(id)) }
@@ -126,6 +130,7 @@ extension LocalCatalog {
                 try Files.remove(self.layout.imageRecord(id))
                 try Files.syncDirectory(self.layout.images)
                 try Files.remove(self.layout.imageData(id))
+                Files.discard(self.layout.imageVerified(id))
             }
             _ = self.verified.withLock { $0.removeValue(forKey: id) }
         }
@@ -164,7 +169,14 @@ extension LocalCatalog {
         }
         defer { data.closeQuietly() }
         let stamp = DataStamp(try Files.status(data), checksum: image.osHashValue ?? image.checksum)
-        if !always, verified.withLock({ $0[id] == stamp }) { return path }
+        if !always {
+            if verified.withLock({ $0[id] == stamp }) { return path }
+            // Verified by an earlier process (or when it was imported) and unchanged since.
+            if DataStamp.load(from: layout.imageVerified(id)) == stamp {
+                verified.withLock { $0[id] = stamp }
+                return path
+            }
+        }
         // As glanceclient verifies a download: os_hash_value (sha512) when the image has one, the legacy md5
         // checksum only when it has not. Hashing is most of the cost of a boot or deploy from a cold cache.
         let expected = (sha512: image.osHashValue, md5: image.osHashValue == nil ? image.checksum : nil)
@@ -173,6 +185,7 @@ extension LocalCatalog {
             expected.md5 == nil || expected.md5 == digests.md5
         else {
             verified.withLock { _ = $0.removeValue(forKey: id) }
+            Files.discard(layout.imageVerified(id))
             throw .invalidImage(
                 "the data of image \(id) (\(path)) does not match its record (size \(digests.size), expected "
                     + "\(image.size); sha512 \((digests.sha512 ?? "not computed").prefix(16))…, expected "
@@ -180,7 +193,15 @@ extension LocalCatalog {
                     + "image and upload it again")
         }
         verified.withLock { $0[id] = stamp }
+        stamp.save(to: layout.imageVerified(id))
         return path
+    }
+
+    /// Records data just hashed while it was copied in as verified, in memory and beside the data.
+    private func stampVerified(_ id: CatalogID, status: stat, image: CatalogImage) {
+        let stamp = DataStamp(status, checksum: image.osHashValue ?? image.checksum)
+        verified.withLock { $0[id] = stamp }
+        stamp.save(to: layout.imageVerified(id))
     }
 
     static func requireData(_ image: CatalogImage) throws(CatalogError) {

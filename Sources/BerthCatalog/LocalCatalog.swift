@@ -30,6 +30,9 @@ public final class LocalCatalog: Catalog {
     let faults: CatalogFaults
     /// Data files already checked against their checksums, with the file identity at that time.
     let verified = Mutex<[CatalogID: DataStamp]>([:])
+    /// Image records already decoded, with their file's identity (see `readImage`).
+    private let imageRecords = Mutex<[CatalogID: (stamp: DataStamp, image: CatalogImage)]>([:])
+    private static let cachedRecordLimit = 4096
     private let queue = DispatchQueue(label: "berth.catalog.local", qos: .userInitiated, attributes: .concurrent)
 
     /// Largest volume accepted, a sanity bound on a size that arrives from the bus.
@@ -117,8 +120,25 @@ public final class LocalCatalog: Catalog {
         }
     }
 
+    /// An image record, decoded again only when its file changed: every boot reads its image's record, and a
+    /// `stat` is a fraction of a read and a JSON decode. Records are replaced by `rename`, so a changed record is
+    /// another inode (or at least another change time) and is read afresh.
     func readImage(_ id: CatalogID) throws(CatalogError) -> CatalogImage? {
-        try readRecord(CatalogImage.self, at: layout.imageRecord(id), id: id, recordID: \.id)
+        let path = layout.imageRecord(id)
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            imageRecords.withLock { _ = $0.removeValue(forKey: id) }
+            return try readRecord(CatalogImage.self, at: path, id: id, recordID: \.id)
+        }
+        let stamp = DataStamp(info, checksum: nil)
+        if let cached = imageRecords.withLock({ $0[id] }), cached.stamp == stamp { return cached.image }
+        // Read after the stat: a record replaced in between is cached under the old stamp and read again next time.
+        guard let image = try readRecord(CatalogImage.self, at: path, id: id, recordID: \.id) else { return nil }
+        imageRecords.withLock { records in
+            if records.count >= Self.cachedRecordLimit { records.removeAll(keepingCapacity: true) }
+            records[id] = (stamp, image)
+        }
+        return image
     }
 
     func readVolume(_ id: CatalogID) throws(CatalogError) -> CatalogVolume? {
@@ -163,10 +183,11 @@ public final class LocalCatalog: Catalog {
 
     /// Writes a new record, and the data staged for it, under the exclusive lock. `check` runs first under
     /// the same lock (the id is free, referenced records exist). On any failure nothing of the record stays.
+    @discardableResult
     func commitNew(
         record bytes: [UInt8], at recordPath: String, data staged: Descriptor?, at dataPath: String,
         check: () throws(CatalogError) -> Void
-    ) throws(CatalogError) {
+    ) throws(CatalogError) -> stat? {
         let directory = (recordPath as NSString).deletingLastPathComponent
         var stagedRecord: Descriptor?
         defer {
@@ -176,17 +197,21 @@ public final class LocalCatalog: Catalog {
         do throws(CatalogError) {
             let recordFile = try Files.stage(bytes, for: recordPath)
             stagedRecord = recordFile
-            try withLock(exclusive: true) { () throws(CatalogError) in
+            return try withLock(exclusive: true) { () throws(CatalogError) -> stat? in
                 try check()
                 try faults.check(.beforeCommit)
                 do throws(CatalogError) {
+                    // The data's status after its rename (which sets its change time), for its `DataStamp`.
+                    var status: stat?
                     if let staged {
                         try Files.rename(staged.path, to: dataPath)
+                        status = try Files.status(staged)
                         try Files.syncDirectory(directory)
                         try faults.check(.dataCommitted)
                     }
                     try Files.rename(recordFile.path, to: recordPath)
                     try Files.syncDirectory(directory)
+                    return status
                 } catch {
                     // Still under the lock, and `check` proved the id new: these names are ours to remove.
                     Files.discard(recordPath)
@@ -283,6 +308,13 @@ public final class LocalCatalog: Catalog {
                 {
                     try Files.remove(path)
                     report.removedOrphanedData.append(path)
+                } else if name.hasSuffix(CatalogLayout.verifiedSuffix),
+                    let id = CatalogID(String(name.dropLast(CatalogLayout.verifiedSuffix.count))),
+                    !present.contains("\(id.value).json")
+                {
+                    // The stamp of data that is gone (a delete that died between its steps).
+                    try Files.remove(path)
+                    report.removedOrphanedData.append(path)
                 } else if name.hasSuffix(".json"), let id = CatalogID(String(name.dropLast(5))) {
                     try inspectRecord(path, id: id, directory: directory, dataSuffix: dataSuffix, report: &report)
                 }
@@ -333,6 +365,7 @@ public final class LocalCatalog: Catalog {
 struct CatalogLayout: Sendable {
     static let imageDataSuffix = ".data"
     static let blockDataSuffix = ".img"
+    static let verifiedSuffix = ".verified"
 
     let root: String
     var lockFile: String { "\(root)/.lock" }
@@ -342,33 +375,12 @@ struct CatalogLayout: Sendable {
 
     func imageRecord(_ id: CatalogID) -> String { "\(images)/\(id.value).json" }
     func imageData(_ id: CatalogID) -> String { "\(images)/\(id.value)\(Self.imageDataSuffix)" }
+    /// The stamp of the image data's last verification (`DataStamp`), kept beside the data.
+    func imageVerified(_ id: CatalogID) -> String { "\(images)/\(id.value)\(Self.verifiedSuffix)" }
     func volumeRecord(_ id: CatalogID) -> String { "\(volumes)/\(id.value).json" }
     func volumeData(_ id: CatalogID) -> String { "\(volumes)/\(id.value)\(Self.blockDataSuffix)" }
     func snapshotRecord(_ id: CatalogID) -> String { "\(snapshots)/\(id.value).json" }
     func snapshotData(_ id: CatalogID) -> String { "\(snapshots)/\(id.value)\(Self.blockDataSuffix)" }
-}
-
-/// A data file's identity when it was verified; any change (rewrite, replacement) means verifying again.
-struct DataStamp: Sendable, Equatable {
-    var device: UInt64
-    var inode: UInt64
-    var size: Int64
-    var modified: timespec
-    var checksum: String?
-
-    init(_ info: stat, checksum: String?) {
-        device = UInt64(info.st_dev)
-        inode = UInt64(info.st_ino)
-        size = Int64(info.st_size)
-        modified = info.st_mtim
-        self.checksum = checksum
-    }
-
-    static func == (lhs: DataStamp, rhs: DataStamp) -> Bool {
-        lhs.device == rhs.device && lhs.inode == rhs.inode && lhs.size == rhs.size
-            && lhs.modified.tv_sec == rhs.modified.tv_sec && lhs.modified.tv_nsec == rhs.modified.tv_nsec
-            && lhs.checksum == rhs.checksum
-    }
 }
 
 /// Failure injection for tests: makes a named step of a commit fail, to prove nothing half-written stays.

@@ -124,7 +124,7 @@ func parseProperties(_ arguments: [String]) throws -> [String: String] {
 struct Images: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "images", abstract: "Manage images in the catalog (local or Glance).",
-        subcommands: [Create.self, List.self, Show.self, Update.self, Delete.self, Check.self])
+        subcommands: [Create.self, List.self, Show.self, Update.self, Delete.self, Check.self, Verify.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -173,6 +173,27 @@ struct Images: AsyncParsableCommand {
         func run() async throws {
             let catalog = try catalog.open()
             try Output.print(try await Output.run { try await catalog.image(id: id) })
+        }
+    }
+
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Hash an image's data on this host and compare it with the image's checksum.",
+            discussion: """
+                Boots and deploys trust data verified when it arrived while its file is unchanged (a stamp beside \
+                it); this reads the whole file again, which also catches corruption below the file system. Data \
+                that does not match fails with InvalidImage and loses its stamp.
+                """)
+        @OptionGroup var catalog: CatalogOptions
+        @Argument(help: "Image id.") var id: String
+
+        func run() async throws {
+            let catalog = try catalog.open()
+            let answer: JSONValue = try await Output.run {
+                try await catalog.verifyImageData(id: id)
+                return ["image_id": .string(id), "verified": true]
+            }
+            Output.print(answer)
         }
     }
 

@@ -237,6 +237,80 @@ import Testing
         await expectCatalogError(.invalidImage, ["does not match"]) { try await catalog.localImageData(id: image.id) }
     }
 
+    @Test func verificationOutlivesTheProcessUntilTheFileChanges() async throws {
+        let bytes = patternBytes(10_000)
+        let image = try await catalog.createImage(name: "v", diskFormat: "raw", data: .bytes(bytes))
+        let id = CatalogID(image.id)!
+        let stampPath = catalog.layout.imageVerified(id)
+        // Hashed while imported: stamped at once, for this file as it is now.
+        let stamp = try #require(DataStamp.load(from: stampPath))
+        let dataPath = catalog.layout.imageData(id)
+        var info = stat()
+        #expect(stat(dataPath, &info) == 0)
+        #expect(stamp == DataStamp(info, checksum: image.osHashValue))
+
+        // A later process trusts the stamp instead of hashing: shown by a stamp that vouches for wrong data.
+        var tampered = bytes
+        tampered[5000] ^= 0xff
+        try Data(tampered).write(to: URL(fileURLWithPath: dataPath))
+        #expect(stat(dataPath, &info) == 0)
+        DataStamp(info, checksum: image.osHashValue).save(to: stampPath)
+        #expect(try await LocalCatalog(root: root).localImageData(id: image.id) == dataPath)
+        // An explicit verification always hashes, and a failed one withdraws the stamp.
+        await expectCatalogError(.invalidImage, ["does not match"]) {
+            try await LocalCatalog(root: root).verifyImageData(id: image.id)
+        }
+        #expect(!FileManager.default.fileExists(atPath: stampPath))
+
+        // Without a vouching stamp, a change to the file (its times, even at the same size) means hashing again.
+        let other = try await catalog.createImage(name: "w", diskFormat: "raw", data: .bytes(bytes))
+        let otherPath = catalog.layout.imageData(CatalogID(other.id)!)
+        try Data(tampered).write(to: URL(fileURLWithPath: otherPath))
+        await expectCatalogError(.invalidImage, ["does not match"]) {
+            try await LocalCatalog(root: root).localImageData(id: other.id)
+        }
+        #expect(!FileManager.default.fileExists(atPath: catalog.layout.imageVerified(CatalogID(other.id)!)))
+
+        // Good data verified by a read is stamped again; a delete takes the stamp along.
+        try Data(bytes).write(to: URL(fileURLWithPath: otherPath))
+        #expect(try await LocalCatalog(root: root).localImageData(id: other.id) == otherPath)
+        #expect(DataStamp.load(from: catalog.layout.imageVerified(CatalogID(other.id)!)) != nil)
+        try await catalog.deleteImage(id: other.id)
+        #expect(try strayFiles(in: root, expecting: [image.id]).isEmpty)
+    }
+
+    @Test func stampsReadBackExactlyAndRefuseAnythingElse() throws {
+        var info = stat()
+        info.st_dev = 2049
+        info.st_ino = 1_234_567
+        info.st_size = 604_635_136
+        info.st_mtim = timespec(tv_sec: 1_764_825_600, tv_nsec: 123_456_789)
+        info.st_ctim = timespec(tv_sec: 1_764_825_601, tv_nsec: 5)
+        for checksum in [String(repeating: "ab", count: 64), nil] {
+            let stamp = DataStamp(info, checksum: checksum)
+            #expect(DataStamp(line: stamp.line) == stamp)
+        }
+        let good = DataStamp(info, checksum: "00ff").line
+        for bad in [
+            "", "berth-verified-1\n", good.replacingOccurrences(of: "berth-verified-1", with: "berth-verified-2"),
+            String(good.dropLast()), good.replacingOccurrences(of: ".123456789", with: ".1234567890"),
+            good.replacingOccurrences(of: "00ff", with: "00f/"), good + "x", good.replacingOccurrences(of: " ", with: "  "),
+        ] {
+            #expect(DataStamp(line: bad) == nil, "accepted \(bad.debugDescription)")
+        }
+    }
+
+    @Test func sweepRemovesTheStampOfDeletedData() async throws {
+        let image = try await catalog.createImage(name: "v", diskFormat: "raw", data: .bytes(patternBytes(4096)))
+        let id = CatalogID(image.id)!
+        // A delete that died after its record and data were gone.
+        try FileManager.default.removeItem(atPath: catalog.layout.imageRecord(id))
+        try FileManager.default.removeItem(atPath: catalog.layout.imageData(id))
+        let report = try await catalog.sweep()
+        #expect(report.removedOrphanedData == [catalog.layout.imageVerified(id)])
+        #expect(try strayFiles(in: root).isEmpty)
+    }
+
     @Test func missingCatalogDirectoryIsReportedOnRead() async throws {
         let absent = LocalCatalog(root: "\(directory.path)/nowhere")
         await expectCatalogError(.catalogUnavailable, ["does not exist"]) { try await absent.images() }

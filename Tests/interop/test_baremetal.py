@@ -726,6 +726,35 @@ def test_each_refusal_says_something_different(bench):
         assert not any(spec["expect"] in m for m in others), (case, spec["expect"])
 
 
+def test_verification_stamp_is_kept_and_withdrawn(bench, berth_bin):
+    """Data is hashed when imported and stamped; a changed file loses the trust, and `berth images verify`
+    always hashes."""
+    catalog = bench.catalog
+    good = bench.work / "stamp.raw"
+    run("truncate", "-s", 4 * MiB, good)
+    fill(good, 0, 1 * MiB, seed=90)
+    image_id = catalog.create("stamp", "raw", good)
+    stamp = catalog.root / "images" / f"{image_id}.verified"
+    data = os.stat(catalog.data_path(image_id))
+    fields = stamp.read_text().split()
+    assert fields[0] == "berth-verified-1" and fields[1:4] == [str(data.st_dev), str(data.st_ino), str(data.st_size)]
+    assert fields[6] == json.loads(catalog.record_path(image_id).read_text())["os_hash_value"]
+
+    def verify():
+        return run(berth_bin, "images", "verify", "--catalog", f"local:{catalog.root}", image_id, check=False)
+
+    ok = verify()
+    assert ok.returncode == 0 and json.loads(ok.stdout) == {"image_id": image_id, "verified": True}, ok.stderr
+    with open(catalog.data_path(image_id), "r+b") as f:
+        f.seek(4096)
+        byte = f.read(1)
+        f.seek(4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    refused = verify()
+    assert refused.returncode != 0 and "does not match its record" in refused.stderr, refused.stderr
+    assert not stamp.exists(), "a failed verification must withdraw the stamp"
+
+
 def test_unknown_node_is_node_not_found(bench):
     inst = bench.instance(bench.images["gpt-new"].id, "no-such-node")
     with pytest.raises(oslo_messaging.RemoteError) as caught:

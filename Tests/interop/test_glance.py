@@ -150,10 +150,17 @@ def glance_worker(worker_factory, cli, tmp_path_factory):
 
 
 def cache_names(directory: pathlib.Path) -> list[str]:
-    """Files in a cache directory other than the per-image lock files."""
+    """Files in a cache directory other than the per-image lock files and verification stamps."""
     if not directory.exists():
         return []
-    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock"))
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith((".lock", ".verified")))
+
+
+def stamp_names(directory: pathlib.Path) -> list[str]:
+    """Image ids with a verification stamp (`.<id>.verified`) in a cache directory."""
+    if not directory.exists():
+        return []
+    return sorted(p.name[1:-len(".verified")] for p in directory.iterdir() if p.name.endswith(".verified"))
 
 
 # --- CLI -----------------------------------------------------------------------------------------------
@@ -239,6 +246,8 @@ def test_glance_image_boots_and_its_data_is_downloaded_once(rpc_transport, glanc
     # The host cache holds each image once, fully verified, with no temporary file left.
     cache = glance_worker.glance_cache
     assert cache_names(cache) == sorted([cli.kernel_id, cli.ramdisk_id, cli.image_id])
+    # Each verified as it arrived, and stamped so a restarted worker does not hash it again.
+    assert stamp_names(cache) == cache_names(cache)
     inodes = {name: (cache / name).stat().st_ino for name in cache_names(cache)}
     downloads = {i: glance.downloads(i) for i in (cli.kernel_id, cli.ramdisk_id, cli.image_id)}
     assert downloads == {cli.kernel_id: 1, cli.ramdisk_id: 1, cli.image_id: 1}, downloads
@@ -308,6 +317,7 @@ def test_placeholder_from_a_volume_is_a_queued_glance_image_and_boots(rpc_transp
 def assert_no_cache_file(worker, image_id: str):
     names = cache_names(worker.glance_cache)
     assert image_id not in names, names
+    assert image_id not in stamp_names(worker.glance_cache), "a refused image must not be stamped verified"
     assert not [n for n in names if n.startswith(".")], f"temporary files left in the cache: {names}"
 
 
