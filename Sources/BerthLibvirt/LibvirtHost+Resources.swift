@@ -99,9 +99,58 @@ extension LibvirtHost {
         }
     }
 
-    /// See `LibvirtConnection.ensureDirectoryPool`.
-    public func ensurePool(name: String, path: String) throws {
+    /// See `LibvirtConnection.ensureDirectoryPool`. Checked once per connection for the same name and
+    /// directory; `recheck` checks (and refreshes) it again.
+    public func ensurePool(name: String, path: String, recheck: Bool = false) throws {
+        if !recheck, readyPools[name] == path { return }
+        readyPools[name] = nil
         try withConnection { connection in _ = try connection.ensureDirectoryPool(name: name, path: path) }
+        readyPools[name] = path
+    }
+
+    /// Starts a guest in one visit to the libvirt thread (a boot used to make four, each two thread
+    /// switches): its root overlay, when it has one, replacing a leftover volume of a boot that died half-way,
+    /// then the domain, defined and started as `defineAndStart` does. A domain that fails to start takes the
+    /// overlay made for it along. Returns the domain's name.
+    public func startGuest(xml: String, uuid: String, overlay: OverlayVolume?) throws(GuestStartFailure) -> String {
+        if let overlay {
+            do {
+                try replaceOverlay(overlay)
+            } catch {
+                // The pool may have been stopped or removed behind the worker's back: check it again, once.
+                do {
+                    try ensurePool(name: overlay.pool, path: overlay.poolPath, recheck: true)
+                    try replaceOverlay(overlay)
+                } catch {
+                    throw GuestStartFailure(stage: .rootDisk, error: error)
+                }
+            }
+        }
+        do {
+            return try withConnection { connection in
+                let existed = try connection.lookupDomain(uuid: uuid) != nil
+                let domain = try connection.defineDomain(xml: xml)
+                if try domain.isActive() { return domain.name }
+                do {
+                    try domain.create()
+                } catch {
+                    if !existed { try? domain.undefine() }
+                    throw error
+                }
+                return domain.name
+            }
+        } catch {
+            if let overlay { _ = try? deleteVolume(pool: overlay.pool, name: overlay.name) }
+            throw GuestStartFailure(stage: .domain, error: error)
+        }
+    }
+
+    private func replaceOverlay(_ overlay: OverlayVolume) throws {
+        try ensurePool(name: overlay.pool, path: overlay.poolPath)
+        _ = try deleteVolume(pool: overlay.pool, name: overlay.name)
+        _ = try createOverlay(
+            pool: overlay.pool, name: overlay.name, backingPath: overlay.backingPath,
+            backingFormat: overlay.backingFormat, capacityBytes: overlay.capacityBytes)
     }
 
     /// Rescans a pool so files placed in its directory by other means become volumes.
@@ -148,4 +197,36 @@ extension LibvirtHost {
             return true
         }
     }
+}
+
+/// A guest's root disk: a qcow2 overlay named `name` in the `dir` pool `pool` (over `poolPath`) backed by
+/// `backingPath`.
+public struct OverlayVolume: Sendable, Equatable {
+    public var pool: String
+    public var poolPath: String
+    public var name: String
+    public var backingPath: String
+    public var backingFormat: DiskFormat
+    public var capacityBytes: UInt64
+
+    public init(
+        pool: String, poolPath: String, name: String, backingPath: String, backingFormat: DiskFormat,
+        capacityBytes: UInt64
+    ) {
+        self.pool = pool
+        self.poolPath = poolPath
+        self.name = name
+        self.backingPath = backingPath
+        self.backingFormat = backingFormat
+        self.capacityBytes = capacityBytes
+    }
+}
+
+/// Why `startGuest` failed: which step, and libvirt's error.
+public struct GuestStartFailure: Error, CustomStringConvertible {
+    public enum Stage: Sendable { case rootDisk, domain }
+    public let stage: Stage
+    public let error: any Error
+
+    public var description: String { "\(error)" }
 }

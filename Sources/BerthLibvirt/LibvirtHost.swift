@@ -17,6 +17,9 @@ public actor LibvirtHost {
     private var wantsConnection = false
     /// How many times a lost connection was replaced; a number worth a metric.
     public private(set) var reconnects = 0
+    /// Storage pools (name → directory) found or made ready on this connection: a boot does not check its pool
+    /// again (a pool refresh scans every volume in it); a boot that fails in the pool checks it again.
+    var readyPools: [String: String] = [:]
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         thread.asUnownedSerialExecutor()
@@ -46,6 +49,7 @@ public actor LibvirtHost {
         connection?.close()
         connection = nil
         cachedCapabilities = nil
+        readyPools = [:]
         wantsConnection = false
     }
 
@@ -118,6 +122,7 @@ public actor LibvirtHost {
         connection?.close()
         connection = nil
         cachedCapabilities = nil
+        readyPools = [:]
         let fresh = try LibvirtConnection(uri: uri)
         connection = fresh
         defer { wantsConnection = true }

@@ -302,36 +302,41 @@ public struct ComputeService: Sendable {
     private func create(
         _ spec: DomainSpec, request: BootRequest, root: RootDisk, logger: Logger
     ) async throws(BerthError) -> JSONObject {
-        do {
-            try FileManager.default.createDirectory(
-                atPath: configuration.consoleDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw .buildFailed("cannot create \(configuration.consoleDirectory): \(error.localizedDescription)")
-        }
-        let volume = Self.rootVolumeName(request.uuid)
+        if spec.consoleLogPath != nil { try ensureConsoleDirectory() }
+        var overlay: OverlayVolume?
         if case .overlay(let image) = root {
             let backing = try await cache.path(for: image, catalog: catalog)
             let rootBytes = max(UInt64(request.flavor.rootGB) << 30, UInt64(image.virtualSize ?? image.size), 1 << 20)
-            do {
-                try await libvirt.ensurePool(name: configuration.poolName, path: configuration.poolDirectory)
-                // A volume without a domain is a leftover of a boot that died half-way; this lock holder owns the uuid.
-                _ = try await libvirt.deleteVolume(pool: configuration.poolName, name: volume)
-                _ = try await libvirt.createOverlay(
-                    pool: configuration.poolName, name: volume, backingPath: backing,
-                    backingFormat: image.diskFormat == "qcow2" ? .qcow2 : .raw, capacityBytes: rootBytes)
-            } catch {
-                throw .buildFailed("cannot create the root disk in storage pool \(configuration.poolName): \(error)")
-            }
+            overlay = OverlayVolume(
+                pool: configuration.poolName, poolPath: configuration.poolDirectory,
+                name: Self.rootVolumeName(request.uuid), backingPath: backing,
+                backingFormat: image.diskFormat == "qcow2" ? .qcow2 : .raw, capacityBytes: rootBytes)
         }
         let xml = DomainXML.render(spec)
         do {
-            let domain = try await libvirt.defineAndStart(xml: xml, uuid: spec.uuid)
-            logger.info("instance started", metadata: ["domain": "\(domain.name)", "image_id": "\(spec.metadata.imageID)"])
+            let name = try await libvirt.startGuest(xml: xml, uuid: spec.uuid, overlay: overlay)
+            logger.info("instance started", metadata: ["domain": "\(name)", "image_id": "\(spec.metadata.imageID)"])
         } catch {
-            if case .overlay = root { _ = try? await libvirt.deleteVolume(pool: configuration.poolName, name: volume) }
-            throw .buildFailed("libvirt could not start the instance: \(error)")
+            switch error.stage {
+            case .rootDisk:
+                throw .buildFailed("cannot create the root disk in storage pool \(configuration.poolName): \(error)")
+            case .domain:
+                throw .buildFailed("libvirt could not start the instance: \(error)")
+            }
         }
         return result(uuid: spec.uuid, metadata: spec.metadata, status: "ACTIVE")
+    }
+
+    /// The directory of the guests' console logs; one `mkdir` per boot, so a directory removed while the
+    /// worker runs comes back.
+    private func ensureConsoleDirectory() throws(BerthError) {
+        let path = configuration.consoleDirectory
+        if mkdir(path, 0o755) == 0 || errno == EEXIST { return }
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        } catch {
+            throw .buildFailed("cannot create \(path): \(error.localizedDescription)")
+        }
     }
 
     func existingInstance(_ uuid: String) async throws(BerthError) -> DomainSummary? {

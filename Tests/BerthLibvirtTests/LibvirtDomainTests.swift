@@ -290,6 +290,59 @@ struct LibvirtStorageTests {
         #expect(try await !host.deleteVolume(pool: "no-such-pool", name: "disk-1.qcow2"))
     }
 
+    @Test func startGuestMakesTheOverlayAndTheDomainInOneCall() async throws {
+        let host = try await IsolatedTestDriver.host()
+        let uuid = newUUID()
+        let overlay = OverlayVolume(
+            pool: "berth", poolPath: "/berth-pool", name: "\(uuid).qcow2", backingPath: "/images/base.raw",
+            backingFormat: .raw, capacityBytes: 16 << 20)
+        // The pool is made on first use; a leftover volume of a boot that died half-way is replaced.
+        try await host.ensurePool(name: "berth", path: "/berth-pool")
+        _ = try await host.createOverlay(
+            pool: "berth", name: overlay.name, backingPath: "/old", backingFormat: .qcow2, capacityBytes: 1 << 20)
+        #expect(try await host.startGuest(xml: testDomainXML(uuid: uuid), uuid: uuid, overlay: overlay) == "berth-\(uuid)")
+        #expect(try await host.domain(uuid: uuid)?.state == .running)
+        #expect(try await host.volumePath(pool: "berth", name: overlay.name) == "/berth-pool/\(uuid).qcow2")
+        // Asked again (a redelivered request), the running domain is reported, not started twice.
+        #expect(try await host.startGuest(xml: testDomainXML(uuid: uuid), uuid: uuid, overlay: nil) == "berth-\(uuid)")
+    }
+
+    @Test func startGuestChecksAPoolAgainWhenItIsNotThere() async throws {
+        let host = try await IsolatedTestDriver.host()
+        // The host believes the pool ready (checked earlier), but it is gone: the boot checks again and makes it.
+        await host.believePoolReady(name: "berth", path: "/berth-pool")
+        let uuid = newUUID()
+        let overlay = OverlayVolume(
+            pool: "berth", poolPath: "/berth-pool", name: "\(uuid).qcow2", backingPath: "/images/base.raw",
+            backingFormat: .raw, capacityBytes: 16 << 20)
+        _ = try await host.startGuest(xml: testDomainXML(uuid: uuid), uuid: uuid, overlay: overlay)
+        #expect(try await host.volumePath(pool: "berth", name: overlay.name) != nil)
+    }
+
+    @Test func startGuestThatCannotStartLeavesNothing() async throws {
+        let host = try await IsolatedTestDriver.host()
+        let overlay = OverlayVolume(
+            pool: "berth", poolPath: "/berth-pool", name: "x.qcow2", backingPath: "/images/base.raw",
+            backingFormat: .raw, capacityBytes: 16 << 20)
+        let failure = await #expect(throws: GuestStartFailure.self) {
+            try await host.startGuest(
+                xml: "<domain type='test'><name>berth-x</name></domain>", uuid: newUUID(), overlay: overlay)
+        }
+        #expect(failure?.stage == .domain)
+        #expect(try await host.volumePath(pool: "berth", name: "x.qcow2") == nil)
+        #expect(try await host.domain(name: "berth-x") == nil)
+
+        // A pool that cannot be made is the root disk's failure.
+        let elsewhere = OverlayVolume(
+            pool: "berth", poolPath: "/elsewhere", name: "y.qcow2", backingPath: "/b", backingFormat: .raw,
+            capacityBytes: 1 << 20)
+        let refused = await #expect(throws: GuestStartFailure.self) {
+            try await host.startGuest(xml: testDomainXML(uuid: newUUID()), uuid: newUUID(), overlay: elsewhere)
+        }
+        #expect(refused?.stage == .rootDisk)
+        #expect(refused?.description.contains("not a dir pool over /elsewhere") == true)
+    }
+
     @Test func overlayInAMissingPoolSaysHowToFixIt() async throws {
         let host = try await IsolatedTestDriver.host()
         let error = await #expect(throws: LibvirtError.self) {
@@ -369,5 +422,12 @@ struct StorageXMLTests {
     @Test func escapeLeavesOrdinaryTextAlone() {
         #expect(StorageXML.escape("berth-1234.qcow2 é") == "berth-1234.qcow2 é")
         #expect(StorageXML.escape("<&>'\"") == "&lt;&amp;&gt;&apos;&quot;")
+    }
+}
+
+extension LibvirtHost {
+    /// Tests: the state after an earlier boot checked a pool that has since gone.
+    func believePoolReady(name: String, path: String) {
+        readyPools[name] = path
     }
 }
