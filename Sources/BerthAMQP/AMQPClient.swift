@@ -49,6 +49,8 @@ public final class AMQPClient: Sendable {
         var mandatory: Bool
         var properties: AMQPProperties
         var body: [UInt8]
+        /// A delivery to ack when the broker confirms this message (delivery tag, connection generation).
+        var acknowledging: (deliveryTag: UInt64, generation: UInt64)?
     }
 
     struct Shared {
@@ -146,12 +148,17 @@ public final class AMQPClient: Sendable {
     /// Publishes and waits for the broker's confirm. A mandatory message that no queue takes comes back
     /// as `.returned`. Throws `notConnected`/`connectionLost` when the broker is away: the caller decides
     /// whether the message is worth keeping.
+    ///
+    /// `acknowledging`: a delivery the I/O thread acks the moment the broker confirms this message, the
+    /// answer-then-ack of an RPC server without a second trip through the command queue. It is acked only on
+    /// `.confirmed`; after `.nacked`, `.returned` or a throw it is still the caller's to ack or reject.
     public func publish(
         exchange: String, routingKey: String, body: [UInt8], properties: AMQPProperties = .oslo(),
-        mandatory: Bool = false
+        mandatory: Bool = false, acknowledging delivery: AMQPDelivery? = nil
     ) async throws -> PublishOutcome {
         let publish = Publish(
-            exchange: exchange, routingKey: routingKey, mandatory: mandatory, properties: properties, body: body)
+            exchange: exchange, routingKey: routingKey, mandatory: mandatory, properties: properties, body: body,
+            acknowledging: delivery.map { ($0.deliveryTag, $0.connectionGeneration) })
         return try await withCheckedThrowingContinuation { continuation in
             enqueue(.publish(publish, continuation)) {
                 continuation.resume(throwing: AMQPError(.shutdown, "the broker client is stopping"))
@@ -240,6 +247,7 @@ final class IOLoop: @unchecked Sendable {
         var routingKey: String
         var mandatory: Bool
         var returned: AMQPReturnedMessage?
+        var acknowledging: (deliveryTag: UInt64, generation: UInt64)?
         var continuation: CheckedContinuation<PublishOutcome, any Error>
     }
 
@@ -263,7 +271,7 @@ final class IOLoop: @unchecked Sendable {
                 try execute(client.takeCommands(), on: connection)
                 if !connection.hasBufferedInput { waitForInput(socket: connection.socketDescriptor) }
                 while let inbound = try connection.poll() {
-                    handle(inbound)
+                    try handle(inbound, on: connection)
                 }
                 connection.releaseBuffers()
             } catch {
@@ -368,7 +376,7 @@ final class IOLoop: @unchecked Sendable {
             pending.append(
                 PendingConfirm(
                     sequence: sequence, exchange: publish.exchange, routingKey: publish.routingKey,
-                    mandatory: publish.mandatory, continuation: continuation))
+                    mandatory: publish.mandatory, acknowledging: publish.acknowledging, continuation: continuation))
         case .ack(let tag, let generation):
             guard generation == connection.generation else {
                 logger.debug("dropping ack from an earlier connection", metadata: ["delivery_tag": "\(tag)"])
@@ -395,7 +403,7 @@ final class IOLoop: @unchecked Sendable {
         }
     }
 
-    private func handle(_ inbound: AMQPInbound) {
+    private func handle(_ inbound: AMQPInbound, on connection: AMQPConnection) throws {
         switch inbound {
         case .delivery(let delivery):
             client.deliveryContinuation.yield(delivery)
@@ -406,10 +414,19 @@ final class IOLoop: @unchecked Sendable {
                 if matches { resolved.append(entry) }
                 return matches
             }
+            var failure: (any Error)?
             for entry in resolved {
                 let outcome: PublishOutcome = entry.returned.map { .returned($0) } ?? (ack ? .confirmed : .nacked)
+                // A delivery from an earlier connection is back in its queue already: nothing to ack.
+                if outcome == .confirmed, failure == nil, let request = entry.acknowledging,
+                    request.generation == connection.generation
+                {
+                    do { try connection.ack(deliveryTag: request.deliveryTag) } catch { failure = error }
+                }
                 entry.continuation.resume(returning: outcome)
             }
+            // The confirms stand; the connection does not (its acks are moot: the broker redelivers).
+            if let failure { throw failure }
         case .returned(let message):
             // A return carries no sequence number; RabbitMQ sends it just before the confirm of the same
             // message, so it belongs to the oldest unconfirmed mandatory publish with its route.

@@ -205,9 +205,12 @@ public final class RPCServer: Service, EventSink, Sendable {
             log[metadataKey: "error"] = "\(failure.className): \(failure.message)"
             log.warning("refusing request")
             if let msgID = request.msgID, let replyQueue = request.replyQueue {
-                guard await reply(RPCReply.failure(failure, msgID: msgID), to: replyQueue, logger: log) else { return }
+                guard
+                    await reply(RPCReply.failure(failure, msgID: msgID), to: replyQueue, logger: log, acknowledging: delivery)
+                else { return }
+            } else {
+                client.ack(delivery)
             }
-            client.ack(delivery)
         case .dispatch(let request, let method):
             await dispatch(delivery, request, method: method)
         }
@@ -249,10 +252,14 @@ public final class RPCServer: Service, EventSink, Sendable {
                 log.warning("no worker of the pool can run it", metadata: ["handoffs": "\(handOff.count - 1)"])
                 if let address = request.replyAddress {
                     let failure = RPCFailure.berth("HostIncompatible", handOff.finalMessage)
-                    guard await reply(RPCReply.failure(failure, msgID: address.msgID), to: address.replyQueue, logger: log)
+                    guard
+                        await reply(
+                            RPCReply.failure(failure, msgID: address.msgID), to: address.replyQueue, logger: log,
+                            acknowledging: delivery)
                     else { return }
+                } else {
+                    client.ack(delivery)
                 }
-                client.ack(delivery)
             }
             if let key { attempts.finish(key) }
             return
@@ -308,9 +315,10 @@ public final class RPCServer: Service, EventSink, Sendable {
             case .success(let value): message = RPCReply.result(value, msgID: msgID)
             case .failure(let failure): message = RPCReply.failure(failure, msgID: msgID)
             }
-            guard await reply(message, to: replyQueue, logger: log) else { return }
+            guard await reply(message, to: replyQueue, logger: log, acknowledging: delivery) else { return }
+        } else {
+            client.ack(delivery)
         }
-        client.ack(delivery)
         if let key { attempts.finish(key) }
     }
 
@@ -399,18 +407,23 @@ public final class RPCServer: Service, EventSink, Sendable {
     /// Publishes a reply and waits for the broker's confirm. Returns false when the connection was lost
     /// (the request will be redelivered, so it must not be acked); a reply whose queue is gone is retried
     /// for a while, then logged and dropped (returns true: the work is done, nobody is listening).
+    /// Publishes a reply until the broker confirms it (or its queue stays gone). With `acknowledging`, the
+    /// request is acked once the reply is confirmed (or dropped); false when the broker is away, and then the
+    /// request is neither answered nor acked.
     private func reply(
-        _ message: JSONObject, to replyQueue: String, logger: Logger, retry: Bool = true
+        _ message: JSONObject, to replyQueue: String, logger: Logger, retry: Bool = true,
+        acknowledging delivery: AMQPDelivery? = nil
     ) async -> Bool {
         let body = OsloEnvelope.wrap(message)
         let deadline = ContinuousClock.now + configuration.replyRetry
         while true {
             do {
                 let outcome = try await client.publish(
-                    exchange: "", routingKey: replyQueue, body: body, properties: .oslo(), mandatory: true)
+                    exchange: "", routingKey: replyQueue, body: body, properties: .oslo(), mandatory: true,
+                    acknowledging: delivery)
                 switch outcome {
                 case .confirmed:
-                    return true
+                    return true  // The I/O thread acked `delivery` with the confirm.
                 case .nacked:
                     logger.warning("broker refused the reply (nack); retrying")
                 case .returned(let returned):
@@ -418,6 +431,7 @@ public final class RPCServer: Service, EventSink, Sendable {
                         logger.warning(
                             "reply queue is gone; dropping the reply",
                             metadata: ["reply_queue": "\(replyQueue)", "broker": "\(returned.replyText)"])
+                        if let delivery { client.ack(delivery) }
                         return true
                     }
                 }
