@@ -456,9 +456,20 @@ class Bench:
         image_id = json.loads(out.stdout)["id"]
         target = os.path.join(d, "out.disk")
         state = os.path.join(d, "state")
+        deploy_argv = [self.berth, "deploy", "--catalog", f"local:{catalog}", "--image", image_id, "--node",
+                       f"n={target}", "--state-dir", state, "--quiet"]
+
+        def first_use():
+            # The catalog hashed the image when it was imported and keeps a stamp of that beside the data; without
+            # it the deploy hashes the whole image first (a host's first use of data it did not import itself).
+            stamp = os.path.join(catalog, "images", image_id + ".verified")
+            if os.path.exists(stamp):
+                os.unlink(stamp)
+            return deploy_argv, True
+
         variants = {
-            "berth deploy": lambda: ([self.berth, "deploy", "--catalog", f"local:{catalog}", "--image", image_id,
-                                      "--node", f"n={target}", "--state-dir", state, "--quiet"], True),
+            "berth deploy": lambda: (deploy_argv, True),
+            "berth deploy, hashing": first_use,
             "qemu-img convert -S 4k": lambda: (["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-S", "4k", qcow2,
                                                 target], False),
             "qemu-img convert -S 0": lambda: (["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-S", "0", qcow2,
@@ -698,7 +709,10 @@ def goals(r: dict) -> str:
     dep = r["deploy"].get("variants", {})
     if dep.get("berth deploy") and dep.get("qemu-img convert -S 4k"):
         v, q = dep["berth deploy"], dep["qemu-img convert -S 4k"]
-        check("deploy time <= 1.0x qemu-img -S 4k", v["seconds"] <= q["seconds"], f"{v['seconds'] / q['seconds']:.2f}x")
+        hashing = dep.get("berth deploy, hashing")
+        first = f"; {hashing['seconds'] / q['seconds']:.2f}x when it first hashes the image" if hashing else ""
+        check("deploy time <= 1.0x qemu-img -S 4k", v["seconds"] <= q["seconds"],
+              f"{v['seconds'] / q['seconds']:.2f}x{first}")
         check("deploy peak RSS <= 64 MiB", v["peak_rss"] <= 64 * MiB, f"{v['peak_rss'] / MiB:.1f} MiB")
         data = r["deploy"]["image_data_bytes"]
         check("deploy allocation within 5 % of data", abs(v["allocated"] - data) <= 0.05 * data,
