@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// A data file's identity when its content was verified against a checksum: device, inode, size, and the
 /// modification and change times to the nanosecond. Any write, truncation, replacement or `touch` changes one
@@ -84,5 +85,36 @@ struct DataStamp: Sendable, Equatable {
     /// again in the next process, so a failure is not an error.
     func save(to path: String) {
         try? Files.writeAtomically(Array(line.utf8), to: path)
+    }
+}
+
+/// Which image data files are verified, for both catalogs: in memory for this process, and as a `DataStamp`
+/// file beside each (`stampPath`) for the processes after it.
+final class VerifiedData: Sendable {
+    private let stamps = Mutex<[CatalogID: DataStamp]>([:])
+    private let stampPath: @Sendable (CatalogID) -> String
+
+    init(stampPath: @escaping @Sendable (CatalogID) -> String) {
+        self.stampPath = stampPath
+    }
+
+    /// Whether the file as it is now (`stamp`) was verified, by this process or an earlier one.
+    func isVerified(_ id: CatalogID, _ stamp: DataStamp) -> Bool {
+        if stamps.withLock({ $0[id] == stamp }) { return true }
+        guard DataStamp.load(from: stampPath(id)) == stamp else { return false }
+        stamps.withLock { $0[id] = stamp }
+        return true
+    }
+
+    /// The file as it is now matches its checksum (hashed while it arrived, or just now).
+    func record(_ id: CatalogID, _ stamp: DataStamp) {
+        stamps.withLock { $0[id] = stamp }
+        stamp.save(to: stampPath(id))
+    }
+
+    /// The data is gone or does not match: nothing vouches for it any more.
+    func withdraw(_ id: CatalogID) {
+        stamps.withLock { _ = $0.removeValue(forKey: id) }
+        Files.discard(stampPath(id))
     }
 }

@@ -25,7 +25,7 @@ public final class GlanceCatalog: Catalog {
     public let volumes: LocalCatalog
     let transport: GlanceTransport
     /// Cache files already hashed by this process, with the file identity at that time.
-    private let verified = Mutex<[String: DataStamp]>([:])
+    private let verified: VerifiedData
     private let queue = DispatchQueue(label: "berth.catalog.glance", qos: .userInitiated, attributes: .concurrent)
 
     /// Images per listing request.
@@ -33,7 +33,10 @@ public final class GlanceCatalog: Catalog {
 
     public init(endpoint: GlanceEndpoint, token: String?, cacheDirectory: String, volumes: LocalCatalog) {
         self.endpoint = endpoint
-        self.cacheDirectory = URL(fileURLWithPath: cacheDirectory).standardizedFileURL.path
+        let directory = URL(fileURLWithPath: cacheDirectory).standardizedFileURL.path
+        self.cacheDirectory = directory
+        // Each cache file's `DataStamp`, so a verification outlives the process that downloaded or hashed it.
+        self.verified = VerifiedData(stampPath: { "\(directory)/.\($0.value)\(CatalogLayout.verifiedSuffix)" })
         self.volumes = volumes
         self.transport = GlanceTransport(endpoint: endpoint, token: token)
     }
@@ -145,11 +148,10 @@ public final class GlanceCatalog: Catalog {
     public func deleteImage(id: String) async throws {
         let id = try LocalCatalog.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
         _ = try await transport.json("DELETE", endpoint.image(id), operation: .delete(imageID: id.value), expect: [204])
-        let (path, stamp) = (cachePath(id), stampPath(id))
-        verified.withLock { _ = $0.removeValue(forKey: id.value) }
+        let path = cachePath(id)
         _ = try? await perform { () throws(CatalogError) in
             Files.discard(path)
-            Files.discard(stamp)
+            self.verified.withdraw(id)
         }
     }
 
@@ -166,8 +168,6 @@ public final class GlanceCatalog: Catalog {
     // MARK: The host cache
 
     func cachePath(_ id: CatalogID) -> String { "\(cacheDirectory)/\(id.value)" }
-    /// The cache file's `DataStamp`, so a verification outlives the process that downloaded or hashed it.
-    func stampPath(_ id: CatalogID) -> String { "\(cacheDirectory)/.\(id.value)\(CatalogLayout.verifiedSuffix)" }
 
     /// The cache file of `image`, downloaded (and verified while downloading) if this host has none, else
     /// hashed once per process (or every time with `always`) while the file is unchanged.
@@ -192,42 +192,33 @@ public final class GlanceCatalog: Catalog {
             }
             return Handoff(Descriptor(raw: fd, path: path))
         })?.descriptor {
-            try await checkCached(existing, image: image, algorithm: algorithm, always: always)
+            try await checkCached(existing, id: id, image: image, algorithm: algorithm, always: always)
             return path
         }
         try await download(image, id: id, algorithm: algorithm, to: path)
         return path
     }
 
-    private func checkCached(_ file: Descriptor, image: CatalogImage, algorithm: GlanceHash.Algorithm, always: Bool)
-        async throws(CatalogError)
-    {
+    private func checkCached(
+        _ file: Descriptor, id: CatalogID, image: CatalogImage, algorithm: GlanceHash.Algorithm, always: Bool
+    ) async throws(CatalogError) {
         defer { file.closeQuietly() }
         let stamp = DataStamp(try Files.status(file), checksum: image.osHashValue)
-        let stampPath = stampPath(CatalogID(image.id)!)
-        if !always {
-            if verified.withLock({ $0[image.id] == stamp }) { return }
-            if DataStamp.load(from: stampPath) == stamp {
-                verified.withLock { $0[image.id] = stamp }
-                return
-            }
-        }
+        if !always, verified.isVerified(id, stamp) { return }
         let handoff = Handoff(file)
         let result = try await perform { () throws(CatalogError) in
             try GlanceHash.file(handoff.descriptor, algorithm: algorithm)
         }
         if let mismatch = GlanceHash.mismatch(result, image: image) {
-            verified.withLock { _ = $0.removeValue(forKey: image.id) }
             // The cached copy is wrong (changed on disk, or the image in Glance was replaced): drop it, so the
             // next boot downloads it again instead of failing forever.
-            Files.discard(stampPath)
+            verified.withdraw(id)
             Files.discard(file.path)
             throw .invalidImage(
                 "the cached data of image \(image.id) (\(file.path)) does not match Glance's record (\(mismatch)); "
                     + "it was removed and the next boot downloads it again")
         }
-        verified.withLock { $0[image.id] = stamp }
-        stamp.save(to: stampPath)
+        verified.record(id, stamp)
     }
 
     private func download(_ image: CatalogImage, id: CatalogID, algorithm: GlanceHash.Algorithm, to path: String)
@@ -255,9 +246,7 @@ public final class GlanceCatalog: Catalog {
                 try Files.syncDirectory(self.cacheDirectory)
             }
             // Hashed while it arrived: verified, here and for later processes.
-            let stamp = DataStamp(try Files.status(temporary), checksum: image.osHashValue)
-            verified.withLock { $0[image.id] = stamp }
-            stamp.save(to: stampPath(id))
+            verified.record(id, DataStamp(try Files.status(temporary), checksum: image.osHashValue))
         } catch {
             Files.discard(temporary.path)
             throw error

@@ -53,7 +53,7 @@ extension LocalCatalog {
                     try self.checkReferences(references)
                 }
                 // Hashed while copied in: verified now, not again at the first boot or deploy.
-                if let status { self.stampVerified(id, status: status, image: image) }
+                if let status { self.verified.record(id, Self.stamp(status, of: image)) }
             } catch {
                 if let staged { Files.discard(staged.file.path) }
                 throw error
@@ -83,7 +83,7 @@ extension LocalCatalog {
                         try Files.syncDirectory(self.layout.images)
                         try self.faults.check(.dataCommitted)
                         try Files.writeAtomically(try RecordCoding.encode(image), to: self.layout.imageRecord(id))
-                        self.stampVerified(id, status: status, image: image)
+                        self.verified.record(id, Self.stamp(status, of: image))
                     } catch {
                         // The queued record does not point at data; unless the new record landed, drop the data.
                         if (try? self.loadImage(id))?.status == "queued" { Files.discard(self.layout.imageData(id)) }
@@ -130,9 +130,8 @@ extension LocalCatalog {
                 try Files.remove(self.layout.imageRecord(id))
                 try Files.syncDirectory(self.layout.images)
                 try Files.remove(self.layout.imageData(id))
-                Files.discard(self.layout.imageVerified(id))
+                self.verified.withdraw(id)
             }
-            _ = self.verified.withLock { $0.removeValue(forKey: id) }
         }
     }
 
@@ -168,15 +167,9 @@ extension LocalCatalog {
             return (image, Descriptor(raw: fd, path: path))
         }
         defer { data.closeQuietly() }
-        let stamp = DataStamp(try Files.status(data), checksum: image.osHashValue ?? image.checksum)
-        if !always {
-            if verified.withLock({ $0[id] == stamp }) { return path }
-            // Verified by an earlier process (or when it was imported) and unchanged since.
-            if DataStamp.load(from: layout.imageVerified(id)) == stamp {
-                verified.withLock { $0[id] = stamp }
-                return path
-            }
-        }
+        let stamp = Self.stamp(try Files.status(data), of: image)
+        // Verified by this process, an earlier one or the import, and unchanged since.
+        if !always, verified.isVerified(id, stamp) { return path }
         // As glanceclient verifies a download: os_hash_value (sha512) when the image has one, the legacy md5
         // checksum only when it has not. Hashing is most of the cost of a boot or deploy from a cold cache.
         let expected = (sha512: image.osHashValue, md5: image.osHashValue == nil ? image.checksum : nil)
@@ -184,24 +177,20 @@ extension LocalCatalog {
         guard digests.size == image.size, expected.sha512 == nil || expected.sha512 == digests.sha512,
             expected.md5 == nil || expected.md5 == digests.md5
         else {
-            verified.withLock { _ = $0.removeValue(forKey: id) }
-            Files.discard(layout.imageVerified(id))
+            verified.withdraw(id)
             throw .invalidImage(
                 "the data of image \(id) (\(path)) does not match its record (size \(digests.size), expected "
                     + "\(image.size); sha512 \((digests.sha512 ?? "not computed").prefix(16))…, expected "
                     + "\((expected.sha512 ?? "none").prefix(16))…): it was changed or corrupted on disk. Delete the "
                     + "image and upload it again")
         }
-        verified.withLock { $0[id] = stamp }
-        stamp.save(to: layout.imageVerified(id))
+        verified.record(id, stamp)
         return path
     }
 
-    /// Records data just hashed while it was copied in as verified, in memory and beside the data.
-    private func stampVerified(_ id: CatalogID, status: stat, image: CatalogImage) {
-        let stamp = DataStamp(status, checksum: image.osHashValue ?? image.checksum)
-        verified.withLock { $0[id] = stamp }
-        stamp.save(to: layout.imageVerified(id))
+    /// The identity of an image's data file, with the checksum it is verified against.
+    private static func stamp(_ status: stat, of image: CatalogImage) -> DataStamp {
+        DataStamp(status, checksum: image.osHashValue ?? image.checksum)
     }
 
     static func requireData(_ image: CatalogImage) throws(CatalogError) {

@@ -29,7 +29,7 @@ public final class LocalCatalog: Catalog {
     let layout: CatalogLayout
     let faults: CatalogFaults
     /// Data files already checked against their checksums, with the file identity at that time.
-    let verified = Mutex<[CatalogID: DataStamp]>([:])
+    let verified: VerifiedData
     /// Image records already decoded, with their file's identity (see `readImage`).
     private let imageRecords = Mutex<[CatalogID: (stamp: DataStamp, image: CatalogImage)]>([:])
     private static let cachedRecordLimit = 4096
@@ -45,8 +45,10 @@ public final class LocalCatalog: Catalog {
     init(root: String, faults: CatalogFaults) {
         let absolute = URL(fileURLWithPath: root).standardizedFileURL.path
         self.root = absolute
-        self.layout = CatalogLayout(root: absolute)
+        let layout = CatalogLayout(root: absolute)
+        self.layout = layout
         self.faults = faults
+        self.verified = VerifiedData(stampPath: { layout.imageVerified($0) })
     }
 
     /// Creates the catalog directories if needed; for a command that sets up a host. Writes do it anyway.
