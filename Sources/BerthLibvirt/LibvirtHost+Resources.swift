@@ -32,28 +32,34 @@ extension LibvirtHost {
     /// (a cost that grew with each domain: a boot among 1,000 domains formatted 1,000 uuids).
     public func defineAndStart(xml: String, uuid: String? = nil) throws -> DomainSummary {
         try withConnection { connection in
-            // Which uuids existed before tells "this call created it" from "it was there", without parsing
-            // the XML; the actor runs one call at a time, so nothing of this worker's comes in between.
-            let existing: Set<String> =
-                if let uuid {
-                    Set(try connection.lookupDomain(uuid: uuid).map { [$0.uuidString] } ?? [])
-                } else {
-                    Set(try connection.listDomains().map(\.uuidString))
-                }
-            let domain = try connection.defineDomain(xml: xml)
-            if try domain.isActive() {
-                return try DomainSummary(domain)
-            }
-            do {
-                try domain.create()
-            } catch {
-                if !existing.contains(domain.uuidString) {
-                    try? domain.undefine()
-                }
-                throw error
-            }
-            return try DomainSummary(domain)
+            try DomainSummary(Self.defineAndStart(xml: xml, uuid: uuid, on: connection))
         }
+    }
+
+    private static func defineAndStart(xml: String, uuid: String?, on connection: LibvirtConnection) throws
+        -> LibvirtDomain
+    {
+        // Which uuids existed before tells "this call created it" from "it was there", without parsing
+        // the XML; the actor runs one call at a time, so nothing of this worker's comes in between.
+        let existing: Set<String> =
+            if let uuid {
+                Set(try connection.lookupDomain(uuid: uuid).map { [$0.uuidString] } ?? [])
+            } else {
+                Set(try connection.listDomains().map(\.uuidString))
+            }
+        let domain = try connection.defineDomain(xml: xml)
+        if try domain.isActive() {
+            return domain
+        }
+        do {
+            try domain.create()
+        } catch {
+            if !existing.contains(domain.uuidString) {
+                try? domain.undefine()
+            }
+            throw error
+        }
+        return domain
     }
 
     /// Nil when no domain has this uuid.
@@ -128,16 +134,7 @@ extension LibvirtHost {
         }
         do {
             return try withConnection { connection in
-                let existed = try connection.lookupDomain(uuid: uuid) != nil
-                let domain = try connection.defineDomain(xml: xml)
-                if try domain.isActive() { return domain.name }
-                do {
-                    try domain.create()
-                } catch {
-                    if !existed { try? domain.undefine() }
-                    throw error
-                }
-                return domain.name
+                try Self.defineAndStart(xml: xml, uuid: uuid, on: connection).name
             }
         } catch {
             if let overlay { _ = try? deleteVolume(pool: overlay.pool, name: overlay.name) }
