@@ -204,13 +204,7 @@ public final class RPCServer: Service, EventSink, Sendable {
             var log = requestLogger(request)
             log[metadataKey: "error"] = "\(failure.className): \(failure.message)"
             log.warning("refusing request")
-            if let msgID = request.msgID, let replyQueue = request.replyQueue {
-                guard
-                    await reply(RPCReply.failure(failure, msgID: msgID), to: replyQueue, logger: log, acknowledging: delivery)
-                else { return }
-            } else {
-                client.ack(delivery)
-            }
+            _ = await answer(delivery, to: request.replyAddress, logger: log) { RPCReply.failure(failure, msgID: $0) }
         case .dispatch(let request, let method):
             await dispatch(delivery, request, method: method)
         }
@@ -250,16 +244,10 @@ public final class RPCServer: Service, EventSink, Sendable {
                 await handOn(delivery, request, handOff, logger: log)
             } else {
                 log.warning("no worker of the pool can run it", metadata: ["handoffs": "\(handOff.count - 1)"])
-                if let address = request.replyAddress {
-                    let failure = RPCFailure.berth("HostIncompatible", handOff.finalMessage)
-                    guard
-                        await reply(
-                            RPCReply.failure(failure, msgID: address.msgID), to: address.replyQueue, logger: log,
-                            acknowledging: delivery)
-                    else { return }
-                } else {
-                    client.ack(delivery)
-                }
+                let failure = RPCFailure.berth("HostIncompatible", handOff.finalMessage)
+                guard
+                    await answer(delivery, to: request.replyAddress, logger: log, { RPCReply.failure(failure, msgID: $0) })
+                else { return }
             }
             if let key { attempts.finish(key) }
             return
@@ -309,16 +297,13 @@ public final class RPCServer: Service, EventSink, Sendable {
         if handOff.isHandedOn, case .failure(let failure) = outcome, failure.className == "HostIncompatible" {
             answer = .failure(RPCFailure.berth("HostIncompatible", handOff.finalMessage))
         }
-        if let msgID = request.msgID, let replyQueue = request.replyQueue {
-            let message: JSONObject
+        let answered = await self.answer(delivery, to: request.replyAddress, logger: log) { msgID in
             switch answer {
-            case .success(let value): message = RPCReply.result(value, msgID: msgID)
-            case .failure(let failure): message = RPCReply.failure(failure, msgID: msgID)
+            case .success(let value): RPCReply.result(value, msgID: msgID)
+            case .failure(let failure): RPCReply.failure(failure, msgID: msgID)
             }
-            guard await reply(message, to: replyQueue, logger: log, acknowledging: delivery) else { return }
-        } else {
-            client.ack(delivery)
         }
+        guard answered else { return }
         if let key { attempts.finish(key) }
     }
 
@@ -407,6 +392,18 @@ public final class RPCServer: Service, EventSink, Sendable {
     /// Publishes a reply and waits for the broker's confirm. Returns false when the connection was lost
     /// (the request will be redelivered, so it must not be acked); a reply whose queue is gone is retried
     /// for a while, then logged and dropped (returns true: the work is done, nobody is listening).
+    /// Answers the caller, when it waits for an answer (`message` gets the call's msg_id), and acks the request
+    /// once the answer is confirmed; a cast is acked at once. False when the broker is away: then neither happened.
+    private func answer(
+        _ delivery: AMQPDelivery, to address: ReplyAddress?, logger: Logger, _ message: (String) -> JSONObject
+    ) async -> Bool {
+        guard let address else {
+            client.ack(delivery)
+            return true
+        }
+        return await reply(message(address.msgID), to: address.replyQueue, logger: logger, acknowledging: delivery)
+    }
+
     /// Publishes a reply until the broker confirms it (or its queue stays gone). With `acknowledging`, the
     /// request is acked once the reply is confirmed (or dropped); false when the broker is away, and then the
     /// request is neither answered nor acked.
