@@ -5,25 +5,31 @@ import Foundation
 /// Catalog records on disk: the records' own Codable form (snake_case keys, as Glance and Cinder show
 /// them) with timestamps as ISO 8601 text instead of Foundation's seconds-since-2001, so an operator
 /// reading `images/<id>.json` sees what `glance image-show` would show.
-enum RecordCoding {
+public enum RecordCoding {
     static let dateKeys = ["created_at", "updated_at"]
     /// Larger than any record the write rules allow (128 properties of 64 KiB, escaped).
     static let recordLimits = JSONLimits(maxBytes: 64 << 20, maxDepth: 16)
 
     static func encode<Record: Encodable>(_ record: Record) throws(CatalogError) -> [UInt8] {
+        JSONCodec.serialize(try json(record)) + [UInt8(ascii: "\n")]
+    }
+
+    /// A record as JSON the way its file holds it and Glance shows it: snake_case keys, timestamps as ISO 8601
+    /// text. What the CLI prints, too.
+    public static func json<Record: Encodable>(_ record: Record) throws(CatalogError) -> JSONValue {
         let value: JSONValue
         do {
             value = try JSONValueEncoder().encode(record)
         } catch {
             throw .unavailable("could not encode a catalog record (\(error)); this is a bug in BerthCatalog")
         }
-        guard var object = value.objectValue else { return JSONCodec.serialize(value) }
+        guard var object = value.objectValue else { return value }
         for key in dateKeys {
             guard let seconds = object[key]?.doubleValue else { continue }
             let date = Date(timeIntervalSinceReferenceDate: seconds)
             object[key] = .string(date.formatted(.iso8601))
         }
-        return JSONCodec.serialize(.object(object)) + [UInt8(ascii: "\n")]
+        return .object(object)
     }
 
     struct Unreadable: Error {

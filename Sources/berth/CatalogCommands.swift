@@ -91,8 +91,9 @@ enum Output {
         Swift.print(JSONCodec.serializeString(value))
     }
 
+    /// A catalog record, timestamps as ISO 8601 text (as in its file and in Glance).
     static func print<T: Encodable>(_ value: T) throws {
-        print(try JSONValueEncoder().encode(value))
+        print(try RecordCoding.json(value))
     }
 
     /// Runs a catalog or rules call and turns its errors into a message and exit status 1.

@@ -59,6 +59,8 @@ import Testing
         #expect(record["disk_format"]?.stringValue == "raw")
         #expect(record["os_hash_algo"]?.stringValue == "sha512")
         #expect(record["created_at"]?.stringValue?.hasSuffix("Z") == true)
+        // What the CLI prints is the same JSON as the file, not Foundation's seconds since 2001.
+        #expect(try RecordCoding.json(image) == record)
     }
 
     @Test func readsTheQCOW2VirtualSize() async throws {
