@@ -283,7 +283,8 @@ struct Worker: AsyncParsableCommand {
         var computeConfiguration = ComputeConfiguration(stateDirectory: stateDir, domainType: domainType)
         computeConfiguration.poolName = storagePool
         var compute = ComputeService(
-            host: hostName, catalog: try catalog.open(), libvirt: libvirt, configuration: computeConfiguration)
+            host: hostName, catalog: try catalog.open(stateDirectory: stateDir), libvirt: libvirt,
+            configuration: computeConfiguration)
         let metricsRecorder = MetricsRecorder(host: hostName)
         // Without a poller nobody drains the recorder: boot durations would pile up to its cap.
         compute.metrics = metricsInterval > 0 ? metricsRecorder : nil
@@ -508,7 +509,8 @@ struct Status: AsyncParsableCommand {
     func run() async throws {
         let libvirt = LibvirtHost(uri: libvirtURI)
         let compute = ComputeService(
-            host: ProcessInfo.processInfo.hostName, catalog: try catalog.open(), libvirt: libvirt,
+            host: ProcessInfo.processInfo.hostName, catalog: try catalog.open(stateDirectory: stateDir),
+            libvirt: libvirt,
             configuration: ComputeConfiguration(
                 stateDirectory: stateDir, domainType: ComputeConfiguration.defaultDomainType(libvirtURI: libvirtURI)))
         for instance in try await compute.list() { Output.print(.object(instance)) }

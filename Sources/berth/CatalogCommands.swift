@@ -22,9 +22,9 @@ struct CatalogOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "With glance:URL: this host's download cache of Glance image data (put it under the worker's "
-                + "--state-dir).", valueName: "path"))
-    var glanceCacheDir = "/var/lib/berth/cache/glance"
+            "With glance:URL: this host's download cache of Glance image data (default: cache/glance under the "
+                + "command's --state-dir, /var/lib/berth/cache/glance without one).", valueName: "path"))
+    var glanceCacheDir: String?
 
     @Option(
         help: ArgumentHelp(
@@ -32,7 +32,9 @@ struct CatalogOptions: ParsableArguments {
             valueName: "path"))
     var volumeCatalog = "/var/lib/berth/catalog"
 
-    func open() throws -> any Catalog {
+    /// `stateDirectory`: the command's `--state-dir`, under which the Glance cache goes unless
+    /// `--glance-cache-dir` says otherwise (the worker's image cache hard-links it, so they share a file system).
+    func open(stateDirectory: String = "/var/lib/berth") throws -> any Catalog {
         if catalog.hasPrefix("local:"), catalog.count > 6 {
             return LocalCatalog(root: String(catalog.dropFirst(6)))
         }
@@ -44,7 +46,8 @@ struct CatalogOptions: ParsableArguments {
                 throw ValidationError("--catalog: \(error.message)")
             }
             return GlanceCatalog(
-                endpoint: endpoint, token: try glanceToken(), cacheDirectory: glanceCacheDir,
+                endpoint: endpoint, token: try glanceToken(),
+                cacheDirectory: glanceCacheDir ?? "\(stateDirectory)/cache/glance",
                 volumes: LocalCatalog(root: volumeCatalog))
         }
         throw ValidationError(

@@ -54,7 +54,7 @@ struct Deploy: AsyncParsableCommand {
             }
             instance["user_data"] = .string(data.base64EncodedString())
         }
-        let catalog = try catalog.open()
+        let catalog = try catalog.open(stateDirectory: stateDir)
         let service = BareMetalService(
             host: ProcessInfo.processInfo.hostName, catalog: catalog, inventory: inventory, stateDirectory: stateDir)
         let bar = ProgressBar(enabled: !quiet && isatty(STDERR_FILENO) != 0)

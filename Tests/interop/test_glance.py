@@ -138,8 +138,9 @@ def glance_worker(worker_factory, cli, tmp_path_factory):
     w = worker_factory(extra_args=[
         "--libvirt-uri", LIBVIRT_URI, "--state-dir", str(state), "--storage-pool", pool,
         "--catalog", f"glance:{GLANCE_URL}", "--glance-token-file", str(cli.token_file),
-        "--glance-cache-dir", str(state / "cache" / "glance"), "--volume-catalog", str(cli.volumes),
+        "--volume-catalog", str(cli.volumes),
     ])
+    # No --glance-cache-dir: the cache follows --state-dir.
     w.state, w.pool = state, pool
     w.glance_cache = state / "cache" / "glance"
     w.start()
