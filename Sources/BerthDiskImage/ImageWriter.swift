@@ -29,26 +29,10 @@ public enum ImageWriter {
             throw .invalidRequest("sector size \(sectorSize) is not a power of two of at least 512")
         }
         let file = try ImageSourceFile(path: imagePath)
-        guard file.size > 0 else {
-            throw .invalidImage("image file \(imagePath) is empty; upload the image data")
-        }
-        let header = try file.readBytes(
-            count: Int(min(UInt64(ImageFormat.probeBytes), file.size)), at: 0, what: "the header")
-        let format = try ImageFormat.detect(header: header)
-        var virtualSize = file.size
-        var summary: QCOW2Summary?
-        if case .qcow2 = format {
-            let image = try QCOW2Image(file: file)
-            summary = try image.validate()
-            virtualSize = image.virtualSize
-        }
         let disk = try ImageTargetDisk(path: diskPath, writable: false)
         let diskSize = diskSizeBytes ?? disk.size
-        guard virtualSize <= diskSize else {
-            throw .invalidImage(
-                "image \(imagePath) needs \(virtualSize) bytes (\(format) virtual size), the disk \(diskPath) has "
-                    + "\(diskSize); pick a node with a bigger disk or a smaller image")
-        }
+        let inspection = try ImageInspector.inspect(
+            file, for: .bareMetalDisk(sizeBytes: diskSize, sectorSize: max(sectorSize, disk.sectorSize)))
         var computed: String?
         if let checksum {
             let actual = try hash(file, algorithm: checksum.algorithm)
@@ -56,10 +40,10 @@ public enum ImageWriter {
             computed = actual
         }
         return DeployPlan(
-            imagePath: imagePath, diskPath: diskPath, format: format, virtualSize: virtualSize,
-            imageFileSize: file.size, diskSize: diskSize, isBlockDevice: disk.isBlockDevice,
+            imagePath: imagePath, diskPath: diskPath, format: inspection.format,
+            virtualSize: inspection.virtualSize, imageFileSize: file.size, diskSize: diskSize, isBlockDevice: disk.isBlockDevice,
             sectorSize: max(sectorSize, disk.sectorSize), checksum: checksum, computedChecksum: computed,
-            qcow2: summary, identity: file.identity)
+            qcow2: inspection.qcow2, identity: inspection.identity)
     }
 
     /// The hex digest of the whole file, read sequentially with one fixed buffer.
