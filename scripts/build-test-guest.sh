@@ -52,7 +52,10 @@ kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)
 [[ -n $kernel ]] || die "no /boot/vmlinuz-* after installing linux-image-amd64"
 version=${kernel##*/vmlinuz-}
 busybox=/bin/busybox
-if [[ ! -x $busybox ]] || ! "$busybox" --list | grep -qx poweroff; then
+# Capture the list first: `busybox --list | grep -q` under pipefail fails at random, because grep exits at the
+# match and busybox, still writing one applet name per write(), dies of SIGPIPE.
+applets=$("$busybox" --list 2>/dev/null || true)
+if [[ ! -x $busybox ]] || ! grep -qx poweroff <<<"$applets"; then
     die "$busybox (busybox-static) missing or incomplete"
 fi
 # A dynamically linked busybox would need its libraries in the initramfs too.

@@ -40,7 +40,7 @@ mkdir -p "$RUN_DIR"
 # A worker left over from an interrupted demo holds the demo-host queue: stop it (our own pid file).
 if [[ -f $PIDFILE ]]; then
     old=$(cat "$PIDFILE")
-    if kill -0 "$old" 2>/dev/null && tr '\0' ' ' <"/proc/$old/cmdline" | grep -q "berth worker"; then
+    if kill -0 "$old" 2>/dev/null && [[ $(tr '\0' ' ' <"/proc/$old/cmdline") == *"berth worker"* ]]; then
         echo "stopping the worker left by an earlier demo (pid $old)"
         kill -TERM "$old"
         for _ in $(seq 1 60); do kill -0 "$old" 2>/dev/null || break; sleep 0.5; done

@@ -74,7 +74,8 @@ else
 fi
 # guest/guest is RabbitMQ's default user and is allowed from loopback only (loopback_users
 # default); the tests use amqp://guest:guest@127.0.0.1:5672/. Make sure it exists.
-if ! rabbitmqctl -n "$RABBIT_NODE" -q list_users 2>/dev/null | grep -q '^guest\b'; then
+users=$(rabbitmqctl -n "$RABBIT_NODE" -q list_users 2>/dev/null || true)
+if ! grep -q '^guest\b' <<<"$users"; then
     log "creating the guest user (loopback-only by RabbitMQ's default)"
     rabbitmqctl -n "$RABBIT_NODE" add_user guest guest
     rabbitmqctl -n "$RABBIT_NODE" set_user_tags guest administrator
