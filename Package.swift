@@ -66,7 +66,8 @@ let package = Package(
 
         .testTarget(name: "BerthJSONTests", dependencies: ["BerthJSON"]),
         .testTarget(name: "BerthWireTests", dependencies: ["BerthWire", "BerthJSON"], exclude: ["Fixtures"]),
-        .testTarget(name: "BerthWorkerTests", dependencies: ["BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP"]),
+        .testTarget(
+            name: "BerthWorkerTests", dependencies: ["BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP", "BerthDiskImage"]),
         .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON"]),
         .testTarget(name: "BerthDigestTests", dependencies: ["BerthDigest"]),
         .testTarget(name: "BerthDiskImageTests", dependencies: ["BerthDiskImage", "BerthCore", "BerthJSON", "BerthDigest"]),

@@ -9,6 +9,8 @@
 # this script are kept. Installs linux-image-amd64, busybox-static and cpio if they are missing (needs root).
 #
 # The console shows, after the kernel's boot messages:
+#   BERTH-DISK: <name> <bytes>              one line per virtio disk
+#   BERTH-LABEL: config-2 <device or empty>  where busybox's findfs finds a filesystem labelled config-2
 #   BERTH-CMDLINE: <contents of /proc/cmdline>
 #   BERTH-TZ: <guest clock, UTC as the guest believes it, e.g. 2025-01-31T12:00:00>
 # With <clock offset='timezone'>, QEMU's RTC holds that zone's wall time and the kernel takes the RTC for UTC,
@@ -70,9 +72,28 @@ trap 'rm -rf "$work"' EXIT
 root=$work/root
 mkdir -p "$root"/{bin,dev,proc,sys}
 cp "$busybox" "$root/bin/busybox"
-for applet in sh mount cat echo date poweroff sleep; do
+for applet in sh mount cat echo date poweroff sleep insmod findfs; do
     ln -s busybox "$root/bin/$applet"
 done
+# virtio_pci and virtio_blk are modules in Debian's kernel: without them the guest sees no disk. Their
+# dependencies in load order, as modprobe would load them; /init insmods the list.
+mkdir -p "$root/lib/modules"
+: >"$root/lib/modules/load"
+deps=$(modprobe -S "$version" --show-depends virtio_pci && modprobe -S "$version" --show-depends virtio_blk) \
+    || die "modprobe cannot resolve virtio_pci and virtio_blk for kernel $version"
+while read -r verb module _; do
+    [[ $verb == insmod ]] || continue
+    name=$(basename "$module")
+    name=${name%%.ko*}.ko
+    [[ -e $root/lib/modules/$name ]] && continue
+    case $module in
+        *.ko) cp "$module" "$root/lib/modules/$name" ;;
+        *.ko.xz) xz -dc "$module" >"$root/lib/modules/$name" ;;
+        *.ko.zst) zstd -qdc "$module" >"$root/lib/modules/$name" ;;
+        *) die "unknown module file $module" ;;
+    esac
+    echo "$name" >>"$root/lib/modules/load"
+done <<<"$deps"
 # The kernel opens /dev/console for init before anything is mounted; without the node init has no output.
 # Creating it needs root; /init also mounts devtmpfs, which covers a build without one.
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null \
@@ -86,6 +107,17 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
 # Only emergencies from the kernel from here on, so no driver message splits a marker line.
 echo 1 >/proc/sys/kernel/printk
+while read -r module; do insmod "/lib/modules/$module" 2>/dev/null; done </lib/modules/load
+# Disks appear asynchronously after the driver loads; a guest with none waits the whole second.
+for _ in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/block/vda ] && break; sleep 0.1; done
+sleep 0.2
+for disk in /sys/block/vd*; do
+    [ -e "$disk" ] || continue
+    name=${disk##*/}
+    echo "BERTH-DISK: $name $(($(cat "$disk/size") * 512))"
+done
+# How cloud-init finds a config drive: by its filesystem label (Debian's busybox has findfs, not blkid).
+echo "BERTH-LABEL: config-2 $(findfs LABEL=config-2 2>/dev/null)"
 echo "BERTH-CMDLINE: $(cat /proc/cmdline)"
 echo "BERTH-TZ: $(date -u +%Y-%m-%dT%H:%M:%S)"
 # -f: no init system to ask; the kernel powers off through ACPI and libvirt sees the domain shut off.

@@ -24,12 +24,15 @@ public struct DomainMetadata: Sendable, Hashable {
     public var kernelCmdline: String?
     /// `BootVariantSelection.summary` of the chosen variant.
     public var bootVariant: String?
+    /// The config drive's filesystem (`vfat`) when one is attached; nil: none.
+    public var configDrive: String?
     /// `DomainSpec.fingerprint`, written by `DomainXML.render`; nil in a spec not yet rendered.
     public var fingerprint: String?
 
     public init(
         instanceName: String, imageID: String, flavor: Flavor, requestID: String? = nil, projectID: String? = nil,
-        volumeID: String? = nil, kernelCmdline: String? = nil, bootVariant: String? = nil, fingerprint: String? = nil
+        volumeID: String? = nil, kernelCmdline: String? = nil, bootVariant: String? = nil, configDrive: String? = nil,
+        fingerprint: String? = nil
     ) {
         self.instanceName = instanceName
         self.imageID = imageID
@@ -39,6 +42,7 @@ public struct DomainMetadata: Sendable, Hashable {
         self.volumeID = volumeID
         self.kernelCmdline = kernelCmdline
         self.bootVariant = bootVariant
+        self.configDrive = configDrive
         self.fingerprint = fingerprint
     }
 
@@ -47,7 +51,8 @@ public struct DomainMetadata: Sendable, Hashable {
     static var textFields: [(String, WritableKeyPath<DomainMetadata, String?>)] {
         [
             ("request_id", \.requestID), ("project_id", \.projectID), ("volume_id", \.volumeID),
-            ("kernel_cmdline", \.kernelCmdline), ("boot_variant", \.bootVariant), ("fingerprint", \.fingerprint),
+            ("kernel_cmdline", \.kernelCmdline), ("boot_variant", \.bootVariant), ("config_drive", \.configDrive),
+            ("fingerprint", \.fingerprint),
         ]
     }
 
@@ -143,6 +148,7 @@ public struct DomainMetadata: Sendable, Hashable {
         compare("volume_id", volumeID, other.volumeID)
         compare("kernel_cmdline", kernelCmdline, other.kernelCmdline)
         compare("boot_variant", bootVariant, other.bootVariant)
+        compare("config_drive", configDrive, other.configDrive)
         if result.isEmpty, let mine = fingerprint, let theirs = other.fingerprint, mine != theirs {
             result.append("domain settings (disk bus, NIC model, machine type or timezone) differ")
         }

@@ -1,4 +1,6 @@
+import BerthCore
 import BerthJSON
+import Foundation
 
 /// What goes on a config drive (OpenStack "config-drive-v2"), laid out as Nova writes it so cloud-init's
 /// ConfigDrive datasource (and cloudbase-init, Ignition's OpenStack provider) read it unchanged.
@@ -47,6 +49,25 @@ public struct ConfigDriveContent: Sendable, Hashable {
         self.networkData = networkData
         self.vendorData = vendorData
         self.vendorData2 = vendorData2
+    }
+
+    /// What a boot request puts on its config drive, for a VM and a bare-metal node alike: one path for the
+    /// content, so both get the same files from the same request.
+    public init(request: BootRequest) {
+        self.init(
+            uuid: request.uuid, name: request.name, hostname: Self.hostname(request.name),
+            publicKeys: request.publicKeys, meta: request.metadata, projectID: request.projectID,
+            userData: request.userData)
+    }
+
+    /// The config drive's hostname: an RFC 1123 label made from the instance name (a label may not start or
+    /// end with `-`, so those are trimmed).
+    public static func hostname(_ name: String) -> String {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
+        let lowered = String(name.lowercased().map { allowed.contains($0) ? $0 : "-" })
+        let label = String(lowered.trimmingCharacters(in: CharacterSet(charactersIn: "-")).prefix(63))
+        let trimmed = label.trimmingCharacters(in: CharacterSet(charactersIn: "-"))
+        return trimmed.isEmpty ? "instance" : trimmed
     }
 
     /// meta_data.json for one version directory. Keys appear in the version that introduced them in Nova

@@ -116,9 +116,12 @@ extension LibvirtHost {
 
     /// Starts a guest in one visit to the libvirt thread (a boot used to make four, each two thread
     /// switches): its root overlay, when it has one, replacing a leftover volume of a boot that died half-way,
-    /// then the domain, defined and started as `defineAndStart` does. A domain that fails to start takes the
-    /// overlay made for it along. Returns the domain's name.
-    public func startGuest(xml: String, uuid: String, overlay: OverlayVolume?) throws(GuestStartFailure) -> String {
+    /// then its filled volume (a config drive) the same way, then the domain, defined and started as
+    /// `defineAndStart` does. A domain that fails to start takes the volumes made for it along. Returns the
+    /// domain's name.
+    public func startGuest(
+        xml: String, uuid: String, overlay: OverlayVolume?, filled: FilledVolume? = nil
+    ) throws(GuestStartFailure) -> String {
         if let overlay {
             do {
                 try replaceOverlay(overlay)
@@ -132,14 +135,35 @@ extension LibvirtHost {
                 }
             }
         }
+        if let filled {
+            do {
+                try replaceFilled(filled)
+            } catch {
+                if let overlay { _ = try? deleteVolume(pool: overlay.pool, name: overlay.name) }
+                _ = try? deleteVolume(pool: filled.pool, name: filled.name)
+                throw GuestStartFailure(stage: .filledVolume, error: error)
+            }
+        }
         do {
             return try withConnection { connection in
                 try Self.defineAndStart(xml: xml, uuid: uuid, on: connection).name
             }
         } catch {
             if let overlay { _ = try? deleteVolume(pool: overlay.pool, name: overlay.name) }
+            if let filled { _ = try? deleteVolume(pool: filled.pool, name: filled.name) }
             throw GuestStartFailure(stage: .domain, error: error)
         }
+    }
+
+    private func replaceFilled(_ volume: FilledVolume) throws {
+        try ensurePool(name: volume.pool, path: volume.poolPath)
+        _ = try deleteVolume(pool: volume.pool, name: volume.name)
+        let path = try withConnection { connection in
+            try connection.requirePool(volume.pool).createVolume(
+                xml: StorageXML.rawVolume(name: volume.name, capacityBytes: volume.capacityBytes)
+            ).path()
+        }
+        try volume.fill(path)
     }
 
     private func replaceOverlay(_ overlay: OverlayVolume) throws {
@@ -219,9 +243,30 @@ public struct OverlayVolume: Sendable, Equatable {
     }
 }
 
+/// A small raw volume in a `dir` pool that the caller fills before the guest starts, such as a config drive.
+public struct FilledVolume: Sendable {
+    public var pool: String
+    public var poolPath: String
+    public var name: String
+    public var capacityBytes: UInt64
+    /// Writes the volume's content into its file. It runs on the libvirt thread: keep it small.
+    public var fill: @Sendable (_ path: String) throws -> Void
+
+    public init(
+        pool: String, poolPath: String, name: String, capacityBytes: UInt64,
+        fill: @escaping @Sendable (_ path: String) throws -> Void
+    ) {
+        self.pool = pool
+        self.poolPath = poolPath
+        self.name = name
+        self.capacityBytes = capacityBytes
+        self.fill = fill
+    }
+}
+
 /// Why `startGuest` failed: which step, and libvirt's error.
 public struct GuestStartFailure: Error, CustomStringConvertible {
-    public enum Stage: Sendable { case rootDisk, domain }
+    public enum Stage: Sendable { case rootDisk, filledVolume, domain }
     public let stage: Stage
     public let error: any Error
 

@@ -230,6 +230,20 @@ public enum StorageXML {
         """
     }
 
+    /// A raw volume of `capacityBytes`, sparse until written (libvirt allocates nothing up front).
+    public static func rawVolume(name: String, capacityBytes: UInt64) -> String {
+        """
+        <volume>
+          <name>\(escape(name))</name>
+          <capacity unit='bytes'>\(capacityBytes)</capacity>
+          <allocation unit='bytes'>0</allocation>
+          <target>
+            <format type='raw'/>
+          </target>
+        </volume>
+        """
+    }
+
     /// Escapes text and single- or double-quoted attribute values. The main writer is BerthCore's, which this
     /// module cannot import; these documents are small and fixed, so this is all they need.
     static func escape(_ value: String) -> String {

@@ -138,10 +138,7 @@ public struct BareMetalService: Sendable {
         } catch {
             throw .deployFailed("cannot read the catalog: \(error)")
         }
-        let content = ConfigDriveContent(
-            uuid: request.uuid, name: request.name, hostname: Self.hostname(request.name),
-            publicKeys: request.publicKeys, meta: request.metadata, projectID: request.projectID,
-            userData: request.userData)
+        let content = ConfigDriveContent(request: request)
         let started = ContinuousClock.now
         let report = try await Self.onDeployThread { () throws(BerthError) in
             try NodeDisk.checkNotInUse(node)
@@ -206,16 +203,6 @@ public struct BareMetalService: Sendable {
         if let written = record.bytesWritten { answer["bytes_written"] = .int(Int64(clamping: written)) }
         if let seconds = record.seconds { answer["seconds"] = .double(seconds) }
         return answer
-    }
-
-    /// The config drive's hostname: an RFC 1123 label made from the instance name (a label may not start or
-    /// end with `-`, so those are trimmed).
-    static func hostname(_ name: String) -> String {
-        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
-        let lowered = String(name.lowercased().map { allowed.contains($0) ? $0 : "-" })
-        let label = String(lowered.trimmingCharacters(in: CharacterSet(charactersIn: "-")).prefix(63))
-        let trimmed = label.trimmingCharacters(in: CharacterSet(charactersIn: "-"))
-        return trimmed.isEmpty ? "instance" : trimmed
     }
 
     static func fingerprint(_ request: BootRequest) -> String {

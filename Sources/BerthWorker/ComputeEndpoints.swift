@@ -368,6 +368,7 @@ enum InstanceEvents {
             var end = payload(uuid: uuid, imageID: imageID, call: call, state: "active")
             if let line = result["kernel_cmdline"] { end["kernel_cmdline"] = line }
             if let variant = result["boot_variant"] { end["boot_variant"] = variant }
+            if let drive = result["config_drive"] { end["config_drive"] = drive }
             if let snapshot = result["snapshot_image_id"] { end["snapshot_image_id"] = snapshot }
             await call.events.emit("\(operation).end", payload: end, error: false)
             return result

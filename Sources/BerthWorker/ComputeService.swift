@@ -1,5 +1,6 @@
 import BerthCatalog
 import BerthCore
+import BerthDiskImage
 import BerthJSON
 import BerthLibvirt
 import Foundation
@@ -15,6 +16,9 @@ public struct ComputeConfiguration: Sendable {
     public var poolName: String = "berth"
     /// The libvirt domain type: `qemu` (TCG), `kvm`, or `test` for the in-process test driver.
     public var domainType: DomainSpec.DomainType
+    /// Attach a config drive to every VM, as Nova's `force_config_drive`; otherwise only to boots that ask
+    /// (`config_drive: true`).
+    public var forceConfigDrive = false
 
     public init(stateDirectory: String, domainType: DomainSpec.DomainType) {
         self.stateDirectory = stateDirectory
@@ -67,6 +71,7 @@ public struct ComputeService: Sendable {
         guard request.target == .vm else {
             throw .invalidRequest("instance.target 'baremetal' is not served by this worker yet; use target 'vm'")
         }
+        try checkGuestData(request)
         let image = try await lookupImage(request.imageID)
         guard !image.isKernel, !image.isRamdisk else {
             throw .invalidImage(
@@ -111,6 +116,24 @@ public struct ComputeService: Sendable {
                 throw error
             }
         }
+    }
+
+    /// User data and keys reach a VM only on its config drive: accepting them without one would answer ACTIVE
+    /// for a guest that never sees them.
+    private func checkGuestData(_ request: BootRequest) throws(BerthError) {
+        guard !wantsConfigDrive(request) else { return }
+        var given: [String] = []
+        if request.userData != nil { given.append("user_data") }
+        if !request.publicKeys.isEmpty { given.append("public_keys") }
+        guard given.isEmpty else {
+            throw .invalidRequest(
+                "instance.\(given.joined(separator: " and instance.")) reach a VM only on a config drive; set "
+                    + "instance.config_drive to true (or run the worker with --force-config-drive)")
+        }
+    }
+
+    func wantsConfigDrive(_ request: BootRequest) -> Bool {
+        request.configDrive || configuration.forceConfigDrive
     }
 
     /// Where an instance's root disk comes from.
@@ -268,15 +291,25 @@ public struct ComputeService: Sendable {
             volumeID = id
             rootDisk = DiskSpec(source: .file(path: path), format: .raw, bus: resolved.diskBus)
         }
+        var disks = [rootDisk]
+        var configDrive: String?
+        if wantsConfigDrive(request) {
+            // Read-only on the image's disk bus, after the root disk: the guest finds it by its label.
+            configDrive = Self.configDriveFormat
+            disks.append(
+                DiskSpec(
+                    source: .volume(pool: configuration.poolName, name: Self.configDriveVolumeName(request.uuid)),
+                    format: .raw, bus: resolved.diskBus, readOnly: true))
+        }
         let metadata = DomainMetadata(
             instanceName: request.name, imageID: image.id, flavor: request.flavor, requestID: requestID,
             projectID: request.projectID, volumeID: volumeID, kernelCmdline: resolved.kernelCommandLine?.text,
-            bootVariant: resolved.selection.summary)
+            bootVariant: resolved.selection.summary, configDrive: configDrive)
         return DomainSpec(
             uuid: request.uuid, vcpus: request.flavor.vcpus, memoryMB: request.flavor.memoryMB,
             domainType: configuration.domainType, osType: resolved.vmMode, architecture: architecture,
             machineType: resolved.machineType, boot: boot,
-            disks: [rootDisk],
+            disks: disks,
             network: .none, clock: resolved.clock,
             consoleLogPath: configuration.domainType == .test ? nil : consoleLogPath(request.uuid), metadata: metadata)
     }
@@ -312,14 +345,28 @@ public struct ComputeService: Sendable {
                 name: Self.rootVolumeName(request.uuid), backingPath: backing,
                 backingFormat: image.diskFormat == "qcow2" ? .qcow2 : .raw, capacityBytes: rootBytes)
         }
+        var configDrive: FilledVolume?
+        if spec.metadata.configDrive != nil {
+            let content = ConfigDriveContent(request: request)
+            // The test driver's pools live in its memory: there is no file to format.
+            let writes = configuration.domainType != .test
+            configDrive = FilledVolume(
+                pool: configuration.poolName, poolPath: configuration.poolDirectory,
+                name: Self.configDriveVolumeName(request.uuid), capacityBytes: ConfigDriveImage.sizeBytes
+            ) { path in
+                if writes { try ConfigDriveImage.write(content, toVolumeAt: path) }
+            }
+        }
         let xml = DomainXML.render(spec)
         do {
-            let name = try await libvirt.startGuest(xml: xml, uuid: spec.uuid, overlay: overlay)
+            let name = try await libvirt.startGuest(xml: xml, uuid: spec.uuid, overlay: overlay, filled: configDrive)
             logger.info("instance started", metadata: ["domain": "\(name)", "image_id": "\(spec.metadata.imageID)"])
         } catch {
             switch error.stage {
             case .rootDisk:
                 throw .buildFailed("cannot create the root disk in storage pool \(configuration.poolName): \(error)")
+            case .filledVolume:
+                throw .buildFailed("cannot write the config drive in storage pool \(configuration.poolName): \(error)")
             case .domain:
                 throw .buildFailed("libvirt could not start the instance: \(error)")
             }
@@ -371,6 +418,7 @@ public struct ComputeService: Sendable {
             "kernel_cmdline": metadata.kernelCmdline.map(JSONValue.string) ?? .null,
             "boot_variant": metadata.bootVariant.map(JSONValue.string) ?? .null,
             "volume_id": metadata.volumeID.map(JSONValue.string) ?? .null,
+            "config_drive": .bool(metadata.configDrive != nil),
         ]
     }
 
@@ -402,6 +450,7 @@ public struct ComputeService: Sendable {
             do {
                 if existing != nil { _ = try await libvirt.destroyAndUndefine(uuid: uuid) }
                 _ = try await libvirt.deleteVolume(pool: configuration.poolName, name: Self.rootVolumeName(uuid))
+                _ = try await libvirt.deleteVolume(pool: configuration.poolName, name: Self.configDriveVolumeName(uuid))
             } catch {
                 throw .buildFailed("libvirt could not delete instance \(uuid): \(error)")
             }
@@ -433,6 +482,11 @@ public struct ComputeService: Sendable {
     // MARK: Names
 
     static func rootVolumeName(_ uuid: String) -> String { "\(uuid)-root.qcow2" }
+
+    static func configDriveVolumeName(_ uuid: String) -> String { "\(uuid)-config.vfat" }
+
+    /// The config drive's filesystem, as Nova's `config_drive_format` names it.
+    static let configDriveFormat = "vfat"
 
     func consoleLogPath(_ uuid: String) -> String { "\(configuration.consoleDirectory)/\(uuid).log" }
 

@@ -221,7 +221,13 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Notification topic for berth.metrics samples (Ceilometer's metering topic).")
     var meteringTopic = "metering"
 
-    @Option(help: "libvirt domain type: kvm, qemu (TCG) or test. Default: test for test:// URIs, kvm when /dev/kvm is usable, else qemu.")
+    @Flag(
+        help: ArgumentHelp(
+            "Attach a config drive to every VM (Nova's force_config_drive); without it, a VM gets one when its boot "
+                + "asks with config_drive: true."))
+    var forceConfigDrive = false
+
+    @Option(help: "libvirt domain type: kvm, qemu (TCG) or test. Default: test for test:// URIs, else qemu; say kvm where guests run under KVM.")
     var virtType: String?
 
     func validate() throws {
@@ -282,6 +288,7 @@ struct Worker: AsyncParsableCommand {
         }
         var computeConfiguration = ComputeConfiguration(stateDirectory: stateDir, domainType: domainType)
         computeConfiguration.poolName = storagePool
+        computeConfiguration.forceConfigDrive = forceConfigDrive
         var compute = ComputeService(
             host: hostName, catalog: try catalog.open(stateDirectory: stateDir), libvirt: libvirt,
             configuration: computeConfiguration)
@@ -474,6 +481,11 @@ struct Boot: AsyncParsableCommand {
     @Option(help: "Instance uuid (default: a new one). Repeating a uuid repeats the boot.") var uuid: String?
     @Option(help: "Send to one worker (compute.<server>).") var server: String?
     @Option(help: "Seconds to wait.") var timeout = 300.0
+    @Flag(help: "Attach a config drive (needed for --user-data and --key on a VM).") var configDrive = false
+    @Option(help: ArgumentHelp("A file whose content is the guest's user data.", valueName: "path"))
+    var userData: String?
+    @Option(name: .customLong("key"), help: "A public key as name=key (repeatable), e.g. mykey=\"ssh-ed25519 AAAA...\".")
+    var keys: [String] = []
 
     func run() async throws {
         let parts = flavor.split(separator: ":")
@@ -482,13 +494,25 @@ struct Boot: AsyncParsableCommand {
         }
         var meta = JSONObject()
         for (key, value) in try parseProperties(metadata) { meta[key] = .string(value) }
-        let instance: JSONObject = [
+        var instance: JSONObject = [
             "uuid": .string(uuid ?? UUID().uuidString.lowercased()), "name": .string(name), "image_id": .string(image),
             "flavor": [
                 "name": .string(String(parts[0])), "vcpus": .int(vcpus), "memory_mb": .int(memory), "root_gb": .int(root),
             ],
             "metadata": .object(meta),
         ]
+        if configDrive { instance["config_drive"] = true }
+        if let userData {
+            guard let data = FileManager.default.contents(atPath: userData) else {
+                throw ValidationError("--user-data \(userData): cannot read the file")
+            }
+            instance["user_data"] = .string(data.base64EncodedString())
+        }
+        if !keys.isEmpty {
+            var publicKeys = JSONObject()
+            for (name, key) in try parseProperties(keys) { publicKeys[name] = .string(key) }
+            instance["public_keys"] = .object(publicKeys)
+        }
         try await bus.withRPCClient("berth.boot") { client throws(RPCCallError) in
             let result = try await client.call(
                 "boot_instance", args: ["instance": .object(instance)], server: server,

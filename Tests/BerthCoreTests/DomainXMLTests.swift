@@ -181,6 +181,25 @@ struct DomainXMLTests {
         #expect(missing?.message.contains("<image_id>") == true)
     }
 
+    @Test func configDriveIsAReadOnlyDiskRecordedInTheMetadata() throws {
+        var spec = Self.spec()
+        spec.disks.append(
+            DiskSpec(source: .volume(pool: "berth", name: "\(sampleUUID)-config.vfat"), format: .raw, bus: .virtio,
+                readOnly: true))
+        spec.metadata.configDrive = "vfat"
+        let xml = DomainXML.render(spec)
+        #expect(xml.contains("volume='\(sampleUUID)-config.vfat'"))
+        #expect(xml.contains("<readonly/>"))
+        #expect(spec.diskTargets == ["vda", "vdb"])
+        let parsed = try #require(try DomainMetadata.parse(xml: xml))
+        #expect(parsed.configDrive == "vfat")
+        #expect(try #require(try DomainMetadata.parse(xml: DomainXML.render(Self.spec()))).configDrive == nil)
+        // Booting the same uuid with and without a drive is a clash, not a repeat.
+        #expect(spec.fingerprint != Self.spec().fingerprint)
+        #expect(parsed.differences(from: try #require(try DomainMetadata.parse(xml: DomainXML.render(Self.spec()))))
+            .contains(#"config_drive: "vfat" vs none"#))
+    }
+
     @Test func fingerprintIgnoresRequestIDButNotSpec() throws {
         let base = Self.spec()
         #expect(base.fingerprint == Self.spec(requestID: "req-2").fingerprint)

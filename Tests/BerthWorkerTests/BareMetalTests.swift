@@ -1,4 +1,5 @@
 import BerthCore
+import BerthDiskImage
 import BerthJSON
 import BerthWire
 import Foundation
@@ -61,7 +62,7 @@ struct BareMetalTests {
             (String(repeating: "a", count: 62) + "-b", String(repeating: "a", count: 62)),
         ])
     func hostname(name: String, expected: String) {
-        #expect(BareMetalService.hostname(name) == expected)
+        #expect(ConfigDriveContent.hostname(name) == expected)
     }
 
     @Test("Progress events go out in report order, one per 5 %, all before finish() returns")

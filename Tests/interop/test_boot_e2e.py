@@ -8,6 +8,7 @@ all 50 creates nothing new.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
 import os
@@ -253,6 +254,101 @@ def test_flavor_the_host_cannot_hold(rpc_transport, qemu_worker, catalog):
     assert caught.value.exc_type == "HostIncompatible"
     assert "smaller flavor" in str(caught.value.value)
     assert_gone(qemu_worker, inst["uuid"])
+
+
+# --- config drive ----------------------------------------------------------------------------------------
+
+CONFIG_USER_DATA = b"#cloud-config\nhostname: from-user-data\n"
+CONFIG_KEYS = {"e2e-key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBerthConfigDriveTestKeyOnly e2e@berth"}
+
+
+def read_config_drive_volume(path: pathlib.Path, work: pathlib.Path) -> dict:
+    """blkid sees vfat labelled config-2 on the whole volume; mcopy extracts it; cloud-init's reader reads it."""
+    probe = subprocess.run(["blkid", "-p", str(path)], capture_output=True, text=True).stdout
+    assert 'TYPE="vfat"' in probe and 'LABEL="config-2"' in probe, probe
+    out = work / "config-drive"
+    out.mkdir()
+    subprocess.run(["mcopy", "-s", "-i", str(path), "::/", str(out)], check=True, capture_output=True)
+    script = (
+        "import base64, json, sys\n"
+        "from cloudinit.sources.DataSourceConfigDrive import read_config_drive\n"
+        "r = read_config_drive(sys.argv[1])\n"
+        "m = r['metadata']\n"
+        "print(json.dumps({'version': r['version'], 'uuid': m.get('uuid'), 'hostname': m.get('hostname'),\n"
+        "    'public_keys': m.get('public_keys'), 'user_data': base64.b64encode(r['userdata']).decode()}))\n"
+    )
+    # Debian's cloud-init, under the system Python it is installed for.
+    proc = subprocess.run(["/usr/bin/python3", "-c", script, str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_config_drive_carries_user_data_and_keys_to_the_vm(rpc_transport, qemu_worker, catalog, tmp_path):
+    inst = instance(catalog.image_id)
+    inst["name"] = "Config Drive VM"
+    inst.update(config_drive=True, user_data=base64.b64encode(CONFIG_USER_DATA).decode(), public_keys=CONFIG_KEYS)
+    result = boot(rpc_transport, qemu_worker, inst)
+    assert result["status"] == "ACTIVE" and result["config_drive"] is True, result
+    volume = f"{inst['uuid']}-config.vfat"
+
+    xml = virsh("dumpxml", f"berth-{inst['uuid']}")
+    disks = re.findall(r"<disk .*?</disk>", xml, re.S)
+    drive = [d for d in disks if volume in d]
+    assert len(drive) == 1 and "<readonly/>" in drive[0], xml
+
+    path = pathlib.Path(virsh("vol-path", "--pool", qemu_worker.pool, volume).strip())
+    got = read_config_drive_volume(path, tmp_path)
+    assert got["version"] == 2, got
+    assert got["uuid"] == inst["uuid"] and got["hostname"] == "config-drive-vm", got
+    assert got["public_keys"] == CONFIG_KEYS, got
+    assert base64.b64decode(got["user_data"]) == CONFIG_USER_DATA, got
+
+    # The guest itself sees a second disk of 64 MiB labelled config-2 (its initramfs prints what findfs says).
+    console_cmdline(qemu_worker, inst["uuid"])
+    console = (pathlib.Path(qemu_worker.state) / "consoles" / f"{inst['uuid']}.log").read_text(errors="replace")
+    seen = re.search(r"BERTH-DISK: vdb (\d+)", console)
+    assert seen and int(seen.group(1)) == 64 << 20, console[-3000:]
+    assert "BERTH-LABEL: config-2 /dev/vdb" in console, console[-3000:]
+
+    described = rpc_client(rpc_transport, qemu_worker.topic).prepare(server=qemu_worker.host, timeout=60).call(
+        request_context(), "get_instance", instance_uuid=inst["uuid"])
+    assert described["config_drive"] is True, described
+    # A repeat is the same boot.
+    assert boot(rpc_transport, qemu_worker, inst) == result
+
+    delete(rpc_transport, qemu_worker, inst["uuid"])
+    assert_gone(qemu_worker, inst["uuid"])
+    assert not path.exists(), "the config drive outlived its instance"
+
+
+def test_vm_without_config_drive_reports_none(rpc_transport, qemu_worker, catalog):
+    inst = instance(catalog.image_id)
+    result = boot(rpc_transport, qemu_worker, inst)
+    assert result["config_drive"] is False, result
+    assert "-config.vfat" not in virsh("dumpxml", f"berth-{inst['uuid']}")
+    delete(rpc_transport, qemu_worker, inst["uuid"])
+    assert_gone(qemu_worker, inst["uuid"])
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        ({"user_data": base64.b64encode(b"#!/bin/sh\necho hi\n").decode()}, "instance.user_data"),
+        ({"public_keys": CONFIG_KEYS}, "instance.public_keys"),
+        ({"user_data": base64.b64encode(b"x").decode(), "public_keys": CONFIG_KEYS, "config_drive": False},
+         "instance.user_data and instance.public_keys"),
+    ],
+)
+def test_guest_data_without_a_config_drive_is_refused(rpc_transport, qemu_worker, catalog, extra, named):
+    inst = instance(catalog.image_id)
+    inst.update(extra)
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, qemu_worker, inst)
+    assert caught.value.exc_type == "InvalidRequest", caught.value
+    text = str(caught.value.value)
+    assert named in text and "config_drive" in text, text
+    assert_gone(qemu_worker, inst["uuid"])
+    assert f"{inst['uuid']}-config.vfat" not in virsh("vol-list", qemu_worker.pool, check=False)
 
 
 # --- many boots on the test driver --------------------------------------------------------------------------
