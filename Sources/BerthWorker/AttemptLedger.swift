@@ -15,8 +15,13 @@ import Synchronization
 /// times before every worker has refused it; on quorum queues the broker's count is shared, so at most
 /// `--max-attempts` times in all.
 ///
+/// It also remembers the last `settledLimit` requests that were answered (reply and events confirmed by the
+/// broker) just before their ack: a crash between that point and the broker taking the ack redelivers a
+/// request whose outcome is already out, and the worker acks it again instead of running it (and emitting
+/// its events) a second time.
+///
 /// On disk: one append-only log, `ledger.log`, a line `<sha256 of the oslo _unique_id> <count>` per change
-/// (count 0: forgotten), so a request costs two small appends to the page cache and no file of its own.
+/// (count 0: forgotten; `done`: settled, see above), so a request costs two small appends to the page cache and no file of its own.
 /// A file per request (create, rename, unlink) cost ~650 µs of journal and discard work on an ext4 disk,
 /// serialised behind this ledger's lock, and capped a worker at a few hundred requests per second whatever
 /// the request. Each `write(2)` is whole or absent when the process dies, which is the failure that matters
@@ -34,8 +39,13 @@ final class AttemptLedger: Sendable {
     /// Rewrite the log once this much was appended; a rewrite costs one small file of the open entries.
     static let compactionBytes = 1 << 20
 
+    /// Settled requests remembered; a redelivery comes within seconds of the crash, so a few thousand cover
+    /// every request a worker can have in hand.
+    static let settledLimit = 4096
+
     private struct State {
         var counts: [String: Int] = [:]
+        var settled = SettledSet()
         /// The log, open for appending; -1 without a directory or when it cannot be written.
         var log: Int32 = -1
         var appended = 0
@@ -46,8 +56,8 @@ final class AttemptLedger: Sendable {
         var initial = State()
         if let directory {
             try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            initial.counts = Self.recover(directory)
-            initial.log = Self.rewrite(directory, initial.counts)
+            (initial.counts, initial.settled) = Self.recover(directory)
+            initial.log = Self.rewrite(directory, initial.counts, initial.settled)
         }
         state = Mutex(initial)
     }
@@ -64,18 +74,42 @@ final class AttemptLedger: Sendable {
         return state.withLock { state in
             let count = (state.counts[name] ?? 0) + 1
             state.counts[name] = count
-            record(name, count, in: &state)
+            record(name, String(count), in: &state)
             return count
         }
     }
 
-    /// The request was answered and acked: forget it.
+    /// How many starts `key` has had that did not finish.
+    func count(_ key: String) -> Int {
+        let name = Self.fileName(key)
+        return state.withLock { $0.counts[name] ?? 0 }
+    }
+
+    /// The request's outcome (reply, dead letter, events) is confirmed by the broker and it is about to be
+    /// acked: forget its count and remember it as settled.
     func finish(_ key: String) {
         let name = Self.fileName(key)
         state.withLock { state in
-            guard state.counts.removeValue(forKey: name) != nil else { return }
-            record(name, 0, in: &state)
+            state.counts[name] = nil
+            guard state.settled.insert(name, limit: Self.settledLimit) else { return }
+            record(name, "done", in: &state)
         }
+    }
+
+    /// The request left this worker unanswered but not for a fault of its own (handed on to the pool): forget
+    /// its count without marking it settled, since its copy must still run.
+    func forget(_ key: String) {
+        let name = Self.fileName(key)
+        state.withLock { state in
+            guard state.counts.removeValue(forKey: name) != nil else { return }
+            record(name, "0", in: &state)
+        }
+    }
+
+    /// True when `key` was settled (answered and about to be acked) by this worker before.
+    func isSettled(_ key: String) -> Bool {
+        let name = Self.fileName(key)
+        return state.withLock { $0.settled.contains(name) }
     }
 
     /// The worker handed the request back unfinished (a drain, a lost connection): that start was no fault
@@ -86,7 +120,7 @@ final class AttemptLedger: Sendable {
             guard let current = state.counts[name] else { return }
             let count = max(0, current - 1)
             state.counts[name] = count == 0 ? nil : count
-            record(name, count, in: &state)
+            record(name, String(count), in: &state)
         }
     }
 
@@ -94,9 +128,9 @@ final class AttemptLedger: Sendable {
 
     // MARK: the log
 
-    private func record(_ name: String, _ count: Int, in state: inout State) {
+    private func record(_ name: String, _ value: String, in state: inout State) {
         guard let directory, state.log >= 0 else { return }
-        let line = Array("\(name) \(count)\n".utf8)
+        let line = Array("\(name) \(value)\n".utf8)
         let written = line.withUnsafeBytes { bytes -> Int in
             var done = 0
             while done < bytes.count {
@@ -111,24 +145,29 @@ final class AttemptLedger: Sendable {
         if written < line.count || state.appended >= Self.compactionBytes {
             // A failed append (disk full) or a long log: start a fresh log from what is in memory.
             close(state.log)
-            state.log = Self.rewrite(directory, state.counts)
+            state.log = Self.rewrite(directory, state.counts, state.settled)
             state.appended = 0
         }
     }
 
     /// Counts from the log and from per-request files of earlier versions (removed once the log has them).
-    private static func recover(_ directory: String) -> [String: Int] {
+    private static func recover(_ directory: String) -> ([String: Int], SettledSet) {
         var counts: [String: Int] = [:]
+        var settled = SettledSet()
         if let data = FileManager.default.contents(atPath: "\(directory)/\(logName)") {
             // Lines end with "\n"; a last line without one was cut short by a crash.
             for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
             where data.last == UInt8(ascii: "\n") || line.endIndex != data.endIndex {
                 let fields = line.split(separator: UInt8(ascii: " "))
-                guard fields.count == 2, isDigest(fields[0]), let text = String(bytes: fields[1], encoding: .utf8),
-                    let count = Int(text), count >= 0
+                guard fields.count == 2, isDigest(fields[0]), let text = String(bytes: fields[1], encoding: .utf8)
                 else { continue }
                 let name = String(decoding: fields[0], as: UTF8.self)
-                counts[name] = count == 0 ? nil : count
+                if text == "done" {
+                    counts[name] = nil
+                    settled.insert(name, limit: settledLimit)
+                } else if let count = Int(text), count >= 0 {
+                    counts[name] = count == 0 ? nil : count
+                }
             }
         }
         for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
@@ -140,15 +179,15 @@ final class AttemptLedger: Sendable {
                 counts[name] = max(counts[name] ?? 0, count)
             }
         }
-        return counts
+        return (counts, settled)
     }
 
     /// Writes the open entries to a new log, puts it in place with rename, removes per-request files of
     /// earlier versions, and returns the new log open for appending (-1 if it cannot be written).
-    private static func rewrite(_ directory: String, _ counts: [String: Int]) -> Int32 {
+    private static func rewrite(_ directory: String, _ counts: [String: Int], _ settled: SettledSet) -> Int32 {
         let path = "\(directory)/\(logName)"
         let temporary = "\(directory)/.\(logName).tmp"
-        let text = counts.map { "\($0.key) \($0.value)\n" }.joined()
+        let text = settled.names.map { "\($0) done\n" }.joined() + counts.map { "\($0.key) \($0.value)\n" }.joined()
         guard (try? Data(text.utf8).write(to: URL(fileURLWithPath: temporary))) != nil,
             rename(temporary, path) == 0
         else {
@@ -165,5 +204,25 @@ final class AttemptLedger: Sendable {
     private static func isDigest<S: Collection>(_ bytes: S) -> Bool where S.Element == UInt8 {
         bytes.count == 64
             && bytes.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+}
+
+/// The newest settled request names, oldest first, at most `limit` of them.
+struct SettledSet {
+    private(set) var names: [String] = []
+    private var members: Set<String> = []
+
+    func contains(_ name: String) -> Bool { members.contains(name) }
+
+    /// False when it was there already.
+    @discardableResult
+    mutating func insert(_ name: String, limit: Int) -> Bool {
+        guard members.insert(name).inserted else { return false }
+        names.append(name)
+        if names.count > limit + limit / 4 {
+            for old in names.prefix(names.count - limit) { members.remove(old) }
+            names.removeFirst(names.count - limit)
+        }
+        return true
     }
 }

@@ -1,4 +1,5 @@
 import BerthAMQP
+import BerthDigest
 import BerthJSON
 import BerthWire
 import Logging
@@ -34,11 +35,17 @@ public struct Notifier: Sendable {
     }
 
     /// The messages one event becomes: one per topic, each with its routing key and enveloped body.
+    /// `identity`, when given, fixes the notification's `message_id` and `_unique_id` (see `EventIdentity`).
     public func messages(
-        eventType: String, payload: JSONValue, priority: OsloNotification.Priority = .info, context: JSONObject = [:]
+        eventType: String, payload: JSONValue, priority: OsloNotification.Priority = .info, context: JSONObject = [:],
+        identity: EventIdentity? = nil
     ) -> [(routingKey: String, body: [UInt8])] {
-        let notification = OsloNotification(
+        var notification = OsloNotification(
             publisherID: publisherID, eventType: eventType, priority: priority, payload: payload, context: context)
+        if let identity {
+            notification.messageID = identity.messageID
+            notification.uniqueID = identity.uniqueID
+        }
         let body = OsloEnvelope.wrap(notification.encode())
         return topics.map { (notification.routingKey(topic: $0), body) }
     }
@@ -54,5 +61,31 @@ public struct Notifier: Sendable {
                 throw AMQPError(.library, "the broker did not accept notification \(eventType) (\(outcome))")
             }
         }
+    }
+}
+
+/// The ids of an event a request emits, derived from the request and the event's place among its events, so
+/// the event emitted again by a redelivered request has the ids of the first: a consumer (and oslo's own
+/// duplicate filter on `_unique_id`) can tell the copy from a new event. A copy can only happen when the
+/// worker dies between the broker taking the event and the worker recording that (see docs/architecture.md).
+public struct EventIdentity: Sendable, Hashable {
+    /// RFC 9562 version 8 (custom) UUID text, as oslo's uuid4 `message_id` is written.
+    public let messageID: String
+    /// 32 hex digits, as oslo's `_unique_id`.
+    public let uniqueID: String
+
+    /// `request`: the request's oslo `_unique_id` (or `_msg_id`); `occurrence`: 0 for the first event of this
+    /// type the request emits, 1 for the second, ...
+    public init(request: String, eventType: String, occurrence: Int) {
+        let hex = Array(SHA256Digest.hex(Array("berth-event\n\(request)\n\(eventType)\n\(occurrence)".utf8)))
+        var uuid = Array(hex[0..<32])
+        uuid[12] = "8"  // version 8
+        uuid[16] = Array("89ab")[Int(String(uuid[16]), radix: 16)! & 3]  // the RFC 9562 variant
+        let text = String(uuid)
+        let cuts = [8, 12, 16, 20].map { text.index(text.startIndex, offsetBy: $0) }
+        messageID = [
+            text[..<cuts[0]], text[cuts[0]..<cuts[1]], text[cuts[1]..<cuts[2]], text[cuts[2]..<cuts[3]], text[cuts[3]...],
+        ].joined(separator: "-")
+        uniqueID = String(hex[32..<64])
     }
 }

@@ -78,6 +78,7 @@ public final class RPCServer: Service, EventSink, Sendable {
     let draining = Mutex(false)
     let outbox: EventOutbox
     let attempts: AttemptLedger
+    let admission = RequestAdmission()
 
     public init(configuration: RPCServerConfiguration, endpoints: [RPCEndpointMethods], logger: Logger) throws {
         try configuration.options.validate()
@@ -206,7 +207,16 @@ public final class RPCServer: Service, EventSink, Sendable {
             log.warning("refusing request")
             _ = await answer(delivery, to: request.replyAddress, logger: log) { RPCReply.failure(failure, msgID: $0) }
         case .dispatch(let request, let method):
-            await dispatch(delivery, request, method: method)
+            let key = request.uniqueID ?? request.msgID
+            if delivery.redelivered, let key, attempts.isSettled(key) {
+                // Answered, events out, and then the worker died before the broker took the ack.
+                requestLogger(request).info("already answered before a restart; acking the redelivered copy")
+                client.ack(delivery)
+                return
+            }
+            // A request that may have crashed the worker runs alone, so a crash counts against it only.
+            let suspect = delivery.redelivered || (key.map(attempts.count) ?? 0) > 0
+            _ = await admission.run(alone: suspect) { await dispatch(delivery, request, method: method) }
         }
     }
 
@@ -242,17 +252,19 @@ public final class RPCServer: Service, EventSink, Sendable {
             handOff.record(host: configuration.host, reason: "")
             if handOff.count <= configuration.maxHandOffs {
                 await handOn(delivery, request, handOff, logger: log)
+                if let key { attempts.forget(key) }
             } else {
                 log.warning("no worker of the pool can run it", metadata: ["handoffs": "\(handOff.count - 1)"])
                 let failure = RPCFailure.berth("HostIncompatible", handOff.finalMessage)
                 guard
                     await answer(delivery, to: request.replyAddress, logger: log, { RPCReply.failure(failure, msgID: $0) })
                 else { return }
+                if let key { attempts.finish(key) }
             }
-            if let key { attempts.finish(key) }
             return
         }
-        let call = RPCCall(request: request, host: configuration.host, logger: log, events: self)
+        let events = RequestEvents(server: self, request: key)
+        let call = RPCCall(request: request, host: configuration.host, logger: log, events: events)
         let timeout = configuration.handlerTimeout
         let outcome: Result<JSONValue, RPCFailure>? = await withCallMonitor(request, logger: log) {
             await Self.run(function, call, timeout: timeout)
@@ -286,7 +298,7 @@ public final class RPCServer: Service, EventSink, Sendable {
             handOff.record(host: configuration.host, reason: failure.message)
             if handOff.count <= configuration.maxHandOffs {
                 await handOn(delivery, request, handOff, logger: log)
-                if let key { attempts.finish(key) }
+                if let key { attempts.forget(key) }
                 return
             }
             log.warning("no worker of the pool can run it", metadata: ["handoffs": "\(handOff.count - 1)"])
@@ -297,7 +309,9 @@ public final class RPCServer: Service, EventSink, Sendable {
         if handOff.isHandedOn, case .failure(let failure) = outcome, failure.className == "HostIncompatible" {
             answer = .failure(RPCFailure.berth("HostIncompatible", handOff.finalMessage))
         }
-        let answered = await self.answer(delivery, to: request.replyAddress, logger: log) { msgID in
+        let answered = await self.answer(
+            delivery, to: request.replyAddress, logger: log, events: events.emitted, settling: key
+        ) { msgID in
             switch answer {
             case .success(let value): RPCReply.result(value, msgID: msgID)
             case .failure(let failure): RPCReply.failure(failure, msgID: msgID)
@@ -393,15 +407,34 @@ public final class RPCServer: Service, EventSink, Sendable {
     /// (the request will be redelivered, so it must not be acked); a reply whose queue is gone is retried
     /// for a while, then logged and dropped (returns true: the work is done, nobody is listening).
     /// Answers the caller, when it waits for an answer (`message` gets the call's msg_id), and acks the request
-    /// once the answer is confirmed; a cast is acked at once. False when the broker is away: then neither happened.
+    /// once everything it sent is confirmed by the broker: the reply (calls), then the events it emitted. A
+    /// crash before the ack leaves the request in the queue; before it, the request is marked settled in the
+    /// ledger (`settling`), so its redelivered copy is acked without a second run and a second set of events.
+    /// False when the broker is away or an event did not get through: then the request was not acked.
     private func answer(
-        _ delivery: AMQPDelivery, to address: ReplyAddress?, logger: Logger, _ message: (String) -> JSONObject
+        _ delivery: AMQPDelivery, to address: ReplyAddress?, logger: Logger,
+        events: ClosedRange<EventOutbox.Sequence>? = nil, settling key: String? = nil,
+        _ message: (String) -> JSONObject
     ) async -> Bool {
-        guard let address else {
-            client.ack(delivery)
-            return true
+        guard let events else {
+            // Nothing but the reply to wait for: the I/O thread acks the request on its confirm.
+            guard let address else {
+                client.ack(delivery)
+                return true
+            }
+            return await reply(message(address.msgID), to: address.replyQueue, logger: logger, acknowledging: delivery)
         }
-        return await reply(message(address.msgID), to: address.replyQueue, logger: logger, acknowledging: delivery)
+        if let address {
+            guard await reply(message(address.msgID), to: address.replyQueue, logger: logger) else { return false }
+        }
+        guard await outbox.confirmed(events) else {
+            logger.warning("the request's events were not confirmed; handing it back to the broker")
+            client.reject(delivery, requeue: true)
+            return false
+        }
+        if let key { attempts.finish(key) }
+        client.ack(delivery)
+        return true
     }
 
     /// Publishes a reply until the broker confirms it (or its queue stays gone). With `acknowledging`, the
@@ -479,16 +512,28 @@ public final class RPCServer: Service, EventSink, Sendable {
     /// Queues an event from `compute.<host>` for publishing; returns at once. Events wait in the outbox
     /// while the broker is away and go out, in order and confirmed, after the reconnect.
     public func emit(_ eventType: String, payload: JSONObject, error: Bool) async {
+        _ = enqueue(eventType, payload: payload, error: error)
+    }
+
+    /// Queues the event's messages (one per notification topic); returns their sequence numbers.
+    func enqueue(
+        _ eventType: String, payload: JSONObject, error: Bool, identity: EventIdentity? = nil
+    ) -> ClosedRange<EventOutbox.Sequence>? {
         let notifier = Notifier(
             client: client, options: configuration.options, host: configuration.host,
             topics: configuration.notificationTopics)
-        for message in notifier.messages(eventType: eventType, payload: .object(payload), priority: error ? .error : .info) {
-            outbox.enqueue(
+        var sequences: ClosedRange<EventOutbox.Sequence>?
+        for message in notifier.messages(
+            eventType: eventType, payload: .object(payload), priority: error ? .error : .info, identity: identity)
+        {
+            let sequence = outbox.enqueue(
                 EventOutbox.Event(
                     exchange: configuration.options.controlExchange, routingKey: message.routingKey, body: message.body,
                     eventType: eventType),
                 logger: logger)
+            sequences = (sequences?.lowerBound ?? sequence)...sequence
         }
+        return sequences
     }
 
     private func requestLogger(_ request: RPCRequest) -> Logger {
@@ -497,6 +542,40 @@ public final class RPCServer: Service, EventSink, Sendable {
         if let id = request.context["request_id"]?.stringValue { log[metadataKey: "request_id"] = "\(id)" }
         if let id = request.msgID { log[metadataKey: "msg_id"] = "\(id)" }
         return log
+    }
+}
+
+/// The events one request emits: they go to the server's outbox, and the request's ack waits for their
+/// confirms (`RPCServer.answer`).
+final class RequestEvents: EventSink {
+    private struct State {
+        var sequences: ClosedRange<EventOutbox.Sequence>?
+        var occurrences: [String: Int] = [:]
+    }
+
+    private let server: RPCServer
+    /// The request's oslo `_unique_id` (or `_msg_id`), which its events' ids derive from; nil: random ids.
+    private let request: String?
+    private let state = Mutex(State())
+
+    init(server: RPCServer, request: String?) {
+        self.server = server
+        self.request = request
+    }
+
+    /// The first and last of the request's events in the outbox's order; nil when it emitted none.
+    var emitted: ClosedRange<EventOutbox.Sequence>? { state.withLock { $0.sequences } }
+
+    func emit(_ eventType: String, payload: JSONObject, error: Bool) async {
+        let identity = request.map { request in
+            let occurrence = state.withLock { state in
+                defer { state.occurrences[eventType, default: 0] += 1 }
+                return state.occurrences[eventType, default: 0]
+            }
+            return EventIdentity(request: request, eventType: eventType, occurrence: occurrence)
+        }
+        guard let added = server.enqueue(eventType, payload: payload, error: error, identity: identity) else { return }
+        state.withLock { $0.sequences = ($0.sequences?.lowerBound ?? added.lowerBound)...added.upperBound }
     }
 }
 

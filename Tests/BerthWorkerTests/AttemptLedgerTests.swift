@@ -21,6 +21,35 @@ import Testing
         #expect(AttemptLedger(directory: path).begin("m1") == 1)
     }
 
+    @Test func aSettledRequestIsRememberedAcrossARestartAndAForgottenOneIsNot() {
+        let path = directory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let ledger = AttemptLedger(directory: path)
+        #expect(ledger.begin("answered") == 1)
+        #expect(ledger.begin("handed-on") == 1)
+        #expect(ledger.count("answered") == 1)
+        ledger.finish("answered")
+        ledger.forget("handed-on")
+        #expect(ledger.isSettled("answered"))
+        #expect(ledger.count("answered") == 0)
+        // The worker died between settling and the broker taking the ack.
+        let restarted = AttemptLedger(directory: path)
+        #expect(restarted.isSettled("answered"))
+        #expect(!restarted.isSettled("handed-on"))
+        #expect(restarted.count("handed-on") == 0)
+    }
+
+    @Test func onlyTheNewestSettledRequestsAreKept() {
+        var settled = SettledSet()
+        for index in 0..<50 { settled.insert("r\(index)", limit: 8) }
+        #expect(settled.contains("r49"))
+        #expect(settled.contains("r42"))
+        #expect(!settled.contains("r0"))
+        #expect(settled.names.count <= 10)
+        let again = settled.insert("r49", limit: 8)
+        #expect(!again)
+    }
+
     @Test func aHandBackDoesNotCount() {
         let path = directory()
         defer { try? FileManager.default.removeItem(atPath: path) }
