@@ -220,6 +220,8 @@ public final class RPCServer: Service, EventSink, Sendable {
         }
     }
 
+    /// Carries out what `RequestDelivery` decides for one request, reporting back what happened, until it is
+    /// done.
     private func dispatch(_ delivery: AMQPDelivery, _ request: RPCRequest, method: String) async {
         let log = requestLogger(request)
         guard let function = endpoints.first(where: { $0.endpoint == dispatcherEndpoint(for: request) })?
@@ -236,89 +238,88 @@ public final class RPCServer: Service, EventSink, Sendable {
             attempt = max(attempt, Int(clamping: count) + 1)
         }
         log.debug("dispatching", metadata: ["redelivered": "\(delivery.redelivered)", "attempt": "\(attempt)"])
-        if attempt > configuration.maxAttempts {
-            let reason =
-                "\(request.method) was started \(attempt - 1) times without finishing (the worker crashed or the "
-                + "handler timed out each time); the limit is \(configuration.maxAttempts) (berth worker --max-attempts)"
-            await deadLetter(delivery, reason: reason, reply: request.replyAddress, failureClass: "RetryLimitExceeded")
-            if let key { attempts.finish(key) }
-            return
-        }
-        let canHandOn = canHandOn(delivery, request)
-        var handOff = HostHandOff(headers: delivery.properties.headers)
-        if canHandOn, handOff.wasRefused(by: configuration.host) {
-            // This host said no before; running it again would say no again.
-            try? await Task.sleep(for: handOff.pause)
-            handOff.record(host: configuration.host, reason: "")
-            if handOff.count <= configuration.maxHandOffs {
-                await handOn(delivery, request, handOff, logger: log)
-                if let key { attempts.forget(key) }
-            } else {
-                log.warning("no worker of the pool can run it", metadata: ["handoffs": "\(handOff.count - 1)"])
-                let failure = RPCFailure.berth("HostIncompatible", handOff.finalMessage)
-                guard
-                    await answer(delivery, to: request.replyAddress, logger: log, { RPCReply.failure(failure, msgID: $0) })
-                else { return }
+        var machine = RequestDelivery(
+            rules: .init(
+                method: request.method, host: configuration.host, maxAttempts: configuration.maxAttempts,
+                maxHandOffs: configuration.maxHandOffs, canHandOn: canHandOn(delivery, request),
+                isCall: request.replyAddress != nil),
+            handOff: HostHandOff(headers: delivery.properties.headers))
+        var action = machine.receive(.counted(attempt: attempt))
+        while true {
+            switch action {
+            case .run:
+                action = machine.receive(await run(function, request, events: RequestEvents(server: self, request: key), logger: log))
+            case .pause(let pause):
+                try? await Task.sleep(for: pause)
+                action = machine.receive(.paused)
+            case .handOn(let handOff):
+                action = machine.receive(.handedOn(await handOn(delivery, handOff, logger: log)))
+            case .reply(let outcome, let ackOnConfirm):
+                guard let address = request.replyAddress else { preconditionFailure("only a call is answered") }
+                let message: JSONObject
+                switch outcome {
+                case .success(let value): message = RPCReply.result(value, msgID: address.msgID)
+                case .failure(let failure): message = RPCReply.failure(failure, msgID: address.msgID)
+                }
+                let replied = await reply(
+                    message, to: address.replyQueue, logger: log, acknowledging: ackOnConfirm ? delivery : nil)
+                action = machine.receive(.replied(replied))
+            case .awaitEvents(let events):
+                let confirmed = await outbox.confirmed(events)
+                if !confirmed { log.warning("the request's events were not confirmed; handing it back to the broker") }
+                action = machine.receive(.eventsConfirmed(confirmed))
+            case .deadLetter(let reason, let failureClass):
+                let sent = await deadLetter(
+                    delivery, reason: reason, reply: request.replyAddress, failureClass: failureClass)
+                action = machine.receive(.deadLettered(sent))
+            case .settleAndAck:
                 if let key { attempts.finish(key) }
+                client.ack(delivery)
+                return
+            case .settle:
+                if let key { attempts.finish(key) }
+                return
+            case .forgetAndAck:
+                if let key { attempts.forget(key) }
+                client.ack(delivery)
+                return
+            case .requeue:
+                client.reject(delivery, requeue: true)
+                return
+            case .handBack:
+                if let key { attempts.handBack(key) }
+                return
+            case .leave:
+                return
             }
-            return
         }
-        let events = RequestEvents(server: self, request: key)
-        let call = RPCCall(request: request, host: configuration.host, logger: log, events: events)
+    }
+
+    /// Runs the handler (with call-monitor heartbeats when asked for) and says how it ended.
+    private func run(
+        _ function: @escaping RPCMethod, _ request: RPCRequest, events: RequestEvents, logger: Logger
+    ) async -> RequestDelivery.Event {
+        let call = RPCCall(request: request, host: configuration.host, logger: logger, events: events)
         let timeout = configuration.handlerTimeout
-        let outcome: Result<JSONValue, RPCFailure>? = await withCallMonitor(request, logger: log) {
+        let outcome: Result<JSONValue, RPCFailure>? = await withCallMonitor(request, logger: logger) {
             await Self.run(function, call, timeout: timeout)
         }
-        if Task.isCancelled {
-            // Shutdown overtook the work: leave the request unacked so the broker hands it to another worker.
-            if let key { attempts.handBack(key) }
-            return
-        }
+        // Shutdown overtook the work: leave the request unacked so the broker hands it to another worker.
+        if Task.isCancelled { return .cancelled }
         guard let outcome else {
-            // The handler outlived --handler-timeout: abandon it and let the broker deliver the request again
-            // (here or to another worker); the next start past the limit dead-letters it.
-            log.warning(
-                "handler timed out; handing the request back",
-                metadata: ["attempt": "\(attempt)", "limit": "\(configuration.maxAttempts)"])
-            if attempt >= configuration.maxAttempts {
-                let reason =
-                    "\(request.method) timed out \(attempt) times (berth worker --handler-timeout); the limit is "
-                    + "\(configuration.maxAttempts) (berth worker --max-attempts)"
-                await deadLetter(delivery, reason: reason, reply: request.replyAddress, failureClass: "RetryLimitExceeded")
-                if let key { attempts.finish(key) }
-            } else {
-                client.reject(delivery, requeue: true)
-            }
-            return
+            // The handler outlived --handler-timeout: abandon it; the machine decides between retry and dead letter.
+            logger.warning("handler timed out", metadata: ["limit": "\(configuration.maxAttempts)"])
+            return .timedOut
         }
         switch outcome {
         case .success:
-            log.info("request done")
-        case .failure(let failure) where canHandOn && failure.className == "HostIncompatible":
-            handOff.record(host: configuration.host, reason: failure.message)
-            if handOff.count <= configuration.maxHandOffs {
-                await handOn(delivery, request, handOff, logger: log)
-                if let key { attempts.forget(key) }
-                return
-            }
-            log.warning("no worker of the pool can run it", metadata: ["handoffs": "\(handOff.count - 1)"])
+            logger.info("request done")
+        case .failure(let failure) where failure.className == "HostIncompatible":
+            logger.info("this host cannot run the request", metadata: ["error": "\(failure.message)"])
         case .failure(let failure):
-            log.warning("request failed", metadata: ["error": "\(failure.className): \(failure.message)"])
+            logger.warning("request failed", metadata: ["error": "\(failure.className): \(failure.message)"])
         }
-        var answer = outcome
-        if handOff.isHandedOn, case .failure(let failure) = outcome, failure.className == "HostIncompatible" {
-            answer = .failure(RPCFailure.berth("HostIncompatible", handOff.finalMessage))
-        }
-        let answered = await self.answer(
-            delivery, to: request.replyAddress, logger: log, events: events.emitted, settling: key
-        ) { msgID in
-            switch answer {
-            case .success(let value): RPCReply.result(value, msgID: msgID)
-            case .failure(let failure): RPCReply.failure(failure, msgID: msgID)
-            }
-        }
-        guard answered else { return }
-        if let key { attempts.finish(key) }
+        return .finished(outcome, events: events.emitted)
     }
 
     /// A boot sent to the whole pool (the shared topic queue), which another host may be able to run.
@@ -327,25 +328,21 @@ public final class RPCServer: Service, EventSink, Sendable {
             && delivery.routingKey == configuration.topic
     }
 
-    /// Republishes the request to the topic with this host's refusal on it, then acks this copy; if the
-    /// broker does not take the new copy, this one goes back to the queue instead.
-    private func handOn(_ delivery: AMQPDelivery, _ request: RPCRequest, _ handOff: HostHandOff, logger: Logger) async {
+    /// Republishes the request to the topic with this host's refusal on it; true when the broker took the
+    /// copy (then this one is acked), false when it did not (then this one goes back to the queue).
+    private func handOn(_ delivery: AMQPDelivery, _ handOff: HostHandOff, logger: Logger) async -> Bool {
         logger.info(
             "this host cannot run the boot; handing it to the pool",
             metadata: ["handoffs": "\(handOff.count)", "refused_by": "\(handOff.refusedBy.joined(separator: ","))"])
         var properties = delivery.properties
         properties.headers = handOff.headers(replacing: delivery.properties.headers)
         do {
-            let outcome = try await client.publish(
+            return try await client.publish(
                 exchange: delivery.exchange, routingKey: delivery.routingKey, body: delivery.body,
-                properties: properties)
-            guard outcome == .confirmed else {
-                client.reject(delivery, requeue: true)
-                return
-            }
-            client.ack(delivery)
+                properties: properties) == .confirmed
         } catch {
             logger.warning("could not hand the boot on; it goes back to the queue", metadata: ["error": "\(error)"])
+            return false
         }
     }
 
@@ -407,34 +404,16 @@ public final class RPCServer: Service, EventSink, Sendable {
     /// (the request will be redelivered, so it must not be acked); a reply whose queue is gone is retried
     /// for a while, then logged and dropped (returns true: the work is done, nobody is listening).
     /// Answers the caller, when it waits for an answer (`message` gets the call's msg_id), and acks the request
-    /// once everything it sent is confirmed by the broker: the reply (calls), then the events it emitted. A
-    /// crash before the ack leaves the request in the queue; before it, the request is marked settled in the
-    /// ledger (`settling`), so its redelivered copy is acked without a second run and a second set of events.
-    /// False when the broker is away or an event did not get through: then the request was not acked.
+    /// once the answer is confirmed; a cast is acked at once. For requests refused before they ran (nothing else
+    /// to wait for); what ran goes through `RequestDelivery`. False when the broker is away: then neither happened.
     private func answer(
-        _ delivery: AMQPDelivery, to address: ReplyAddress?, logger: Logger,
-        events: ClosedRange<EventOutbox.Sequence>? = nil, settling key: String? = nil,
-        _ message: (String) -> JSONObject
+        _ delivery: AMQPDelivery, to address: ReplyAddress?, logger: Logger, _ message: (String) -> JSONObject
     ) async -> Bool {
-        guard let events else {
-            // Nothing but the reply to wait for: the I/O thread acks the request on its confirm.
-            guard let address else {
-                client.ack(delivery)
-                return true
-            }
-            return await reply(message(address.msgID), to: address.replyQueue, logger: logger, acknowledging: delivery)
+        guard let address else {
+            client.ack(delivery)
+            return true
         }
-        if let address {
-            guard await reply(message(address.msgID), to: address.replyQueue, logger: logger) else { return false }
-        }
-        guard await outbox.confirmed(events) else {
-            logger.warning("the request's events were not confirmed; handing it back to the broker")
-            client.reject(delivery, requeue: true)
-            return false
-        }
-        if let key { attempts.finish(key) }
-        client.ack(delivery)
-        return true
+        return await reply(message(address.msgID), to: address.replyQueue, logger: logger, acknowledging: delivery)
     }
 
     /// Publishes a reply until the broker confirms it (or its queue stays gone). With `acknowledging`, the
@@ -475,16 +454,19 @@ public final class RPCServer: Service, EventSink, Sendable {
 
     /// Republishes an unusable message to the dead-letter exchange with the reason, answers the caller when
     /// possible, then acks the original, so it is neither lost nor redelivered for ever.
+    /// True when the message was dead-lettered (or dropped after a nack) and acked; false when the broker went
+    /// away first.
+    @discardableResult
     private func deadLetter(
         _ delivery: AMQPDelivery, reason: String, reply address: ReplyAddress?, failureClass: String = "InvalidRequest"
-    ) async {
+    ) async -> Bool {
         logger.warning(
             "dead-lettering message",
             metadata: ["reason": "\(reason)", "routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
         if let address {
             let failure = RPCFailure.berth(failureClass, reason)
             guard await reply(RPCReply.failure(failure, msgID: address.msgID), to: address.replyQueue, logger: logger)
-            else { return }
+            else { return false }
         }
         var properties = delivery.properties
         var headers = properties.headers ?? []
@@ -501,11 +483,13 @@ public final class RPCServer: Service, EventSink, Sendable {
             guard outcome == .confirmed else {
                 logger.error("dead-letter exchange refused the message (nack); dropping it", metadata: ["reason": "\(reason)"])
                 client.reject(delivery, requeue: false)
-                return
+                return true
             }
             client.ack(delivery)
+            return true
         } catch {
             logger.warning("could not dead-letter the message", metadata: ["error": "\(error)"])
+            return false
         }
     }
 

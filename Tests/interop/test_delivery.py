@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import json
 import os
 import random
 import signal
@@ -25,31 +24,10 @@ import oslo_messaging
 import pytest
 
 from conftest import DEBUG_NAMESPACE, request_context, rpc_client, unavailable, unique
-from test_pool import Supervisor, crash_count, dead_letters_for_request
+from test_pool import Supervisor, catalog, crash_count, dead_letters_for_request, instance  # noqa: F401 (catalog: a fixture)
 
 LIBVIRT_URI = os.environ.get("BERTH_LIBVIRT_URI", "qemu:///system")
 CASTS = int(os.environ.get("BERTH_DELIVERY_CASTS", "500"))
-
-
-def boot_instance(image_id: str) -> dict:
-    return {
-        "uuid": str(uuid.uuid4()), "name": "delivery", "image_id": image_id,
-        "flavor": {"name": "tiny", "vcpus": 1, "memory_mb": 128, "root_gb": 0}, "metadata": {},
-    }
-
-
-@pytest.fixture(scope="module")
-def image(berth_bin, tmp_path_factory) -> tuple[str, str]:
-    """A local catalog with one small raw disk image (no OS: a VM of it idles in its firmware)."""
-    root = tmp_path_factory.mktemp("delivery-catalog")
-    disk = root.parent / "delivery-root.raw"
-    disk.write_bytes(b"\0" * (1 << 20))
-    proc = subprocess.run(
-        [berth_bin, "images", "create", "--name", "delivery", "--disk-format", "raw", "--file", str(disk),
-         "--catalog", f"local:{root}"],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return str(root), json.loads(proc.stdout)["id"]
 
 
 class EndCounter:
@@ -69,11 +47,11 @@ class EndCounter:
 
 
 def test_every_cast_boot_gets_exactly_one_end_event_through_sigkills(
-        worker_factory, rpc_transport, notification_transport, names, image, tmp_path_factory):
-    catalog, image_id = image
+        worker_factory, rpc_transport, notification_transport, names, catalog, tmp_path_factory):
+    root, image_id = catalog
     state = tmp_path_factory.mktemp("delivery-state")
     worker = worker_factory(unique("casts"), [
-        "--catalog", f"local:{catalog}", "--state-dir", str(state), "--metrics-interval", "0",
+        "--catalog", f"local:{root}", "--state-dir", str(state), "--metrics-interval", "0",
         "--concurrency", "8"])
     worker.start()
     counter = EndCounter()
@@ -84,7 +62,7 @@ def test_every_cast_boot_gets_exactly_one_end_event_through_sigkills(
     kills = 0
     try:
         client = rpc_client(rpc_transport, names.topic).prepare(server=worker.host)
-        instances = [boot_instance(image_id) for _ in range(CASTS)]
+        instances = [instance(image_id) for _ in range(CASTS)]
         with Supervisor([worker]) as supervisor:
             sender = threading.Thread(
                 target=lambda: [client.cast(request_context(), "boot_instance", instance=i) for i in instances],
@@ -141,19 +119,19 @@ def virsh(*args: str, check: bool = True) -> str:
 
 
 def test_only_the_poison_request_is_dead_lettered_not_its_neighbours(
-        worker_factory, rpc_transport, names, image, tmp_path_factory):
+        worker_factory, rpc_transport, names, catalog, tmp_path_factory):
     probe = subprocess.run(["virsh", "-c", LIBVIRT_URI, "version"], capture_output=True, text=True)
     if probe.returncode != 0:
         unavailable(f"libvirtd not reachable at {LIBVIRT_URI}: {probe.stderr.strip()}")
-    catalog, image_id = image
+    root, image_id = catalog
     state = tmp_path_factory.mktemp("poison-state")
     pool = f"berth-test-{uuid.uuid4().hex[:8]}"
     worker = worker_factory(unique("poison"), [
         "--libvirt-uri", LIBVIRT_URI, "--virt-type", "qemu", "--storage-pool", pool,
-        "--catalog", f"local:{catalog}", "--state-dir", str(state), "--metrics-interval", "0",
+        "--catalog", f"local:{root}", "--state-dir", str(state), "--metrics-interval", "0",
         "--concurrency", "24", "--max-attempts", "3"])
     worker.start()
-    boots = [boot_instance(image_id) for _ in range(20)]
+    boots = [instance(image_id) for _ in range(20)]
     contexts = [request_context() for _ in boots]
     client = rpc_client(rpc_transport, names.topic).prepare(server=worker.host, timeout=300)
     debug = rpc_client(rpc_transport, names.topic, namespace=DEBUG_NAMESPACE).prepare(server=worker.host, timeout=300)
