@@ -20,6 +20,8 @@ public final class AMQPClient: Sendable {
         public var initialReconnectDelay: Double = 0.1
         /// Capped low so a worker is back within seconds of the broker returning.
         public var maximumReconnectDelay: Double = 2.0
+        /// Bodies over this limit are not held in memory; nil: every body is kept whole.
+        public var bodyLimit: AMQPBodyLimit?
 
         public init(urls: [AMQPURL], connectionName: String, topology: AMQPTopology) {
             self.urls = urls
@@ -293,7 +295,8 @@ final class IOLoop: @unchecked Sendable {
         generation += 1
         do {
             let connection = try AMQPConnection(
-                url: url, connectionName: client.configuration.connectionName, generation: generation)
+                url: url, connectionName: client.configuration.connectionName, generation: generation,
+                bodyLimit: client.configuration.bodyLimit)
             var topology = client.configuration.topology
             if consumersCancelled { topology.consumers = [] }
             try connection.apply(topology)
