@@ -12,12 +12,25 @@ enum AMQPInbound {
     case unblocked
 }
 
+/// What the I/O loop's commands need of a connection; a protocol so that the rules around them (each caller
+/// resumed exactly once, whatever fails) are tested without a broker.
+protocol AMQPCommandChannel: AnyObject {
+    var generation: UInt64 { get }
+    func publish(
+        exchange: String, routingKey: String, mandatory: Bool, properties: AMQPProperties, body: [UInt8]
+    ) throws(AMQPError) -> UInt64
+    func ack(deliveryTag: UInt64) throws(AMQPError)
+    func reject(deliveryTag: UInt64, requeue: Bool) throws(AMQPError)
+    func cancel(consumerTag: String) throws(AMQPError)
+    func deleteQueue(_ name: String) throws(AMQPError)
+}
+
 /// One AMQP connection with one channel in confirm mode: the single owner of an
 /// `amqp_connection_state_t`, destroyed in `deinit`.
 ///
 /// librabbitmq is not thread-safe, so an `AMQPConnection` lives on its client's I/O thread and is
 /// never touched from anywhere else.
-final class AMQPConnection {
+final class AMQPConnection: AMQPCommandChannel {
     private let state: amqp_connection_state_t
     private let channel: amqp_channel_t = 1
     let generation: UInt64
