@@ -28,7 +28,8 @@ let package = Package(
         .target(name: "CBerthShims", dependencies: ["CRabbitMQ", "CLibvirt"]),
 
         .target(name: "BerthJSON", dependencies: ["CJSONC"]),
-        .target(name: "BerthWire", dependencies: ["BerthJSON"]),
+        // Optimised even in debug builds: OsloEnvelopeScanner follows every byte of bodies up to the broker's limit.
+        .target(name: "BerthWire", dependencies: ["BerthJSON"], swiftSettings: [.unsafeFlags(["-O"])]),
         // Pure rules: properties, kernel command line, boot variants, domain XML. No C, no I/O.
         // MD5, SHA-256, SHA-512: optimised even in debug builds, since whole images go through them.
         .target(name: "BerthDigest", swiftSettings: [.unsafeFlags(["-O"])]),

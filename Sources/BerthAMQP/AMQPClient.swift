@@ -20,6 +20,8 @@ public final class AMQPClient: Sendable {
         public var initialReconnectDelay: Double = 0.1
         /// Capped low so a worker is back within seconds of the broker returning.
         public var maximumReconnectDelay: Double = 2.0
+        /// Bodies over this limit are not held in memory; nil: every body is kept whole.
+        public var bodyLimit: AMQPBodyLimit?
 
         public init(urls: [AMQPURL], connectionName: String, topology: AMQPTopology) {
             self.urls = urls
@@ -293,7 +295,8 @@ final class IOLoop: @unchecked Sendable {
         generation += 1
         do {
             let connection = try AMQPConnection(
-                url: url, connectionName: client.configuration.connectionName, generation: generation)
+                url: url, connectionName: client.configuration.connectionName, generation: generation,
+                bodyLimit: client.configuration.bodyLimit)
             var topology = client.configuration.topology
             if consumersCancelled { topology.consumers = [] }
             try connection.apply(topology)
@@ -352,7 +355,9 @@ final class IOLoop: @unchecked Sendable {
         }
     }
 
-    private func execute(_ commands: [AMQPClient.Command], on connection: AMQPConnection) throws {
+    /// Carries out the callers' commands in order. Each command's continuation is resumed exactly once: by
+    /// the command when it succeeds, by `abandon` when it (or one before it) fails.
+    func execute(_ commands: [AMQPClient.Command], on connection: some AMQPCommandChannel) throws {
         var remaining = commands[...]
         while let command = remaining.popFirst() {
             do {
@@ -367,7 +372,7 @@ final class IOLoop: @unchecked Sendable {
         }
     }
 
-    private func execute(_ command: AMQPClient.Command, on connection: AMQPConnection) throws {
+    private func execute(_ command: AMQPClient.Command, on connection: some AMQPCommandChannel) throws {
         switch command {
         case .publish(let publish, let continuation):
             let sequence = try connection.publish(
@@ -387,19 +392,15 @@ final class IOLoop: @unchecked Sendable {
             guard generation == connection.generation else { return }
             try connection.reject(deliveryTag: tag, requeue: requeue)
         case .cancelConsumers(let continuation):
+            // Set first: if the connection dies here, the reconnect must not start the consumers again.
             consumersCancelled = true
-            defer { continuation.resume() }
             for consumer in client.configuration.topology.consumers {
                 try connection.cancel(consumerTag: consumer.consumerTag)
             }
+            continuation.resume()
         case .deleteQueue(let name, let continuation):
-            do {
-                try connection.deleteQueue(name)
-                continuation.resume()
-            } catch {
-                continuation.resume(throwing: error)
-                throw error
-            }
+            try connection.deleteQueue(name)
+            continuation.resume()
         }
     }
 

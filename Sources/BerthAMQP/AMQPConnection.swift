@@ -12,28 +12,45 @@ enum AMQPInbound {
     case unblocked
 }
 
+/// What the I/O loop's commands need of a connection; a protocol so that the rules around them (each caller
+/// resumed exactly once, whatever fails) are tested without a broker.
+protocol AMQPCommandChannel: AnyObject {
+    var generation: UInt64 { get }
+    func publish(
+        exchange: String, routingKey: String, mandatory: Bool, properties: AMQPProperties, body: [UInt8]
+    ) throws(AMQPError) -> UInt64
+    func ack(deliveryTag: UInt64) throws(AMQPError)
+    func reject(deliveryTag: UInt64, requeue: Bool) throws(AMQPError)
+    func cancel(consumerTag: String) throws(AMQPError)
+    func deleteQueue(_ name: String) throws(AMQPError)
+}
+
 /// One AMQP connection with one channel in confirm mode: the single owner of an
 /// `amqp_connection_state_t`, destroyed in `deinit`.
 ///
 /// librabbitmq is not thread-safe, so an `AMQPConnection` lives on its client's I/O thread and is
 /// never touched from anywhere else.
-final class AMQPConnection {
+final class AMQPConnection: AMQPCommandChannel {
     private let state: amqp_connection_state_t
     private let channel: amqp_channel_t = 1
     let generation: UInt64
     let url: AMQPURL
+    private let bodyLimit: AMQPBodyLimit?
     private var socketOpen = false
     private var usable = false
     /// Sequence number of the last publish on the channel; confirms refer to it.
     private(set) var publishSequence: UInt64 = 0
+    /// Methods that arrived between the frames of a message body, handed out by the next `poll()`.
+    private var deferred: [AMQPInbound] = []
 
-    init(url: AMQPURL, connectionName: String, generation: UInt64) throws(AMQPError) {
+    init(url: AMQPURL, connectionName: String, generation: UInt64, bodyLimit: AMQPBodyLimit? = nil) throws(AMQPError) {
         guard let state = amqp_new_connection() else {
             throw AMQPError(.library, "librabbitmq could not allocate a connection (out of memory)")
         }
         self.state = state
         self.url = url
         self.generation = generation
+        self.bodyLimit = bodyLimit
         try open(connectionName: connectionName)
     }
 
@@ -254,12 +271,13 @@ final class AMQPConnection {
 
     /// Whether frames are already buffered, so waiting on the socket would stall them.
     var hasBufferedInput: Bool {
-        amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0
+        !deferred.isEmpty || amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0
     }
 
     /// Reads one thing the broker sent, without waiting; nil when nothing is there yet.
     /// Calling this regularly is also what sends our heartbeats and notices missing ones.
     func poll() throws(AMQPError) -> AMQPInbound? {
+        if !deferred.isEmpty { return deferred.removeFirst() }
         while true {
             var frame = amqp_frame_t()
             var zero = Glibc.timeval(tv_sec: 0, tv_usec: 0)
@@ -277,68 +295,132 @@ final class AMQPConnection {
                 let consumerTag = deliver.consumer_tag.string
                 let exchange = deliver.exchange.string
                 let routingKey = deliver.routing_key.string
-                let (properties, body) = try readContent(channel: frame.channel)
+                let content = try readContent(channel: frame.channel, limit: bodyLimit)
                 return .delivery(
                     AMQPDelivery(
                         consumerTag: consumerTag, deliveryTag: deliver.delivery_tag, redelivered: deliver.redelivered != 0,
-                        exchange: exchange, routingKey: routingKey, properties: properties, body: body,
-                        connectionGeneration: generation))
-            case berth_amqp_basic_ack:
-                let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
-                return .confirm(deliveryTag: ack.delivery_tag, multiple: ack.multiple != 0, ack: true)
-            case berth_amqp_basic_nack:
-                let nack = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
-                return .confirm(deliveryTag: nack.delivery_tag, multiple: nack.multiple != 0, ack: false)
+                        exchange: exchange, routingKey: routingKey, properties: content.properties, body: content.body,
+                        oversized: content.oversized, connectionGeneration: generation))
             case berth_amqp_basic_return:
                 let returned = method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
                 let message = AMQPReturnedMessage(
                     replyCode: Int(returned.reply_code), replyText: returned.reply_text.string,
                     exchange: returned.exchange.string, routingKey: returned.routing_key.string)
-                _ = try readContent(channel: frame.channel)
+                // Only the route matters; the body (our own message) is read and dropped.
+                _ = try readContent(channel: frame.channel, limit: Self.droppingEveryBody)
                 return .returned(message)
-            case berth_amqp_basic_cancel:
-                let cancel = method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee
-                return .consumerCancelled(cancel.consumer_tag.string)
-            case berth_amqp_channel_close:
-                let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-                usable = false
-                throw AMQPError(
-                    .channelClosed, "the broker closed the channel: \(close.reply_code) \(close.reply_text.string)",
-                    replyCode: Int(close.reply_code))
-            case berth_amqp_connection_close:
-                let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
-                var closeOK = amqp_connection_close_ok_t(dummy: 0)
-                _ = amqp_send_method(state, 0, berth_amqp_connection_close_ok, &closeOK)
-                usable = false
-                throw AMQPError(
-                    .connectionClosed,
-                    "the broker closed the connection: \(close.reply_code) \(close.reply_text.string)",
-                    replyCode: Int(close.reply_code))
-            case berth_amqp_connection_blocked:
-                let blocked = method.decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
-                return .blocked(blocked.reason.string)
-            case berth_amqp_connection_unblocked:
-                return .unblocked
             default:
-                continue
+                if let inbound = try inbound(method) { return inbound }
             }
         }
     }
+
+    /// Decodes a method that carries no content: confirms, cancels, closes, flow control.
+    private func inbound(_ method: amqp_method_t) throws(AMQPError) -> AMQPInbound? {
+        switch method.id {
+        case berth_amqp_basic_ack:
+            let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+            return .confirm(deliveryTag: ack.delivery_tag, multiple: ack.multiple != 0, ack: true)
+        case berth_amqp_basic_nack:
+            let nack = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+            return .confirm(deliveryTag: nack.delivery_tag, multiple: nack.multiple != 0, ack: false)
+        case berth_amqp_basic_cancel:
+            let cancel = method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee
+            return .consumerCancelled(cancel.consumer_tag.string)
+        case berth_amqp_channel_close:
+            let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+            usable = false
+            throw AMQPError(
+                .channelClosed, "the broker closed the channel: \(close.reply_code) \(close.reply_text.string)",
+                replyCode: Int(close.reply_code))
+        case berth_amqp_connection_close:
+            let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+            var closeOK = amqp_connection_close_ok_t(dummy: 0)
+            _ = amqp_send_method(state, 0, berth_amqp_connection_close_ok, &closeOK)
+            usable = false
+            throw AMQPError(
+                .connectionClosed,
+                "the broker closed the connection: \(close.reply_code) \(close.reply_text.string)",
+                replyCode: Int(close.reply_code))
+        case berth_amqp_connection_blocked:
+            let blocked = method.decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
+            return .blocked(blocked.reason.string)
+        case berth_amqp_connection_unblocked:
+            return .unblocked
+        default:
+            return nil
+        }
+    }
+
+    /// For a returned message, whose body is our own and of no use.
+    private static let droppingEveryBody = AMQPBodyLimit(maxBytes: 0, excerptBytes: 0) { IgnoredBody() }
 
     /// Lets librabbitmq reuse its frame memory once everything read has been copied out.
     func releaseBuffers() {
         amqp_maybe_release_buffers(state)
     }
 
-    private func readContent(channel: amqp_channel_t) throws(AMQPError) -> (AMQPProperties, [UInt8]) {
-        var message = amqp_message_t()
-        let reply = amqp_read_message(state, channel, &message, 0)
-        guard reply.reply_type == AMQP_RESPONSE_NORMAL else {
+    /// Reads a message's content header and body frames. A body over `limit` is never held: each frame is
+    /// shown to the limit's scanner and dropped, and librabbitmq's frame memory is recycled as it goes.
+    private func readContent(
+        channel: amqp_channel_t, limit: AMQPBodyLimit?
+    ) throws(AMQPError) -> (properties: AMQPProperties, body: [UInt8], oversized: AMQPOversizedBody?) {
+        var frame = amqp_frame_t()
+        try waitFrame(&frame, channel: channel)
+        guard frame.frame_type == UInt8(AMQP_FRAME_HEADER) else {
             usable = false
-            throw AMQPError(.connectionLost, "could not read a message body: \(describe(reply).message)")
+            throw AMQPError(.connectionLost, "the broker sent frame type \(frame.frame_type) where a content header belongs")
         }
-        defer { amqp_destroy_message(&message) }
-        return (Self.properties(message.properties), message.body.array)
+        let size = frame.payload.properties.body_size
+        // Copied out before any frame memory is recycled.
+        let properties = Self.properties(
+            frame.payload.properties.decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
+        let oversized = limit.map { size > UInt64(max(0, $0.maxBytes)) } ?? false
+        var body: [UInt8] = []
+        var excerpt: [UInt8] = []
+        var scanner = oversized ? limit?.makeScanner() : nil
+        if limit != nil, !oversized { body.reserveCapacity(Int(size)) }  // size <= maxBytes here
+        var received: UInt64 = 0
+        while received < size {
+            try waitFrame(&frame, channel: channel)
+            guard frame.frame_type == UInt8(AMQP_FRAME_BODY) else {
+                usable = false
+                throw AMQPError(.connectionLost, "the broker sent frame type \(frame.frame_type) inside a message body")
+            }
+            let fragment = frame.payload.body_fragment
+            let bytes = UnsafeRawBufferPointer(start: fragment.bytes, count: fragment.len)
+            guard UInt64(bytes.count) <= size - received else {
+                usable = false
+                throw AMQPError(.connectionLost, "the message body is longer than the \(size) bytes its header announced")
+            }
+            received += UInt64(bytes.count)
+            if let limit, oversized {
+                excerpt += bytes.prefix(max(0, limit.excerptBytes - excerpt.count))
+                if scanner?.isFinished == false { scanner?.scan(bytes) }
+                amqp_maybe_release_buffers_on_channel(state, channel)
+            } else {
+                body += bytes
+            }
+        }
+        guard let scanner else { return (properties, body, nil) }
+        return (properties, [], AMQPOversizedBody(size: size, excerpt: excerpt, scanner: scanner))
+    }
+
+    /// Waits for the next frame of the content on `channel`. Methods that arrive in between (confirms, flow
+    /// control on channel 0) are decoded now, while their memory is valid, and handed out by `poll()` later.
+    private func waitFrame(_ frame: inout amqp_frame_t, channel: amqp_channel_t) throws(AMQPError) {
+        while true {
+            let status = amqp_simple_wait_frame(state, &frame)
+            guard status == AMQP_STATUS_OK.rawValue else {
+                usable = false
+                throw AMQPError(.connectionLost, "could not read a message body: \(Self.statusText(status))")
+            }
+            if frame.frame_type == UInt8(AMQP_FRAME_METHOD) {
+                if let inbound = try inbound(frame.payload.method) { deferred.append(inbound) }
+            } else if frame.channel == channel {
+                return
+            }
+        }
     }
 
     private static func properties(_ props: amqp_basic_properties_t) -> AMQPProperties {
@@ -421,4 +503,10 @@ final class AMQPConnection {
     static func makeTimeval(seconds: Double) -> Glibc.timeval {
         Glibc.timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1_000_000))
     }
+}
+
+/// The scanner of a body nobody looks at.
+private struct IgnoredBody: AMQPBodyScanner {
+    var isFinished: Bool { true }
+    func scan(_ bytes: UnsafeRawBufferPointer) {}
 }

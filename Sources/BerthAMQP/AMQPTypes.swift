@@ -133,7 +133,10 @@ public struct AMQPDelivery: Sendable {
     public let exchange: String
     public let routingKey: String
     public let properties: AMQPProperties
+    /// The whole body; empty when it was over the client's `AMQPBodyLimit` (see `oversized`).
     public let body: [UInt8]
+    /// Set when the body was over the client's `AMQPBodyLimit`: it was read and dropped, not kept.
+    public let oversized: AMQPOversizedBody?
     /// Which connection it came on: a delivery tag means nothing on any other connection, so an ack
     /// for a delivery from a connection that has since been lost is dropped (the broker redelivers it).
     public let connectionGeneration: UInt64

@@ -36,7 +36,10 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
     /// Parses one URL, or the first host of an oslo-style comma list (`amqp://u:p@h1:5672,u:p@h2:5672/`).
     public static func parseList(_ text: String) throws(AMQPError) -> [AMQPURL] {
         guard let schemeEnd = text.range(of: "://") else {
-            throw AMQPError(.invalidURL, "transport URL '\(redacted(text))' has no scheme; use amqp://user:password@host:5672/vhost")
+            throw AMQPError(
+                .invalidURL,
+                "transport URL has no scheme ('://' not found; the text is not shown, as it may hold a password); "
+                    + "use amqp://user:password@host:5672/vhost")
         }
         let scheme = String(text[..<schemeEnd.lowerBound])
         let rest = text[schemeEnd.upperBound...]
@@ -49,7 +52,10 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
 
     public static func parse(_ text: String) throws(AMQPError) -> AMQPURL {
         guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased() else {
-            throw AMQPError(.invalidURL, "transport URL '\(redacted(text))' is not a URL; use amqp://user:password@host:5672/vhost")
+            throw AMQPError(
+                .invalidURL,
+                "transport URL is not a URL (the text is not shown, as it may hold a password); "
+                    + "use amqp://user:password@host:5672/vhost, with %XX for any of :@/?# in the user or password")
         }
         let tls: Bool
         switch scheme {
@@ -59,11 +65,12 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
             throw AMQPError(.invalidURL, "transport URL scheme '\(scheme)' is not supported; use amqp:// or amqps://")
         }
         guard let host = components.host, !host.isEmpty else {
-            throw AMQPError(.invalidURL, "transport URL '\(redacted(text))' has no host")
+            throw AMQPError(.invalidURL, "transport URL '\(scheme)://...' has no host; use \(scheme)://user:password@host:5672/vhost")
         }
+        let credentials = try Credentials(of: text)
         var url = AMQPURL(
-            host: host, port: components.port, user: components.user?.removingPercentEncoding ?? "guest",
-            password: components.password?.removingPercentEncoding ?? "guest", tls: tls)
+            host: host, port: components.port, user: credentials.user ?? "guest",
+            password: credentials.password ?? "guest", tls: tls)
         // RabbitMQ's URI spec: an empty path is the default vhost "/", otherwise the path minus its slash,
         // percent-decoded ("/%2F" is "/").
         let path = components.percentEncodedPath
@@ -98,14 +105,59 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         let vhostPart = vhost == "/" ? "" : vhost.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? vhost
         return "\(tls ? "amqps" : "amqp")://\(user):***@\(host):\(port)/\(vhostPart)"
     }
+}
 
-    /// The text with anything between `://user:` and `@` replaced, for error messages about unparsable URLs.
-    static func redacted(_ text: String) -> String {
-        guard let at = text.lastIndex(of: "@"), let schemeEnd = text.range(of: "://"), schemeEnd.upperBound < at else {
-            return text
+/// The user and password of a transport URL, %-decoded from the text itself. Foundation's decoding turns
+/// a bad escape into nil, which used to become the default user `guest` without a word; here it is an
+/// error that says where the escape is (never what the password is).
+private struct Credentials {
+    var user: String?
+    var password: String?
+
+    init(of text: String) throws(AMQPError) {
+        guard let schemeEnd = text.range(of: "://") else { return }
+        let authority = text[schemeEnd.upperBound...].prefix { !"/?#".contains($0) }
+        guard let at = authority.lastIndex(of: "@") else { return }
+        let userInfo = authority[..<at]
+        guard let colon = userInfo.firstIndex(of: ":") else {
+            user = try Self.decode(userInfo, field: "user", in: text)
+            return
         }
-        let userInfo = text[schemeEnd.upperBound..<at]
-        guard let colon = userInfo.firstIndex(of: ":") else { return text }
-        return String(text[..<colon]) + ":***" + String(text[at...])
+        user = try Self.decode(userInfo[..<colon], field: "user", in: text)
+        password = try Self.decode(userInfo[userInfo.index(after: colon)...], field: "password", in: text)
+    }
+
+    private static func decode(_ field: Substring, field name: String, in text: String) throws(AMQPError) -> String {
+        var bytes: [UInt8] = []
+        var index = field.utf8.startIndex
+        while index < field.utf8.endIndex {
+            let byte = field.utf8[index]
+            guard byte == UInt8(ascii: "%") else {
+                bytes.append(byte)
+                index = field.utf8.index(after: index)
+                continue
+            }
+            let digits = field.utf8[index...].dropFirst().prefix(2)
+            guard digits.count == 2, let value = UInt8(String(decoding: digits, as: UTF8.self), radix: 16) else {
+                throw failure(name, at: index, in: text, "is not followed by two hex digits")
+            }
+            bytes.append(value)
+            index = digits.endIndex
+        }
+        guard let decoded = String(validating: bytes, as: UTF8.self) else {
+            throw AMQPError(
+                .invalidURL,
+                "transport URL: the \(name) is not UTF-8 once its %-escapes are decoded; escape each byte of its "
+                    + "UTF-8 form as %XX")
+        }
+        return decoded
+    }
+
+    private static func failure(_ name: String, at index: String.Index, in text: String, _ problem: String) -> AMQPError {
+        let position = text.distance(from: text.startIndex, to: index) + 1
+        return AMQPError(
+            .invalidURL,
+            "transport URL: the '%' at character \(position) (in the \(name)) \(problem); write a literal '%' as %25, "
+                + "and escape :@/?# as %3A %40 %2F %3F %23")
     }
 }

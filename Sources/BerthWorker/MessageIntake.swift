@@ -1,3 +1,4 @@
+import BerthAMQP
 import BerthJSON
 import BerthWire
 
@@ -24,6 +25,10 @@ public struct ReplyAddress: Sendable, Equatable {
         self.msgID = msgID
         self.replyQueue = replyQueue
     }
+
+    init(_ address: (msgID: String, replyQueue: String)) {
+        self.init(msgID: address.msgID, replyQueue: address.replyQueue)
+    }
 }
 
 /// The intake rules of an RPC server: content type, size, envelope, request fields, duplicates, dispatch.
@@ -42,10 +47,7 @@ public struct MessageIntake: Sendable {
     ///   attempt was not acked, so the caller is still waiting for the answer.
     public mutating func classify(contentType: String?, body: [UInt8], redelivered: Bool) -> MessageDisposition {
         guard body.count <= limits.maxBytes else {
-            return .deadLetter(
-                reason: "message body is \(body.count) bytes; the limit is \(limits.maxBytes) bytes "
-                    + "(berth worker --max-message-bytes)",
-                reply: nil)
+            return refuseOversized(size: UInt64(body.count), reply: nil)
         }
         let message: JSONObject
         do {
@@ -53,7 +55,7 @@ public struct MessageIntake: Sendable {
         } catch {
             return .deadLetter(reason: error.message, reply: nil)
         }
-        let address = RPCRequest.replyAddress(of: message).map { ReplyAddress(msgID: $0.msgID, replyQueue: $0.replyQueue) }
+        let address = RPCRequest.replyAddress(of: message).map(ReplyAddress.init)
         if let problem = WireError.contentType(contentType) {
             return .deadLetter(reason: problem.message, reply: address)
         }
@@ -72,4 +74,16 @@ public struct MessageIntake: Sendable {
         case .fail(let failure): return .refuse(request, failure)
         }
     }
+
+    /// A body over the limit, which the broker client read and dropped without keeping it: dead-letter it,
+    /// and answer the caller when the scan of the passing bytes found where to.
+    public func refuseOversized(size: UInt64, reply: ReplyAddress?) -> MessageDisposition {
+        .deadLetter(
+            reason: "message body is \(size) bytes; the limit is \(limits.maxBytes) bytes "
+                + "(raise it with berth worker --max-message-bytes)",
+            reply: reply)
+    }
 }
+
+/// The broker client shows the scanner every byte of a body over `--max-message-bytes` as it drops it.
+extension OsloEnvelopeScanner: AMQPBodyScanner {}

@@ -104,10 +104,10 @@ public final class RPCServer: Service, EventSink, Sendable {
             (topology.serverQueue.name, "berth-\(configuration.host)-server", []),
             (topology.fanoutQueue.name, "berth-\(configuration.host)-fanout", AMQPTable(topology.fanoutConsumerArguments)),
         ]
-        client = AMQPClient(
-            configuration: .init(
-                urls: configuration.urls, connectionName: "berth-worker \(configuration.host)", topology: amqp),
-            logger: logger)
+        var clientConfiguration = AMQPClient.Configuration(
+            urls: configuration.urls, connectionName: "berth-worker \(configuration.host)", topology: amqp)
+        clientConfiguration.bodyLimit = AMQPBodyLimit(maxBytes: configuration.limits.maxBytes) { OsloEnvelopeScanner() }
+        client = AMQPClient(configuration: clientConfiguration, logger: logger)
         intake = Mutex(
             MessageIntake(dispatcher: RPCDispatcher(endpoints: endpoints.map(\.endpoint)), limits: configuration.limits))
     }
@@ -189,9 +189,13 @@ public final class RPCServer: Service, EventSink, Sendable {
     // MARK: One delivery
 
     func process(_ delivery: AMQPDelivery) async {
-        let disposition = intake.withLock {
+        let disposition = intake.withLock { intake in
+            if let oversized = delivery.oversized {
+                let address = (oversized.scanner as? OsloEnvelopeScanner)?.replyAddress
+                return intake.refuseOversized(size: oversized.size, reply: address.map(ReplyAddress.init))
+            }
             // A handed-on boot carries the _unique_id this worker may have seen: not a duplicate.
-            $0.classify(
+            return intake.classify(
                 contentType: delivery.properties.contentType, body: delivery.body,
                 redelivered: delivery.redelivered || HostHandOff(headers: delivery.properties.headers).isHandedOn)
         }
@@ -460,9 +464,10 @@ public final class RPCServer: Service, EventSink, Sendable {
     private func deadLetter(
         _ delivery: AMQPDelivery, reason: String, reply address: ReplyAddress?, failureClass: String = "InvalidRequest"
     ) async -> Bool {
+        let size = delivery.oversized?.size ?? UInt64(delivery.body.count)
         logger.warning(
             "dead-lettering message",
-            metadata: ["reason": "\(reason)", "routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
+            metadata: ["reason": "\(reason)", "routing_key": "\(delivery.routingKey)", "bytes": "\(size)"])
         if let address {
             let failure = RPCFailure.berth(failureClass, reason)
             guard await reply(RPCReply.failure(failure, msgID: address.msgID), to: address.replyQueue, logger: logger)
@@ -474,12 +479,16 @@ public final class RPCServer: Service, EventSink, Sendable {
         headers.append((key: "x-berth-original-exchange", value: .string(delivery.exchange)))
         headers.append((key: "x-berth-original-routing-key", value: .string(delivery.routingKey)))
         headers.append((key: "x-berth-host", value: .string(configuration.host)))
+        // A body over the limit was never kept: its dead letter carries the first bytes and the full size.
+        if let oversized = delivery.oversized {
+            headers.append((key: "x-berth-original-bytes", value: .int(Int64(clamping: oversized.size))))
+        }
         properties.headers = headers
         properties.expiration = nil
         do {
             let outcome = try await client.publish(
-                exchange: configuration.deadLetter.exchange, routingKey: delivery.routingKey, body: delivery.body,
-                properties: properties)
+                exchange: configuration.deadLetter.exchange, routingKey: delivery.routingKey,
+                body: delivery.oversized?.excerpt ?? delivery.body, properties: properties)
             guard outcome == .confirmed else {
                 logger.error("dead-letter exchange refused the message (nack); dropping it", metadata: ["reason": "\(reason)"])
                 client.reject(delivery, requeue: false)

@@ -101,6 +101,17 @@ struct MessageIntakeTests {
         #expect(reply == nil)
     }
 
+    @Test func aCallOverTheLimitIsAnsweredWithTheLimitAndHowToRaiseIt() {
+        let address = ReplyAddress(msgID: "m1", replyQueue: "reply_q1")
+        let disposition = intake(maxBytes: 1 << 20).refuseOversized(size: 60_000_000, reply: address)
+        #expect(
+            disposition
+                == .deadLetter(
+                    reason: "message body is 60000000 bytes; the limit is 1048576 bytes "
+                        + "(raise it with berth worker --max-message-bytes)",
+                    reply: address))
+    }
+
     @Test func badArgsTypeIsAnsweredAndDeadLettered() {
         var intake = intake()
         let disposition = intake.classify(

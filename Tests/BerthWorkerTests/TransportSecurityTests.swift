@@ -97,4 +97,56 @@ import Testing
             #expect(!error.message.contains("s3cret-pw"))
         }
     }
+
+    @Test(arguments: [
+        "guest:s3cret-pw@127.0.0.1:5672/",  // no scheme at all
+        "amqp:/guest:s3cret-pw@127.0.0.1/",  // one slash short
+        "amqp://guest:s3cret-pw",  // no '@': Foundation reads the password as a port
+        "amqp://guest:s3cret-pw@",  // no host
+        "amqp://guest:s3cr#et-pw@127.0.0.1/",  // an unescaped '#' cuts the URL short
+        "amqp://guest:s3cret-pw@h1:5672,guest:s3cret-pw@:5672/",  // the second host of a list is empty
+    ])
+    func unparsableURLsNeverShowThePassword(text: String) {
+        do {
+            _ = try AMQPURL.parseList(text)
+            Issue.record("'\(text)' must be refused")
+        } catch {
+            #expect(!error.message.contains("s3cret"), "\(error.message)")
+            #expect(!error.message.contains("s3cr"), "\(error.message)")
+        }
+    }
+
+    @Test func escapesInTheUserAndPasswordAreDecoded() throws {
+        let url = try AMQPURL.parse("amqp://gu%41:p%40ss%3Aw%2Fd@h/")
+        #expect(url.user == "guA")
+        #expect(url.password == "p@ss:w/d")
+        let plain = try AMQPURL.parse("amqp://h/")
+        #expect(plain.user == "guest" && plain.password == "guest")
+    }
+
+    @Test(arguments: [
+        ("amqp://gu%zzest:pw@h/", "character 10 (in the user)"),
+        ("amqp://guest:pw%4@h/", "character 16 (in the password)"),
+        ("amqp://guest:pw%@h/", "character 16 (in the password)"),
+    ])
+    func aBadEscapeIsAnErrorThatSaysWhere(text: String, position: String) {
+        do {
+            let url = try AMQPURL.parse(text)
+            Issue.record("'\(text)' must be refused, not read as user '\(url.user)'")
+        } catch {
+            #expect(error.message.contains(position), "\(error.message)")
+            #expect(!error.message.contains("pw"), "\(error.message)")
+        }
+    }
+
+    @Test func anEscapeThatIsNotUTF8IsAnError() {
+        // Foundation gives nil for this password, which used to become `guest`.
+        do {
+            let url = try AMQPURL.parse("amqp://berth:s3cret%ff@h/")
+            Issue.record("must be refused, not read as password '\(url.password)'")
+        } catch {
+            #expect(error.message.contains("password is not UTF-8"), "\(error.message)")
+            #expect(!error.message.contains("s3cret"))
+        }
+    }
 }

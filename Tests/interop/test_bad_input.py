@@ -20,12 +20,14 @@ import uuid
 from dataclasses import dataclass, field
 
 import amqp
+import oslo_messaging
 import pytest
 
 from conftest import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, amqp_connect, request_context, rpc_client
 
 ENVELOPE_LIMIT_DEPTH = 50
 BIG_BODY_BYTES = 8 * 1024 * 1024
+MESSAGE_LIMIT = 1024 * 1024  # the worker's default --max-message-bytes
 
 
 def envelope(inner: dict) -> bytes:
@@ -80,8 +82,9 @@ def _deep_json(marker, msg_id, reply_q):
 
 
 def _huge(marker, msg_id, reply_q):
-    return envelope(call_message("ping", msg_id, reply_q, args={"padding": "x" * BIG_BODY_BYTES},
-                                 _context_marker=marker))
+    # The marker leads, so it is in the excerpt the dead letter keeps; the address trails the padding, where
+    # a stock oslo RPCClient puts it.
+    return envelope(call_message("ping", msg_id, reply_q, args={"marker": marker, "padding": "x" * BIG_BODY_BYTES}))
 
 
 def _envelope_3(marker, msg_id, reply_q):
@@ -103,7 +106,7 @@ CASES = [
     Case("no-oslo-message", "application/json", _no_oslo_message, "failure", True, "InvalidRequest"),
     Case("invalid-utf8", "application/json", _invalid_utf8, "none", True, reason_words=("utf",)),
     Case("deep-json", "application/json", _deep_json, "none", True, reason_words=("deep", "depth", "nest")),
-    Case("8MiB-body", "application/json", _huge, "none", True, reason_words=("bytes", "limit")),
+    Case("8MiB-body", "application/json", _huge, "failure", True, "InvalidRequest", ("bytes", "limit")),
     Case("envelope-3.0", "application/json", _envelope_3, "none", True, reason_words=("version",)),
     Case("unknown-method", "application/json", _unknown_method, "failure", False, "NoSuchMethod"),
     Case("wrong-version", "application/json", _wrong_version, "failure", False, "UnsupportedVersion"),
@@ -268,3 +271,86 @@ def test_bad_messages_are_not_redelivered_forever(worker, broker_url, names):
             assert consumers >= 1, f"nobody consumes {q} any more"
     finally:
         conn.close()
+
+
+def reason_of(dead) -> str:
+    reason = (dead.headers or {}).get("x-berth-reason", b"")
+    return reason.decode() if isinstance(reason, bytes) else str(reason)
+
+
+def test_stock_oslo_call_over_the_limit_is_answered_at_once(worker, peer, rpc_transport, names):
+    """DESIGN §2: a call that cannot be served gets a failure reply. A body over --max-message-bytes is
+    refused from its content header, without being read into memory, yet the caller is answered at once:
+    the worker finds `_msg_id` and `_reply_q` in the bytes as they pass (oslo writes them after the args)."""
+    marker = uuid.uuid4().hex
+    client = rpc_client(rpc_transport, names.topic).prepare(server=worker.host, timeout=60)
+    started = time.monotonic()
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        client.call(request_context(), "ping", marker=marker, padding="x" * (2 * MESSAGE_LIMIT))
+    elapsed = time.monotonic() - started
+    assert caught.value.exc_type == "InvalidRequest", caught.value
+    assert f"the limit is {MESSAGE_LIMIT} bytes" in caught.value.value, caught.value.value
+    assert "--max-message-bytes" in caught.value.value, caught.value.value
+    assert elapsed < 10, f"the failure reply took {elapsed:.1f}s (the call's timeout is 60s)"
+    deadline = time.monotonic() + 10
+    while (dead := peer.take_dead_letter(marker)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert dead is not None, f"the refused call is not in {DEAD_LETTER_QUEUE!r}.\n{worker.describe()}"
+    assert len(dead.body) <= 64 * 1024 < dead.headers["x-berth-original-bytes"], dead.headers
+
+
+def peak_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+def test_huge_bodies_are_refused_without_holding_them(worker_factory, broker_url, names, rpc_transport):
+    """Eight 60 MB calls published raw (py-amqp) to a worker of its own: each is refused from its content
+    header and read a frame at a time, so the worker's peak RSS stays at 128 MiB or less (it was 1.1 GB when
+    bodies were read whole); each caller gets its InvalidRequest; the dead letters keep only an excerpt;
+    the worker still answers ping."""
+    w = worker_factory().start()
+    raw = RawPeer(broker_url, names.exchange, f"{names.topic}.{w.host}")
+    try:
+        padding = "x" * (60 * 1000 * 1000)
+        sent = {}
+        for _ in range(8):
+            marker, msg_id = uuid.uuid4().hex, uuid.uuid4().hex
+            raw.publish(envelope(call_message("ping", msg_id, raw.reply_q, args={"marker": marker, "padding": padding})),
+                        "application/json")
+            sent[marker] = msg_id
+        del padding
+
+        deadline = time.monotonic() + 120
+        dead = {}
+        while time.monotonic() < deadline and (len(dead) < len(sent) or
+                                               any(raw.final_reply(m) is None for m in sent.values())):
+            for marker in sent.keys() - dead.keys():
+                if (found := raw.take_dead_letter(marker)) is not None:
+                    dead[marker] = found
+            time.sleep(0.5)
+
+        assert w.proc.poll() is None, f"worker died.\n{w.describe()}"
+        peak = peak_rss_bytes(w.proc.pid)
+        print(f"worker peak RSS after eight 60 MB calls: {peak / 2**20:.1f} MiB")
+        assert peak <= 128 * 1024 * 1024, f"peak RSS {peak / 2**20:.0f} MiB.\n{w.describe()}"
+        for marker, msg_id in sent.items():
+            reply = raw.final_reply(msg_id)
+            assert reply is not None, f"no failure reply to {msg_id} within 120s.\n{w.describe()}"
+            failure = failure_of(reply)
+            assert failure["class"] == "InvalidRequest" and "--max-message-bytes" in failure["message"], failure
+        assert dead.keys() == sent.keys(), f"{len(dead)} of {len(sent)} dead letters.\n{w.describe()}"
+        for letter in dead.values():
+            assert len(letter.body) < MESSAGE_LIMIT // 16, len(letter.body)
+            assert letter.headers["x-berth-original-bytes"] > 60 * 1000 * 1000, letter.headers
+            assert "limit is 1048576 bytes" in reason_of(letter), reason_of(letter)
+
+        client = rpc_client(rpc_transport, names.topic).prepare(server=w.host, timeout=10)
+        assert client.call(request_context(), "ping")["host"] == w.host
+    finally:
+        raw.close()
+        w.stop()
+

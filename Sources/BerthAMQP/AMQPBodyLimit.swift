@@ -1,0 +1,30 @@
+/// How a client treats message bodies over a size limit: read and dropped a frame at a time, never held whole,
+/// so a stream of huge messages costs no more memory than one frame. Only the first `excerptBytes` are kept
+/// (for the dead-letter copy), and a scanner sees every byte as it passes (to find a call's reply address).
+public struct AMQPBodyLimit: Sendable {
+    public var maxBytes: Int
+    public var excerptBytes: Int
+    public var makeScanner: @Sendable () -> any AMQPBodyScanner
+
+    public init(maxBytes: Int, excerptBytes: Int = 4096, makeScanner: @escaping @Sendable () -> any AMQPBodyScanner) {
+        self.maxBytes = maxBytes
+        self.excerptBytes = excerptBytes
+        self.makeScanner = makeScanner
+    }
+}
+
+/// Follows a body too large to keep as it streams past. It must use bounded memory and never trap, whatever
+/// the bytes: they come straight from the bus.
+public protocol AMQPBodyScanner: Sendable {
+    mutating func scan(_ bytes: UnsafeRawBufferPointer)
+    /// True once the rest of the body cannot change what the scanner found, so it is only read and dropped.
+    var isFinished: Bool { get }
+}
+
+/// What is left of a body over the limit: its size as the content header announced it, its first bytes, and
+/// the scanner that saw all of it.
+public struct AMQPOversizedBody: Sendable {
+    public let size: UInt64
+    public let excerpt: [UInt8]
+    public let scanner: any AMQPBodyScanner
+}
