@@ -75,6 +75,8 @@ public final class RPCServer: Service, EventSink, Sendable {
     let logger: Logger
     let intake: Mutex<MessageIntake>
     let inFlight = Mutex(0)
+    /// Requests taken from the queues and not yet done with.
+    public var inFlightCount: Int { inFlight.withLock { $0 } }
     let draining = Mutex(false)
     let outbox: EventOutbox
     let attempts: AttemptLedger

@@ -311,6 +311,7 @@ struct Worker: AsyncParsableCommand {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
+        let systemd = SystemdNotifier()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
         if metricsInterval > 0 {
             var metricsConfiguration = MetricsPollerConfiguration(host: hostName)
@@ -330,9 +331,19 @@ struct Worker: AsyncParsableCommand {
             // After the server: the group stops services in reverse order, so polling ends before the drain.
             services.append(.init(service: poller))
         }
+        // Last, so the group tells it about the shutdown first: STOPPING=1 goes out as the drain starts.
+        services.append(
+            .init(
+                service: SystemdStatusService(notifier: systemd, logger: logger) { server.inFlightCount },
+                successTerminationBehavior: .ignore))
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        // SIGHUP is systemd's reload (ExecReload=): it must not end the worker. What a reload re-reads is
+        // logged; the worker keeps serving.
+        let reload = ReloadSignal(logger: logger)
+        systemd.notify("READY=1", "STATUS=consuming \(configuration.topic) as \(hostName)", "MAINPID=\(getpid())")
         try await group.run()
+        withExtendedLifetime(reload) {}
         logger.info("worker exited cleanly")
     }
 }

@@ -28,6 +28,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -91,10 +92,12 @@ def systemd_root(tmp_path_factory) -> pathlib.Path:
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    stand_in = root / "usr/local/bin/berth"
-    stand_in.parent.mkdir(parents=True)
-    stand_in.write_text("#!/bin/sh\n")
-    stand_in.chmod(0o755)
+    # Stand-ins for the programs the unit runs (ExecStart=, ExecReload=): verify checks they are executable.
+    for program in ("usr/local/bin/berth", "bin/kill"):
+        stand_in = root / program
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text("#!/bin/sh\n")
+        stand_in.chmod(0o755)
     return root
 
 
@@ -492,3 +495,58 @@ def test_unit_worker_stops_cleanly_and_kept_the_password_secret(unit_worker, dep
     assert "ACCESS_REFUSED" not in log, unit_worker.describe()
     assert d.password not in log
     assert f"{d.user}:***@{broker_address()}/{d.vhost}" in log, unit_worker.describe()
+
+
+# --- systemd's notify protocol ---------------------------------------------------------------------------------
+
+
+def test_notify_protocol_ready_status_watchdog_stopping_and_sighup(berth_bin, broker_url, names, tmp_path):
+    """What a Type=notify unit with WatchdogSec= sees, read from a NOTIFY_SOCKET of the test's own; SIGHUP (the
+    unit's ExecReload=) leaves the worker serving."""
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.settimeout(0.2)
+    host = unique("notify")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"}
+    argv = [berth_bin, "worker", "--transport-url", broker_url, "--host", host, "--control-exchange", names.exchange,
+            "--topic", names.topic, "--notification-topic", f"{names.topic}-notifications",
+            "--metering-topic", f"{names.topic}-metering", "--libvirt-uri", "test:///default",
+            "--state-dir", str(tmp_path / "state"), "--catalog", f"local:{tmp_path / 'catalog'}",
+            "--metrics-interval", "0"]
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    messages: list[str] = []
+
+    def receive(until: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                messages.append(listener.recv(4096).decode())
+            except socket.timeout:
+                continue
+            if until in messages[-1]:
+                return
+        raise AssertionError(f"no {until} within {timeout}s; got {messages}\n{(tmp_path / 'worker.log').read_text()}")
+
+    try:
+        receive("READY=1")
+        receive("WATCHDOG=1", timeout=5)
+        assert any("STATUS=" in m for m in messages), messages
+        # Reload: the worker says so and goes on serving.
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+        receive("WATCHDOG=1", timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        receive("STOPPING=1")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        listener.close()
+    order = [next(i for i, m in enumerate(messages) if key in m) for key in ("READY=1", "WATCHDOG=1", "STOPPING=1")]
+    assert order == sorted(order), messages
+    assert "reload requested" in (tmp_path / "worker.log").read_text()
