@@ -24,7 +24,7 @@ struct BusOptions: ParsableArguments {
     @Option(
         name: .customLong("transport-url"),
         help: ArgumentHelp(
-            "Broker URL, oslo style: amqp://user:password@host:5672/vhost (several hosts: h1:5672,h2:5672). Prefer the BERTH_TRANSPORT_URL environment variable or --transport-url-file, which keep the password out of process listings.",
+            "Broker URL, oslo style: rabbit://user:password@host:5672/vhost (amqp:// is accepted too; several hosts: h1:5672,h2:5672, taken in a random order per process, as oslo does). Prefer the BERTH_TRANSPORT_URL environment variable or --transport-url-file, which keep the password out of process listings.",
             valueName: "url"))
     var transportURL: String?
 
@@ -67,7 +67,9 @@ struct BusOptions: ParsableArguments {
             text = "amqp://guest:guest@127.0.0.1:5672/"
         }
         do {
-            return try AMQPURL.parseList(text.trimmingCharacters(in: .whitespacesAndNewlines))
+            // Shuffled once per process, as oslo.messaging does with a URL's hosts: a pool given the same URL
+            // spreads over the brokers instead of piling onto the first. On a failure the next one is tried.
+            return try AMQPURL.parseList(text.trimmingCharacters(in: .whitespacesAndNewlines)).shuffled()
         } catch {
             throw ValidationError(error.message)
         }

@@ -10,6 +10,7 @@ message is one the cluster took responsibility for, and every one of them must b
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import json
@@ -136,15 +137,66 @@ def cluster_url(nodes) -> str:
 
 
 def connections_on(node: str) -> list[str]:
-    out = ctl(node, "list_connections", "client_properties", "--formatter", "json").stdout
+    """The connection names of the clients connected to `node` itself: `list_connections` on a cluster member
+    lists the whole cluster's, so they are told apart by the port they connected to."""
+    ports = {name: port for name, port, _ in NODES + [LONE_NODE]}
+    out = ctl(node, "list_connections", "port", "client_properties", "--formatter", "json").stdout
     names = []
     for row in json.loads(out or "[]"):
+        if row.get("port") != ports.get(node):
+            continue
         props = row.get("client_properties") or []
         # client_properties comes as a list of [key, type, value] triples
         for item in props:
             if isinstance(item, list) and item and item[0] == "connection_name":
                 names.append(item[-1])
     return names
+
+
+def nodes_of(cluster, workers) -> dict[str, str]:
+    """The node each worker's RPC connection is on."""
+    where = {}
+    for name, _, _ in cluster:
+        for connection in connections_on(name):
+            for w in workers:
+                if connection == f"berth-worker {w.host}":
+                    where[w.host] = name
+    assert len(where) == len(workers), f"not every worker is connected: {where}"
+    return where
+
+
+def test_workers_spread_over_the_brokers_of_their_url(cluster, berth_bin, names, tmp_path_factory):
+    """oslo shuffles the hosts of a transport URL once per process; so does Berth, so a pool given the same URL
+    does not pile onto its first broker."""
+    url = cluster_url(cluster)
+    exchange, topic = unique("berth-test-spread"), unique("spread")
+    conf = make_conf(exchange)
+    import oslo_messaging  # noqa: PLC0415
+
+    transport = oslo_messaging.get_rpc_transport(conf, url=oslo_transport_url(url))
+    log_dir = tmp_path_factory.mktemp("spread-logs")
+    workers = []
+    try:
+        for index in range(30):
+            state = tmp_path_factory.mktemp(f"spread-state-{index}")
+            workers.append(WorkerProcess(berth_bin, url, unique("sp"), log_dir, transport, exchange, topic,
+                                         ["--state-dir", str(state), "--metrics-interval", "0", "--concurrency", "1"]))
+        for w in workers:
+            w.start(wait=False)
+        for w in workers:
+            w.wait_ready()
+        counts = collections.Counter(nodes_of(cluster, workers).values())
+        print(f"\n[cluster figures] 30 workers over 3 brokers: {dict(counts)}")
+        # Uniform over three nodes, each gets at least 2 of 30 but for a chance of about 1 in 4,000.
+        assert all(counts[name] >= 2 for name, _, _ in cluster), counts
+        for w in workers:
+            w.proc.terminate()
+        for w in workers:
+            assert w.proc.wait(timeout=60) == 0, w.describe()
+    finally:
+        for w in workers:
+            w.kill()
+        transport.cleanup()
 
 
 class ConfirmedPublisher:
@@ -191,12 +243,12 @@ def test_worker_fails_over_when_its_node_stops_under_load(cluster, berth_bin, na
                               ["--rabbit-quorum-queue", "--state-dir", str(state), "--metrics-interval", "0",
                                "--concurrency", "4"])
             workers.append(w.start())
-        stopped_node = cluster[0][0]
-        on_first = connections_on(stopped_node)
-        assert any(f"berth-worker {w.host}" in name for w in workers for name in on_first), (
-            f"the workers are not on {stopped_node} (the first URL) before the stop: {on_first}")
-
-        publisher = ConfirmedPublisher(cluster[1][1], exchange, topic)
+        # Each worker took the brokers in its own shuffled order (as oslo does): stop the node the first one is
+        # on, and publish through another.
+        where = nodes_of(cluster, workers)
+        stopped_node = where[workers[0].host]
+        moving = [w for w in workers if where[w.host] == stopped_node]
+        publisher = ConfirmedPublisher(next(port for name, port, _ in cluster if name != stopped_node), exchange, topic)
         stop_publishing = threading.Event()
 
         def publish():
@@ -209,13 +261,13 @@ def test_worker_fails_over_when_its_node_stops_under_load(cluster, berth_bin, na
         thread = threading.Thread(target=publish, daemon=True)
         thread.start()
         time.sleep(2)
-        before = [w.log_text().count("connected to the broker") for w in workers]
+        before = [w.log_text().count("connected to the broker") for w in moving]
         stopped_at = time.monotonic()
         ctl(stopped_node, "stop_app")
         failover = {}
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(failover) < len(workers):
-            for w, count in zip(workers, before):
+        while time.monotonic() < deadline and len(failover) < len(moving):
+            for w, count in zip(moving, before):
                 if w.host not in failover and w.log_text().count("connected to the broker") > count:
                     failover[w.host] = time.monotonic() - stopped_at
             time.sleep(0.05)
@@ -223,7 +275,7 @@ def test_worker_fails_over_when_its_node_stops_under_load(cluster, berth_bin, na
         stop_publishing.set()
         thread.join(timeout=30)
         publisher.close()
-        assert len(failover) == len(workers), "\n".join(w.describe() for w in workers)
+        assert len(failover) == len(moving), "\n".join(w.describe() for w in workers)
 
         wanted = set(publisher.confirmed)
         seen: set[str] = set()
