@@ -536,6 +536,10 @@ public final class RPCServer: Service, EventSink, Sendable {
         log[metadataKey: "method"] = "\(request.method)"
         if let id = request.context["request_id"]?.stringValue { log[metadataKey: "request_id"] = "\(id)" }
         if let id = request.msgID { log[metadataKey: "msg_id"] = "\(id)" }
+        // Every line of a request that names an instance says which, so one grep follows it.
+        if let uuid = request.args["instance_uuid"]?.stringValue ?? request.args["instance"]?["uuid"]?.stringValue {
+            log[metadataKey: "instance_uuid"] = "\(uuid.prefix(64))"
+        }
         return log
     }
 }

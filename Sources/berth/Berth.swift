@@ -9,6 +9,7 @@ import BerthWorker
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 @main
 struct Berth: AsyncParsableCommand {
@@ -55,6 +56,9 @@ struct BusOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
+    @Option(help: "Log format on stderr: text or json (one object per line). Under systemd each line carries its syslog priority.")
+    var logFormat = "text"
+
     func urls() throws -> [AMQPURL] {
         let text: String
         if let transportURL {
@@ -92,6 +96,10 @@ struct BusOptions: ParsableArguments {
     }
 
     func logger(_ label: String) throws -> Logger {
+        guard let format = BerthLogHandler.Format(rawValue: logFormat) else {
+            throw ValidationError("--log-format must be text or json")
+        }
+        Bootstrap.logging(format: format)
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -105,7 +113,6 @@ struct BusOptions: ParsableArguments {
     func withRPCClient(
         _ label: String, _ body: (OsloRPCClient) async throws(RPCCallError) -> Void
     ) async throws {
-        Bootstrap.once
         var logger = try logger(label)
         if logLevel == "info" { logger.logLevel = .warning }
         let client = OsloRPCClient(urls: try urls(), options: try rabbitOptions(), topic: topic, logger: logger)
@@ -140,13 +147,17 @@ struct BusOptions: ParsableArguments {
 }
 
 enum Bootstrap {
-    static let once: Void = {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .trace
-            return handler
+    /// The log handler every command writes through; the first call's format wins (swift-log bootstraps once).
+    static func logging(format: BerthLogHandler.Format = .text) {
+        once.withLock { done in
+            guard !done else { return }
+            done = true
+            let journal = BerthLogHandler.stderrIsJournal()
+            LoggingSystem.bootstrap { label in BerthLogHandler(label: label, format: format, journal: journal) }
         }
-    }()
+    }
+
+    private static let once = Mutex(false)
 }
 
 struct Worker: AsyncParsableCommand {
@@ -255,7 +266,6 @@ struct Worker: AsyncParsableCommand {
     }
 
     func run() async throws {
-        Bootstrap.once
         let logger = try bus.logger("berth.worker")
         let hostName = host ?? ProcessInfo.processInfo.hostName
         try HostName.validate(hostName)
@@ -447,7 +457,6 @@ struct Notify: AsyncParsableCommand {
     var notificationTopic = "notifications"
 
     func run() async throws {
-        Bootstrap.once
         var logger = try bus.logger("berth.notify")
         if bus.logLevel == "info" { logger.logLevel = .warning }
         guard let payloadValue = try? JSONCodec.parse(payload) else {

@@ -62,7 +62,6 @@ struct Monitor: AsyncParsableCommand {
     }
 
     func run() async throws {
-        Bootstrap.once
         var logger = try bus.logger("berth.monitor")
         if bus.logLevel == "info" { logger.logLevel = .warning }
         let options = try bus.rabbitOptions()

@@ -313,6 +313,9 @@ def test_config_drive_carries_user_data_and_keys_to_the_vm(rpc_transport, qemu_w
     described = rpc_client(rpc_transport, qemu_worker.topic).prepare(server=qemu_worker.host, timeout=60).call(
         request_context(), "get_instance", instance_uuid=inst["uuid"])
     assert described["config_drive"] is True, described
+    # Every line of a request that names an instance carries its uuid (boot: instance.uuid; others: instance_uuid).
+    done = [line for line in qemu_worker.log_text().splitlines() if f"instance_uuid={inst['uuid']}" in line]
+    assert any("method=boot_instance" in line for line in done) and any("method=get_instance" in line for line in done)
     # A repeat is the same boot.
     assert boot(rpc_transport, qemu_worker, inst) == result
 

@@ -500,9 +500,11 @@ def test_unit_worker_stops_cleanly_and_kept_the_password_secret(unit_worker, dep
 # --- systemd's notify protocol ---------------------------------------------------------------------------------
 
 
-def test_notify_protocol_ready_status_watchdog_stopping_and_sighup(berth_bin, broker_url, names, tmp_path):
+def test_notify_protocol_ready_status_watchdog_stopping_and_sighup(berth_bin, broker_url, names, rpc_transport,
+                                                                   tmp_path):
     """What a Type=notify unit with WatchdogSec= sees, read from a NOTIFY_SOCKET of the test's own; SIGHUP (the
-    unit's ExecReload=) leaves the worker serving."""
+    unit's ExecReload=) leaves the worker serving. The log as the journal gets it: `--log-format json` lines
+    with their syslog priority in front (stderr is the stream $JOURNAL_STREAM names)."""
     path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(path))
@@ -513,8 +515,10 @@ def test_notify_protocol_ready_status_watchdog_stopping_and_sighup(berth_bin, br
             "--topic", names.topic, "--notification-topic", f"{names.topic}-notifications",
             "--metering-topic", f"{names.topic}-metering", "--libvirt-uri", "test:///default",
             "--state-dir", str(tmp_path / "state"), "--catalog", f"local:{tmp_path / 'catalog'}",
-            "--metrics-interval", "0"]
+            "--metrics-interval", "0", "--log-format", "json"]
     log = open(tmp_path / "worker.log", "wb")
+    identity = os.fstat(log.fileno())
+    env["JOURNAL_STREAM"] = f"{identity.st_dev}:{identity.st_ino}"
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     messages: list[str] = []
 
@@ -538,6 +542,8 @@ def test_notify_protocol_ready_status_watchdog_stopping_and_sighup(berth_bin, br
         time.sleep(1)
         assert proc.poll() is None, (tmp_path / "worker.log").read_text()
         receive("WATCHDOG=1", timeout=5)
+        context = request_context()
+        assert rpc_client(rpc_transport, names.topic).prepare(server=host, timeout=10).call(context, "ping")["host"] == host
         proc.send_signal(signal.SIGTERM)
         receive("STOPPING=1")
         assert proc.wait(timeout=60) == 0
@@ -549,4 +555,12 @@ def test_notify_protocol_ready_status_watchdog_stopping_and_sighup(berth_bin, br
         listener.close()
     order = [next(i for i, m in enumerate(messages) if key in m) for key in ("READY=1", "WATCHDOG=1", "STOPPING=1")]
     assert order == sorted(order), messages
-    assert "reload requested" in (tmp_path / "worker.log").read_text()
+    lines = (tmp_path / "worker.log").read_text().splitlines()
+    records = []
+    for line in lines:
+        match = re.match(r"<([0-7])>(\{.*\})$", line)
+        assert match, f"not a journal-prefixed JSON line: {line!r}"
+        records.append((int(match.group(1)), json.loads(match.group(2))))
+    assert any("reload requested" in r["message"] and priority == 5 for priority, r in records), records
+    done = [r for _, r in records if r["message"] == "request done" and r.get("request_id") == context["request_id"]]
+    assert done and done[0]["method"] == "ping" and done[0]["level"] == "info", records
