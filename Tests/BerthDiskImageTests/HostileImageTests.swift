@@ -222,3 +222,106 @@ struct HostileImageTests {
         #expect(message?.contains(String(repeating: "a", count: 100)) == false)
     }
 }
+
+/// Boundary values and random mutations of the fields the parsers read: none may trap. A trap ends the test
+/// process, so merely finishing is the check; every outcome must be a value or a `BerthError`. (The libFuzzer
+/// targets explore further; this keeps the known-dangerous values in every `swift test`.)
+struct HostileFieldSweepTests {
+    static let interesting: [UInt64] = [
+        0, 1, 2, 33, 34, 0x7FFF_FFFF, 0xFFFF_FFFF, 1 << 32, 1 << 56, 1 << 63, UInt64(Int64.max), .max - 1, .max,
+    ]
+
+    private func inspectSurvives(_ path: String) {
+        _ = try? ImageInspector.inspect(path: path, for: .bareMetalDisk(sizeBytes: 256 << 20, sectorSize: 512))
+        _ = try? ImageInspector.inspect(path: path, for: .virtualMachine)
+    }
+
+    @Test func gptHeaderFields() throws {
+        let directory = try ImgTestDirectory()
+        let image = try hostileGPTImage(directory.file("gpt.raw"))
+        let pristine = try imgReadBytes(image, at: 512, count: 92)
+        for field in [24, 32, 40, 48, 72] {
+            for value in Self.interesting {
+                try imgPatch(image, at: 512, pristine)
+                try hostilePatchGPTHeader(image, field: field, to: value)
+                inspectSurvives(image)
+            }
+        }
+        // Entry count and size (32-bit fields at 80 and 84).
+        for field in [80, 84] {
+            for value in Self.interesting {
+                try imgPatch(image, at: 512, pristine)
+                var header = pristine
+                PartitionBytes.put32(UInt32(truncatingIfNeeded: value), into: &header, at: field)
+                PartitionBytes.put32(0, into: &header, at: 16)
+                PartitionBytes.put32(PartitionCRC32.checksum(header), into: &header, at: 16)
+                try imgPatch(image, at: 512, header)
+                inspectSurvives(image)
+            }
+        }
+    }
+
+    @Test func mbrSlotFields() throws {
+        let directory = try ImgTestDirectory()
+        let path = directory.file("mbr.raw")
+        for kind: UInt8 in [0x83, 0x05, 0x99, 0xEE] {
+            for first in Self.interesting {
+                for count in Self.interesting {
+                    var image = [UInt8](repeating: 0, count: 1 << 20)
+                    let sector = hostileMBRSector([
+                        (0x83, 2048, 1024),
+                        (kind, UInt32(truncatingIfNeeded: first), UInt32(truncatingIfNeeded: count)),
+                    ])
+                    image.replaceSubrange(0..<512, with: sector)
+                    try directory.write("mbr.raw", image)
+                    inspectSurvives(path)
+                }
+            }
+        }
+    }
+
+    @Test func qcow2HeaderFields() throws {
+        let directory = try ImgTestDirectory()
+        let path = try imgCreateQCOW2(directory.file("q.qcow2"), size: "8M")
+        try imgQemuIO(path, ["write -P 0x11 0 64k"])
+        let pristine = try imgReadBytes(path, at: 0, count: 104)
+        for field in [8, 24, 40, 64, 72] {
+            for value in Self.interesting {
+                try imgPatch(path, at: 0, pristine)
+                try imgPatch(path, at: UInt64(field), imgBigEndian(value))
+                inspectSurvives(path)
+            }
+        }
+        for field in [16, 20, 36, 60, 100] {
+            for value in Self.interesting {
+                try imgPatch(path, at: 0, pristine)
+                try imgPatch(path, at: UInt64(field), Array(imgBigEndian(value)[4...]))
+                inspectSurvives(path)
+            }
+        }
+    }
+
+    /// A deflate stream with random bits flipped: an error or a result, never a trap or a read out of bounds.
+    @Test func inflateOfFlippedBits() throws {
+        let source = Array(repeating: Array("config-drive metadata ".utf8), count: 200).flatMap { $0 }
+        let directory = try ImgTestDirectory()
+        let raw = try directory.write("plain", source)
+        // Raw deflate (no zlib header), as qcow2 stores a cluster, from Python's zlib.
+        let script =
+            "import sys, zlib; c = zlib.compressobj(9, zlib.DEFLATED, -15); "
+            + "sys.stdout.buffer.write(c.compress(open(sys.argv[1], 'rb').read()) + c.flush())"
+        let compressed = try imgTool("python3", ["-c", script, raw]).output
+        let stream = [UInt8](compressed)
+        let decoder = InflateDecoder()
+        #expect(try decoder.decompress(stream, limit: source.count) == source)
+        var random = imgRandomBytes(6000, seed: 99)[...]
+        for _ in 0..<1000 {
+            var mutated = stream
+            for _ in 0..<3 {
+                let position = Int(random.popFirst()!) * mutated.count / 256
+                mutated[position] ^= 1 << (random.popFirst()! & 7)
+            }
+            _ = try? decoder.decompress(mutated, limit: 1 << 16)
+        }
+    }
+}
