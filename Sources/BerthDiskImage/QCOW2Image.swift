@@ -365,14 +365,16 @@ public struct QCOW2ExtentReader {
     private var l2Index = -1
     private var pending: QCOW2Extent?
     private(set) var l2TablesRead = 0
-    /// L2 tables seen, by file offset, with the L1 entry that pointed to each.
-    private var l2Owners: [UInt64: Int] = [:]
+    /// L2 tables seen, by cluster index in the file: one bit per cluster of the file, so the memory follows
+    /// the file's size, not the number of L1 entries.
+    private var l2TablesSeen: QCOW2ClusterSet
 
     private static let l1WindowEntries = 4096
 
     init(image: QCOW2Image) {
         self.image = image
         header = image.header
+        l2TablesSeen = QCOW2ClusterSet(clusters: image.fileSize >> UInt64(image.header.clusterBits))
     }
 
     public mutating func next() throws(BerthError) -> QCOW2Extent? {
@@ -420,10 +422,10 @@ public struct QCOW2ExtentReader {
             }
             // An active layer never shares an L2 table; a shared one would let a small file make a walk of
             // every entry of every L1 slot (minutes), so the walk stays proportional to the file.
-            if let owner = l2Owners.updateValue(l1Index, forKey: tableOffset) {
+            guard l2TablesSeen.insert(tableOffset >> clusterBits) else {
                 throw image.inconsistent(
-                    "L1 entry \(l1Index) points to the L2 table at offset \(tableOffset), already used by L1 entry "
-                        + "\(owner)")
+                    "L1 entry \(l1Index) points to the L2 table at offset \(tableOffset), already used by an earlier "
+                        + "L1 entry")
             }
             l2Table = try image.file.readBytes(count: header.clusterSize, at: tableOffset, what: "an L2 table")
             l2TablesRead += 1
@@ -498,5 +500,22 @@ final class QCOW2ClusterInflater {
                     + "inflates to \(result.bytesWritten) bytes, not \(cluster.count)")
         }
         return UnsafeRawBufferPointer(cluster)
+    }
+}
+
+/// A set of cluster indexes below a bound, one bit each.
+struct QCOW2ClusterSet {
+    private var words: [UInt64]
+
+    init(clusters: UInt64) {
+        words = [UInt64](repeating: 0, count: Int((clusters + 63) / 64))
+    }
+
+    /// Inserts `cluster` (below the bound); false when it was already there.
+    mutating func insert(_ cluster: UInt64) -> Bool {
+        let (word, bit) = (Int(cluster / 64), UInt64(1) << (cluster % 64))
+        guard words[word] & bit == 0 else { return false }
+        words[word] |= bit
+        return true
     }
 }
