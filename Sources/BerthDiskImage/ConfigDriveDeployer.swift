@@ -23,15 +23,16 @@ public enum ConfigDriveDeployer {
         // (files are parsed directly, so this is a no-op for them).
         try disk.rereadPartitionTable()
         let table = try PartitionTable.read(from: disk, sectorSize: sectorSize)
-        var partition = try ConfigPartitionFinder.find(in: table, disk: disk)
-        if partition != nil, case .gpt(let gpt) = table {
-            // An image smaller than the disk left its backup GPT mid-disk: put it at the end, as `sgdisk -e`.
-            try ConfigPartitionCreator.relocateBackupGPT(on: disk, table: gpt)
-        }
-        if partition == nil {
+        let partition: ConfigPartition
+        if let found = try ConfigPartitionFinder.find(in: table, disk: disk) {
+            partition = found
+            if case .gpt(let gpt) = table {
+                // An image smaller than the disk left its backup GPT mid-disk: put it at the end, as `sgdisk -e`.
+                try ConfigPartitionCreator.relocateBackupGPT(on: disk, table: gpt)
+            }
+        } else {
             partition = try ConfigPartitionCreator.create(on: disk, table: table)
         }
-        guard let partition else { preconditionFailure("a config partition was found or created") }
 
         let writer = FATImageWriter(label: ConfigPartitionFinder.label, sectorSize: sectorSize)
         try writer.write(

@@ -186,14 +186,18 @@ public struct FATImageWriter: Sendable {
         }
     }
 
+    static func tooSmall(_ size: UInt64) -> BerthError {
+        .deployFailed(
+            "the config partition (\(size) bytes) is too small for a FAT filesystem; it needs at least about "
+                + "100 KiB — give the image a bigger config-2 partition")
+    }
+
     func layout(files: [File], size: UInt64, hiddenSectors: UInt64) throws(BerthError) -> Volume {
         guard PartitionTable.supportedSectorSizes.contains(sectorSize) else {
             throw .invalidRequest("FAT sector size \(sectorSize) is not supported; use 512 or 4096")
         }
         guard let geometry = FATImageWriter.geometry(size: size, sectorSize: sectorSize) else {
-            throw .deployFailed(
-                "the config partition (\(size) bytes) is too small for a FAT filesystem; it needs at least "
-                    + "about 100 KiB — give the image a bigger config-2 partition")
+            throw Self.tooSmall(size)
         }
         let root = Node(name: "", isDirectory: true)
         for file in files { try insert(file, into: root) }

@@ -40,6 +40,8 @@ final class ImageSourceFile {
     /// Reads up to `buffer.count` bytes at `offset`, fewer only at the end of the file.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BerthError) -> Int {
         guard let base = buffer.baseAddress else { return 0 }
+        // Offsets come from the image; past off_t's range there is nothing to read (and converting would trap).
+        guard offset <= UInt64(Int64.max) - UInt64(buffer.count) else { return 0 }
         var done = 0
         while done < buffer.count {
             let result = pread(base + done, buffer.count - done, offset + UInt64(done))

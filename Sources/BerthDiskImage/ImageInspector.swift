@@ -10,6 +10,9 @@ public struct ImageInspection: Sendable, Hashable {
     public let qcow2: QCOW2Summary?
     /// The file that was inspected; a later step refuses a file that changed since.
     public let identity: ImageFileIdentity
+    /// For a bare-metal disk with a config drive: the partition the config step will write, found in the
+    /// image's own table or where it will be added.
+    public let configPartition: ConfigPartition?
 }
 
 /// The one inspector every path that takes an image runs first: local upload, Glance download, VM boot,
@@ -21,8 +24,9 @@ public enum ImageInspector {
     public enum Target: Sendable, Hashable {
         /// A file QEMU opens: a VM's base image or a snapshot in the catalog.
         case virtualMachine
-        /// A node's disk of `sizeBytes` (nil: the disk's current size is checked by the writer).
-        case bareMetalDisk(sizeBytes: UInt64, sectorSize: Int)
+        /// A node's disk of `sizeBytes`. The image's partition table must be sane, and with `configDrive` it
+        /// must have (or have room for) the config partition, as the config step will need after the write.
+        case bareMetalDisk(sizeBytes: UInt64, sectorSize: Int, configDrive: Bool = true)
     }
 
     public static func inspect(path: String, for target: Target) throws(BerthError) -> ImageInspection {
@@ -36,17 +40,39 @@ public enum ImageInspector {
         let header = try file.readBytes(
             count: Int(min(UInt64(ImageFormat.probeBytes), file.size)), at: 0, what: "the header")
         let format = try ImageFormat.detect(header: header)
-        var virtualSize = file.size
-        var summary: QCOW2Summary?
-        if case .qcow2 = format {
-            let image = try QCOW2Image(file: file)
-            virtualSize = image.virtualSize
-            if case .bareMetalDisk(let diskSize, _) = target { try checkFits(virtualSize, diskSize, file.path, format) }
-            summary = try image.validate()
+        var qcow2: QCOW2Image?
+        if case .qcow2 = format { qcow2 = try QCOW2Image(file: file) }
+        let virtualSize = qcow2?.virtualSize ?? file.size
+        guard case .bareMetalDisk(let diskSize, let sectorSize, let configDrive) = target else {
+            return ImageInspection(
+                format: format, virtualSize: virtualSize, fileSize: file.size, qcow2: try qcow2?.validate(),
+                identity: file.identity, configPartition: nil)
         }
-        if case .bareMetalDisk(let diskSize, _) = target { try checkFits(virtualSize, diskSize, file.path, format) }
+        // First, before any table is walked: a small file claiming a huge disk is refused at once.
+        try checkFits(virtualSize, diskSize, file.path, format)
+        // The writer inflates every compressed cluster anyway; doing it here refuses a corrupt one before the
+        // disk is touched.
+        let summary = try qcow2?.validate(inflatingCompressed: true)
+        let configPartition = try checkPartitions(
+            ImageVirtualDisk(file: file, qcow2: qcow2), diskSectors: diskSize / UInt64(sectorSize),
+            sectorSize: sectorSize, configDrive: configDrive)
         return ImageInspection(
-            format: format, virtualSize: virtualSize, fileSize: file.size, qcow2: summary, identity: file.identity)
+            format: format, virtualSize: virtualSize, fileSize: file.size, qcow2: summary, identity: file.identity,
+            configPartition: configPartition)
+    }
+
+    /// Reads the image's partition table as the node's disk will hold it and makes the config step's decision
+    /// (find the config partition or place a new one). The partition code says DeployFailed because it also
+    /// judges a written disk; here the image is at fault, so the refusal is InvalidImage.
+    private static func checkPartitions(
+        _ disk: ImageVirtualDisk, diskSectors: UInt64, sectorSize: Int, configDrive: Bool
+    ) throws(BerthError) -> ConfigPartition? {
+        do {
+            let table = try PartitionTable.read(from: disk, sectorSize: sectorSize, diskSectors: diskSectors)
+            return configDrive ? try ConfigPartitionFinder.findOrPlace(in: table, disk: disk) : nil
+        } catch  where error.kind == .deployFailed {
+            throw .invalidImage(error.message)
+        }
     }
 
     private static func checkFits(_ virtualSize: UInt64, _ diskSize: UInt64, _ path: String, _ format: ImageFormat)

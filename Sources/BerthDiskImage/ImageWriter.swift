@@ -3,9 +3,11 @@ import Glibc
 
 /// Writes an image to a node's disk (DESIGN §6 steps 1–2) in two phases:
 ///
-/// - `plan` decides everything that can refuse the deploy — the format from the bytes, qcow2 features (backing
-///   file, external data file, encryption, ...), every L1/L2 entry inside the file, the virtual size against
-///   the disk, and the checksum — and touches nothing on the disk (it opens it read-only for its size).
+/// - `plan` decides everything that can refuse the deploy — through `ImageInspector`: the format from the bytes,
+///   the virtual size against the disk, qcow2 features (backing file, external data file, encryption, ...),
+///   every L1/L2 entry inside the file, every compressed cluster inflating, the image's own partition table and
+///   where the config partition will be; then the checksum — and touches nothing on the disk (it opens it
+///   read-only for its size).
 ///   The checksum is verified here with a sequential read of the whole image file, *before* writing: verifying
 ///   while writing would leave a half-written disk behind a mismatch. That costs a second read of the image,
 ///   which is sequential and usually from the page cache.
@@ -20,10 +22,11 @@ public enum ImageWriter {
     public static let zeroBlockBytes = 4096
 
     /// Checks the image against the disk and its checksum; throws `InvalidImage` (or `DeployFailed` for disk
-    /// problems) without writing anything. `diskSizeBytes` nil means the disk's current size.
+    /// problems) without writing anything. `diskSizeBytes` nil means the disk's current size. With
+    /// `configDrive` the image must have a sane partition table with (room for) the config partition.
     public static func plan(
         imagePath: String, diskPath: String, diskSizeBytes: UInt64? = nil, sectorSize: Int = 512,
-        checksum: ImageChecksum?
+        checksum: ImageChecksum?, configDrive: Bool = true
     ) throws(BerthError) -> DeployPlan {
         guard sectorSize >= 512, sectorSize & (sectorSize - 1) == 0 else {
             throw .invalidRequest("sector size \(sectorSize) is not a power of two of at least 512")
@@ -32,7 +35,9 @@ public enum ImageWriter {
         let disk = try ImageTargetDisk(path: diskPath, writable: false)
         let diskSize = diskSizeBytes ?? disk.size
         let inspection = try ImageInspector.inspect(
-            file, for: .bareMetalDisk(sizeBytes: diskSize, sectorSize: max(sectorSize, disk.sectorSize)))
+            file,
+            for: .bareMetalDisk(
+                sizeBytes: diskSize, sectorSize: max(sectorSize, disk.sectorSize), configDrive: configDrive))
         var computed: String?
         if let checksum {
             let actual = try hash(file, algorithm: checksum.algorithm)
@@ -41,7 +46,8 @@ public enum ImageWriter {
         }
         return DeployPlan(
             imagePath: imagePath, diskPath: diskPath, format: inspection.format,
-            virtualSize: inspection.virtualSize, imageFileSize: file.size, diskSize: diskSize, isBlockDevice: disk.isBlockDevice,
+            virtualSize: inspection.virtualSize, imageFileSize: file.size, diskSize: diskSize,
+            isBlockDevice: disk.isBlockDevice,
             sectorSize: max(sectorSize, disk.sectorSize), checksum: checksum, computedChecksum: computed,
             qcow2: inspection.qcow2, identity: inspection.identity)
     }
@@ -155,15 +161,9 @@ public struct DeployPlan: Sendable, Hashable {
     }
 
     private func convertQCOW2(_ image: QCOW2Image, into sink: inout ImageWriterSink) throws(BerthError) {
-        let clusterSize = image.header.clusterSize
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ImageWriter.bufferBytes, alignment: 4096)
         defer { buffer.deallocate() }
-        // A compressed entry spans at most 2^(cluster_bits-8) sectors, i.e. two clusters.
-        let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize * 2 + 512, alignment: 64)
-        defer { compressed.deallocate() }
-        let cluster = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
-        defer { cluster.deallocate() }
-        let inflater = InflateDecoder()
+        let inflater = QCOW2ClusterInflater(image: image)
         var reader = image.makeExtentReader()
         while let extent = try reader.next() {
             switch extent.kind {
@@ -183,27 +183,9 @@ public struct DeployPlan: Sendable, Hashable {
                     done += UInt64(count)
                 }
             case .compressed(let fileOffset, let length):
-                let input = UnsafeMutableRawBufferPointer(rebasing: compressed[0..<length])
-                let got = try image.file.read(into: input, at: fileOffset)
-                // The last sector of the entry may lie past the end of the file: QEMU reads zeros there too.
-                if got < length {
-                    UnsafeMutableRawBufferPointer(rebasing: input[got...]).initializeMemory(
-                        as: UInt8.self, repeating: 0)
-                }
-                let result: InflateResult
-                do {
-                    result = try inflater.decompress(UnsafeRawBufferPointer(input), into: cluster)
-                } catch {
-                    throw .deployFailed(
-                        "the compressed cluster at virtual offset \(extent.virtualOffset) (file offset \(fileOffset)) "
-                            + "of image \(imagePath) is corrupt (\(error.message)); the disk is partly written")
-                }
-                guard result.bytesWritten == clusterSize else {
-                    throw .deployFailed(
-                        "the compressed cluster at virtual offset \(extent.virtualOffset) of image \(imagePath) "
-                            + "inflates to \(result.bytesWritten) bytes, not \(clusterSize); the disk is partly written"
-                    )
-                }
+                // `plan` inflated every compressed cluster already; this can only fail if the file changed.
+                let cluster = try inflater.inflate(
+                    fileOffset: fileOffset, length: length, virtualOffset: extent.virtualOffset)
                 try sink.write(
                     UnsafeRawBufferPointer(rebasing: cluster[0..<Int(extent.length)]), at: extent.virtualOffset)
             }

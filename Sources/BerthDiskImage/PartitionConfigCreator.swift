@@ -26,15 +26,34 @@ public enum ConfigPartitionCreator {
     }
 
     static func create(on disk: PartitionDiskFile, table: PartitionTable) throws(BerthError) -> ConfigPartition {
+        let partition = try place(in: table, diskPath: disk.path)
+        switch table {
+        case .none:
+            preconditionFailure("place(in:) refuses a disk without a partition table")
+        case .gpt(let gpt):
+            let entry = GPTPartitionEntry(
+                number: partition.number, typeGUID: .microsoftBasicData, uniqueGUID: .random(),
+                firstLBA: partition.firstLBA, lastLBA: partition.firstLBA + partition.sectorCount - 1, attributes: 0,
+                name: gptName)
+            try rewriteGPTAtDiskEnd(on: disk, table: gpt, adding: entry)
+        case .mbr(let mbr):
+            try writeMBRSlot(partition, on: disk, table: mbr)
+        }
+        return partition
+    }
+
+    /// Where the config partition goes, or why it cannot be added, without writing: the deploy plan asks this
+    /// of the image before the image is written, the config step of the disk after.
+    static func place(in table: PartitionTable, diskPath: String) throws(BerthError) -> ConfigPartition {
         switch table {
         case .none:
             throw .deployFailed(
-                "\(disk.path) has no partition table, so there is nowhere to add the config drive partition; "
+                "\(diskPath) has no partition table, so there is nowhere to add the config drive partition; "
                     + "deploy a partitioned (GPT or MBR) whole-disk image")
         case .gpt(let gpt):
-            return try createGPT(on: disk, table: gpt)
+            return try placeGPT(gpt, diskPath: diskPath)
         case .mbr(let mbr):
-            return try createMBR(on: disk, table: mbr)
+            return try placeMBR(mbr, diskPath: diskPath)
         }
     }
 
@@ -49,32 +68,26 @@ public enum ConfigPartitionCreator {
 
     // MARK: GPT
 
-    /// Moves the backup GPT to the disk's real end (an image smaller than the disk left it in the middle),
-    /// grows the usable area to match, and adds the config entry.
-    static func createGPT(on disk: PartitionDiskFile, table: GPTTable) throws(BerthError) -> ConfigPartition {
+    /// The config partition's place on a GPT disk once the backup table is moved to the disk's real end (an
+    /// image smaller than the disk left it in the middle) and the usable area grown to match.
+    static func placeGPT(_ table: GPTTable, diskPath: String) throws(BerthError) -> ConfigPartition {
         let sectorSize = table.sectorSize
         let header = table.header
         let entrySectors = header.entrySectors(sectorSize: sectorSize)
-        let backupLBA = table.diskSectors - 1
-        let backupEntriesLBA = backupLBA - entrySectors
+        let backupEntriesLBA = table.diskSectors - 1 - entrySectors
         let lastUsable = backupEntriesLBA - 1
 
         guard let slot = table.firstFreeSlot else {
             throw .deployFailed(
-                "all \(header.entryCount) GPT entries of \(disk.path) are in use, so no config partition can be "
+                "all \(header.entryCount) GPT entries of \(diskPath) are in use, so no config partition can be "
                     + "added; give the image a `config-2` partition or leave an entry free")
         }
         let lastUsed = table.partitions.map(\.lastLBA).max() ?? (header.firstUsableLBA - 1)
         guard let (firstLBA, count) = placement(endLBA: lastUsable, sectorSize: sectorSize),
             firstLBA > lastUsed, firstLBA >= header.firstUsableLBA
         else {
-            throw noRoom(disk: disk, sectorSize: sectorSize, lastUsed: lastUsed, endLBA: lastUsable)
+            throw noRoom(diskPath: diskPath, sectorSize: sectorSize, lastUsed: lastUsed, endLBA: lastUsable)
         }
-
-        let entry = GPTPartitionEntry(
-            number: slot, typeGUID: .microsoftBasicData, uniqueGUID: .random(), firstLBA: firstLBA,
-            lastLBA: firstLBA + count - 1, attributes: 0, name: gptName)
-        try rewriteGPTAtDiskEnd(on: disk, table: table, adding: entry)
         return ConfigPartition(
             number: slot, firstLBA: firstLBA, sectorCount: count, sectorSize: sectorSize, match: .created)
     }
@@ -155,11 +168,11 @@ public enum ConfigPartitionCreator {
 
     // MARK: MBR
 
-    static func createMBR(on disk: PartitionDiskFile, table: MBRTable) throws(BerthError) -> ConfigPartition {
+    static func placeMBR(_ table: MBRTable, diskPath: String) throws(BerthError) -> ConfigPartition {
         let sectorSize = table.sectorSize
         guard let slot = table.freePrimarySlots.first else {
             throw .deployFailed(
-                "MBR has no free primary partition slot for the config drive; the image on \(disk.path) uses all "
+                "MBR has no free primary partition slot for the config drive; the image on \(diskPath) uses all "
                     + "four primary slots and Berth does not add logical partitions — use a GPT image or leave a "
                     + "slot free (or give the image a partition of type 0x99 or labelled config-2)")
         }
@@ -168,10 +181,20 @@ public enum ConfigPartitionCreator {
         let lastUsed = table.partitions.map(\.lastLBA).max() ?? 0
         guard let (firstLBA, count) = placement(endLBA: addressable - 1, sectorSize: sectorSize), firstLBA > lastUsed
         else {
-            throw noRoom(disk: disk, sectorSize: sectorSize, lastUsed: lastUsed, endLBA: addressable - 1, mbr: true)
+            throw noRoom(
+                diskPath: diskPath, sectorSize: sectorSize, lastUsed: lastUsed, endLBA: addressable - 1, mbr: true)
         }
+        return ConfigPartition(
+            number: slot, firstLBA: firstLBA, sectorCount: count, sectorSize: sectorSize, match: .created)
+    }
+
+    private static func writeMBRSlot(_ partition: ConfigPartition, on disk: PartitionDiskFile, table: MBRTable)
+        throws(BerthError)
+    {
+        let firstLBA = partition.firstLBA
+        let count = partition.sectorCount
         var sector0 = table.bootSector
-        let base = 446 + 16 * (slot - 1)
+        let base = 446 + 16 * (partition.number - 1)
         sector0[base] = 0
         sector0.replaceSubrange((base + 1)..<(base + 4), with: chs(lba: firstLBA))
         sector0[base + 4] = mbrType
@@ -179,8 +202,6 @@ public enum ConfigPartitionCreator {
         PartitionBytes.put32(UInt32(firstLBA), into: &sector0, at: base + 8)
         PartitionBytes.put32(UInt32(count), into: &sector0, at: base + 12)
         try disk.write(sector0, at: 0)
-        return ConfigPartition(
-            number: slot, firstLBA: firstLBA, sectorCount: count, sectorSize: sectorSize, match: .created)
     }
 
     /// Cylinder/head/sector for the 255-head, 63-sector geometry every current tool assumes; past what CHS
@@ -194,12 +215,12 @@ public enum ConfigPartitionCreator {
     }
 
     private static func noRoom(
-        disk: PartitionDiskFile, sectorSize: Int, lastUsed: UInt64, endLBA: UInt64, mbr: Bool = false
+        diskPath: String, sectorSize: Int, lastUsed: UInt64, endLBA: UInt64, mbr: Bool = false
     ) -> BerthError {
         let free = endLBA > lastUsed ? (endLBA - lastUsed) * UInt64(sectorSize) : 0
         let limit = mbr ? " within the MBR's 32-bit sector limit" : ""
         return .deployFailed(
-            "no room for a 64 MiB config partition at the end of \(disk.path): the image's partitions end at "
+            "no room for a 64 MiB config partition at the end of \(diskPath): the image's partitions end at "
                 + "LBA \(lastUsed) and only \(free >> 20) MiB is free after them\(limit); use a bigger disk, an image "
                 + "that leaves 65 MiB free at the end, or give the image a `config-2` partition")
     }

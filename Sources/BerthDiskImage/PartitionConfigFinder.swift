@@ -38,7 +38,21 @@ public enum ConfigPartitionFinder {
         return try find(in: table, disk: disk)
     }
 
-    static func find(in table: PartitionTable, disk: PartitionDiskFile) throws(BerthError) -> ConfigPartition? {
+    /// The config partition the config step will write: the image's own, or where it will be added
+    /// (`.created`). Throws what the config step would, so the deploy plan can refuse before writing.
+    static func findOrPlace(in table: PartitionTable, disk: any PartitionSectorReader) throws(BerthError)
+        -> ConfigPartition
+    {
+        guard let found = try find(in: table, disk: disk) else {
+            return try ConfigPartitionCreator.place(in: table, diskPath: disk.path)
+        }
+        guard FATImageWriter.geometry(size: found.size, sectorSize: found.sectorSize) != nil else {
+            throw FATImageWriter.tooSmall(found.size)
+        }
+        return found
+    }
+
+    static func find(in table: PartitionTable, disk: any PartitionSectorReader) throws(BerthError) -> ConfigPartition? {
         switch table {
         case .none:
             return nil
@@ -65,7 +79,8 @@ public enum ConfigPartitionFinder {
         }
     }
 
-    private static func firstLabelled(_ candidates: [ConfigPartition], disk: PartitionDiskFile) throws(BerthError)
+    private static func firstLabelled(_ candidates: [ConfigPartition], disk: any PartitionSectorReader)
+        throws(BerthError)
         -> ConfigPartition?
     {
         for var candidate in candidates {
@@ -89,13 +104,13 @@ enum FilesystemLabelProbe {
         var label: String
     }
 
-    static func probe(disk: PartitionDiskFile, offset: UInt64, size: UInt64) throws(BerthError) -> Found? {
+    static func probe(disk: any PartitionSectorReader, offset: UInt64, size: UInt64) throws(BerthError) -> Found? {
         if let fat = try fatLabel(disk: disk, offset: offset, size: size) { return Found(type: "vfat", label: fat) }
         if let iso = try isoLabel(disk: disk, offset: offset, size: size) { return Found(type: "iso9660", label: iso) }
         return nil
     }
 
-    static func fatLabel(disk: PartitionDiskFile, offset: UInt64, size: UInt64) throws(BerthError) -> String? {
+    static func fatLabel(disk: any PartitionSectorReader, offset: UInt64, size: UInt64) throws(BerthError) -> String? {
         guard size >= 512 else { return nil }
         let boot = try disk.read(at: offset, count: 512)
         let bytesPerSector = Int(PartitionBytes.u16(boot, 11))
@@ -142,7 +157,7 @@ enum FilesystemLabelProbe {
         return label ?? ""
     }
 
-    static func isoLabel(disk: PartitionDiskFile, offset: UInt64, size: UInt64) throws(BerthError) -> String? {
+    static func isoLabel(disk: any PartitionSectorReader, offset: UInt64, size: UInt64) throws(BerthError) -> String? {
         // ISO 9660 descriptors are 2048-byte blocks from byte 32768, whatever the disk's sector size.
         for index in 0..<16 {
             let position = 32768 + UInt64(index) * 2048

@@ -1,9 +1,18 @@
 import BerthCore
 import Glibc
 
+/// Sectors a partition table is read from: the node's disk after the image is written, or the image's own
+/// virtual disk before (so the deploy plan makes the config step's decision before anything is written).
+protocol PartitionSectorReader: AnyObject {
+    /// Names the disk (or image) in messages.
+    var path: String { get }
+    /// Exactly `count` bytes at `offset`; bytes past the end read as zeros.
+    func read(at offset: UInt64, count: Int) throws(BerthError) -> [UInt8]
+}
+
 /// An open disk: a block device or a disk image file, read and written with positioned I/O so that no
 /// caller depends on a shared file offset. Owns its descriptor and closes it in `deinit`.
-final class PartitionDiskFile {
+final class PartitionDiskFile: PartitionSectorReader {
     let path: String
     let isBlockDevice: Bool
     /// Bytes on the disk: `st_size` for a file, `BLKGETSIZE64` for a device.
@@ -75,6 +84,7 @@ final class PartitionDiskFile {
     /// Exactly `count` bytes at `offset`; bytes beyond the end of a file read as zeros, which is what a
     /// sparse or short image holds there.
     func read(at offset: UInt64, count: Int) throws(BerthError) -> [UInt8] {
+        try checkRange(offset, count)
         var buffer = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
@@ -92,6 +102,7 @@ final class PartitionDiskFile {
     }
 
     func write(_ bytes: [UInt8], at offset: UInt64) throws(BerthError) {
+        try checkRange(offset, bytes.count)
         var done = 0
         while done < bytes.count {
             let result = bytes.withUnsafeBytes { raw in
@@ -123,6 +134,13 @@ final class PartitionDiskFile {
             let length = Int(min(UInt64(chunk.count), count - done))
             try write(length == chunk.count ? chunk : Array(chunk[0..<length]), at: offset + done)
             done += UInt64(length)
+        }
+    }
+
+    /// An offset computed from a table must not reach `off_t`'s sign bit (converting it would trap).
+    private func checkRange(_ offset: UInt64, _ count: Int) throws(BerthError) {
+        guard offset <= UInt64(Int64.max) - UInt64(count) else {
+            throw .deployFailed("offset \(offset) of \(path) is beyond any disk; the partition table is corrupt")
         }
     }
 

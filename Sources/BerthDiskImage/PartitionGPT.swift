@@ -23,6 +23,12 @@ public struct GPTHeader: Sendable, Hashable {
         (UInt64(entryCount) * UInt64(entrySize) + UInt64(sectorSize) - 1) / UInt64(sectorSize)
     }
 
+    /// Whether `count` sectors from `lba` lie on a disk of `diskSectors`, without computing a sum that could
+    /// overflow.
+    static func fits(_ lba: UInt64, _ count: UInt64, _ diskSectors: UInt64) -> Bool {
+        lba < diskSectors && count <= diskSectors - lba
+    }
+
     /// Parses and checks one header sector; the error text says what is wrong, for the operator.
     static func parse(_ sector: [UInt8]) -> Result<GPTHeader, GPTDamage> {
         guard Array(sector[0..<8]) == signature else { return .failure(.missing) }
@@ -52,8 +58,11 @@ public struct GPTHeader: Sendable, Hashable {
         guard header.entryCount >= 1, UInt64(header.entryCount) * UInt64(header.entrySize) <= 4 << 20 else {
             return .failure(.damaged("entry count \(header.entryCount) is outside 1...\((4 << 20) / 128)"))
         }
-        guard header.firstUsableLBA <= header.lastUsableLBA + 1 else {
-            return .failure(.damaged("first usable LBA \(header.firstUsableLBA) is after the last usable LBA"))
+        // first <= last + 1, written so that last_usable_lba = 2^64-1 cannot overflow.
+        guard header.firstUsableLBA == 0 || header.firstUsableLBA - 1 <= header.lastUsableLBA else {
+            return .failure(
+                .damaged(
+                    "first_usable_lba \(header.firstUsableLBA) is after last_usable_lba \(header.lastUsableLBA)"))
         }
         return .success(header)
     }
@@ -166,7 +175,7 @@ public struct GPTTable: Sendable, Hashable {
     /// Reads the GPT of a disk whose sector 1 holds an `EFI PART` signature, or throws saying why the table
     /// cannot be trusted. Writing on top of a table this reader cannot validate could destroy the image's
     /// partitions, so every inconsistency is an error, never a guess.
-    static func read(from disk: PartitionDiskFile, sectorSize: Int, diskSectors: UInt64) throws(BerthError)
+    static func read(from disk: any PartitionSectorReader, sectorSize: Int, diskSectors: UInt64) throws(BerthError)
         -> GPTTable
     {
         let primarySector = try disk.read(at: UInt64(sectorSize), count: sectorSize)
@@ -184,19 +193,34 @@ public struct GPTTable: Sendable, Hashable {
                 reason: "it claims to sit at LBA \(header.currentLBA), not 1")
         }
         let entrySectors = header.entrySectors(sectorSize: sectorSize)
-        guard header.alternateLBA < diskSectors, header.lastUsableLBA < diskSectors,
-            header.entriesLBA + entrySectors <= diskSectors
-        else {
+        // Every field is checked against the disk before any sum or product uses it: they come from the image
+        // and may be anything up to 2^64-1.
+        func outside(_ field: String, _ value: UInt64) -> BerthError {
+            .deployFailed(
+                "\(subject) has \(field) \(value), outside the disk's \(diskSectors) \(sectorSize)-byte sectors; "
+                    + "the image is larger than the node's disk, the sector size is wrong, or the table is corrupt")
+        }
+        guard header.alternateLBA < diskSectors else { throw outside("alternate_lba", header.alternateLBA) }
+        guard header.lastUsableLBA < diskSectors else { throw outside("last_usable_lba", header.lastUsableLBA) }
+        guard GPTHeader.fits(header.entriesLBA, entrySectors, diskSectors) else {
+            throw outside("partition_entry_lba", header.entriesLBA)
+        }
+        guard header.firstUsableLBA >= 2 else {
             throw .deployFailed(
-                "\(subject) describes a disk of at least \(max(header.alternateLBA, header.lastUsableLBA) + 1) "
-                    + "\(sectorSize)-byte sectors but the disk has \(diskSectors); the image is larger than the "
-                    + "node's disk or the sector size is wrong")
+                "\(subject) has first_usable_lba \(header.firstUsableLBA), which puts partitions over the MBR and "
+                    + "the GPT header; the table is corrupt — repair it with `sgdisk -v`/gdisk or rebuild the image")
+        }
+        guard header.alternateLBA > header.lastUsableLBA else {
+            throw .deployFailed(
+                "\(subject) has alternate_lba \(header.alternateLBA) inside the usable area (last_usable_lba "
+                    + "\(header.lastUsableLBA)); the table is corrupt — repair it with `sgdisk -v`/gdisk or rebuild "
+                    + "the image")
         }
         guard header.entriesLBA >= 2,
             header.entriesLBA + entrySectors <= header.firstUsableLBA || header.entriesLBA > header.lastUsableLBA
         else {
             throw .deployFailed(
-                "\(subject) puts its entry array (LBA \(header.entriesLBA)) inside the usable area; "
+                "\(subject) puts its entry array (partition_entry_lba \(header.entriesLBA)) inside the usable area; "
                     + "the table is corrupt — repair it with `sgdisk -v`/gdisk or rebuild the image")
         }
         let arrayBytes = Int(header.entryCount) * Int(header.entrySize)
@@ -235,7 +259,7 @@ public struct GPTTable: Sendable, Hashable {
         if case .success(let backup) = GPTHeader.parse(backupSector), backup.currentLBA == header.alternateLBA,
             backup.alternateLBA == 1, backup.entriesCRC32 == header.entriesCRC32,
             backup.entryCount == header.entryCount, backup.entrySize == header.entrySize,
-            backup.entriesLBA + entrySectors <= diskSectors
+            GPTHeader.fits(backup.entriesLBA, entrySectors, diskSectors)
         {
             let backupArray = Array(
                 try disk.read(at: backup.entriesLBA * UInt64(sectorSize), count: Int(entrySectors) * sectorSize)[
@@ -250,7 +274,7 @@ public struct GPTTable: Sendable, Hashable {
     /// The error for an unusable primary header, saying whether a backup exists so the operator knows the
     /// table can be repaired (gdisk rebuilds the primary from the backup) rather than lost.
     private static func damagedPrimary(
-        disk: PartitionDiskFile, sectorSize: Int, diskSectors: UInt64, reason: String
+        disk: any PartitionSectorReader, sectorSize: Int, diskSectors: UInt64, reason: String
     ) -> BerthError {
         var backupNote = "no valid backup header on the disk's last sector either"
         if diskSectors > 2, let sector = try? disk.read(at: (diskSectors - 1) * UInt64(sectorSize), count: sectorSize),

@@ -57,7 +57,7 @@ public struct MBRTable: Sendable, Hashable {
     }
 
     static func read(
-        from disk: PartitionDiskFile, bootSector: [UInt8], primaries: [MBRPartitionEntry], sectorSize: Int,
+        from disk: any PartitionSectorReader, bootSector: [UInt8], primaries: [MBRPartitionEntry], sectorSize: Int,
         diskSectors: UInt64
     ) throws(BerthError) -> MBRTable {
         var partitions = primaries
@@ -70,16 +70,47 @@ public struct MBRTable: Sendable, Hashable {
             }
         }
         if let extended = primaries.first(where: { $0.isExtended }) {
-            partitions += try logicals(in: extended, disk: disk, sectorSize: sectorSize)
+            let found = try logicals(in: extended, disk: disk, sectorSize: sectorSize)
+            // A logical partition outside its container could be the config partition: the config drive would
+            // then be written wherever the image says, even terabytes past the disk's end.
+            for logical in found
+            where logical.sectorCount == 0 || logical.firstLBA <= extended.firstLBA
+                || logical.firstLBA + logical.sectorCount > extended.firstLBA + extended.sectorCount
+            {
+                throw .deployFailed(
+                    "MBR logical partition \(logical.number) of \(disk.path) spans sectors "
+                        + "\(logical.firstLBA)+\(logical.sectorCount), outside its extended partition "
+                        + "\(extended.number) (sectors \(extended.firstLBA)+\(extended.sectorCount)); the table is "
+                        + "corrupt — repair it (fdisk) or rebuild the image")
+            }
+            partitions += found
         }
+        try checkNoOverlap(partitions, disk: disk)
         return MBRTable(
             sectorSize: sectorSize, diskSectors: diskSectors, diskSignature: PartitionBytes.u32(bootSector, 440),
             partitions: partitions, bootSector: bootSector)
     }
 
+    /// Two partitions sharing sectors (other than an extended partition and its logical ones) would have the
+    /// config drive written over the other's data.
+    private static func checkNoOverlap(_ partitions: [MBRPartitionEntry], disk: any PartitionSectorReader)
+        throws(BerthError)
+    {
+        for (index, first) in partitions.enumerated() {
+            for second in partitions[(index + 1)...] {
+                guard first.firstLBA <= second.lastLBA, second.firstLBA <= first.lastLBA else { continue }
+                if first.isExtended && second.isLogical || second.isExtended && first.isLogical { continue }
+                throw .deployFailed(
+                    "MBR partitions \(first.number) and \(second.number) of \(disk.path) overlap (sectors "
+                        + "\(first.firstLBA)-\(first.lastLBA) and \(second.firstLBA)-\(second.lastLBA)); the table is "
+                        + "corrupt — repair it (fdisk) or rebuild the image")
+            }
+        }
+    }
+
     /// Walks the chain of extended boot records. Logical starts are relative to their EBR, links to the
     /// start of the extended partition.
-    private static func logicals(in extended: MBRPartitionEntry, disk: PartitionDiskFile, sectorSize: Int)
+    private static func logicals(in extended: MBRPartitionEntry, disk: any PartitionSectorReader, sectorSize: Int)
         throws(BerthError) -> [MBRPartitionEntry]
     {
         var found: [MBRPartitionEntry] = []

@@ -30,7 +30,16 @@ public enum PartitionTable: Sendable, Hashable {
                 "\(disk.path) has \(deviceSize)-byte logical sectors but \(sectorSize) was requested; "
                     + "set the node's sector size to \(deviceSize)")
         }
-        let diskSectors = disk.byteCount / UInt64(sectorSize)
+        return try read(
+            from: disk as any PartitionSectorReader, sectorSize: sectorSize,
+            diskSectors: disk.byteCount / UInt64(sectorSize))
+    }
+
+    /// Reads the table from any sectors: the node's disk, or an image as it will lie on a disk of
+    /// `diskSectors` (the deploy plan, before anything is written).
+    static func read(from disk: any PartitionSectorReader, sectorSize: Int, diskSectors: UInt64) throws(BerthError)
+        -> PartitionTable
+    {
         guard diskSectors >= 3 else { return .none }
         let sector0 = try disk.read(at: 0, count: sectorSize)
         let primaries = MBRTable.primarySlots(sector0)
@@ -59,7 +68,9 @@ public enum PartitionTable: Sendable, Hashable {
     }
 
     /// A protective MBR with no header at LBA 1: most often the wrong sector size, which is worth saying.
-    private static func missingGPTHeader(disk: PartitionDiskFile, sectorSize: Int, diskSectors: UInt64) -> BerthError {
+    private static func missingGPTHeader(disk: any PartitionSectorReader, sectorSize: Int, diskSectors: UInt64)
+        -> BerthError
+    {
         let other = sectorSize == 512 ? 4096 : 512
         if let sector = try? disk.read(at: UInt64(other), count: 8), sector == GPTHeader.signature {
             return .deployFailed(

@@ -125,11 +125,11 @@ public final class QCOW2Image {
     {
         let path = file.path
         if header.backingFileOffset != 0 {
-            var name = "?"
+            var name = "unreadable"
             let size = Int(min(header.backingFileSize, 1023))
             if let bytes = try? file.readBytes(count: size, at: header.backingFileOffset, what: "the backing file name")
             {
-                name = String(decoding: bytes, as: UTF8.self)
+                name = ImageText.quoted(bytes)
             }
             throw .invalidImage(
                 "image \(path) is a qcow2 overlay with a backing file (\(name)); a node gets the whole image, so "
@@ -229,15 +229,17 @@ public final class QCOW2Image {
         }
         guard header.l1TableOffset % clusterSize == 0 else {
             throw .invalidImage(
-                "image \(path) has its L1 table at \(header.l1TableOffset), not cluster-aligned; the image is corrupt")
+                "image \(path) has l1_table_offset \(header.l1TableOffset), not cluster-aligned; the image is corrupt")
         }
+        // Written so that no sum can overflow: the offset comes from the file and may be near 2^64. The table
+        // lying inside the file also bounds the walk by the file's size, not by the size the header claims.
         if needed > 0 {
-            guard header.l1TableOffset >= clusterSize,
-                header.l1TableOffset + UInt64(header.l1Size) * 8 <= file.size
+            guard header.l1TableOffset >= clusterSize, header.l1TableOffset <= file.size,
+                UInt64(header.l1Size) * 8 <= file.size - header.l1TableOffset
             else {
                 throw .invalidImage(
-                    "image \(path) is truncated or inconsistent: its L1 table (\(header.l1Size) entries at offset "
-                        + "\(header.l1TableOffset)) lies outside the file (\(file.size) bytes)")
+                    "image \(path) is truncated or inconsistent: its L1 table (l1_size \(header.l1Size) at "
+                        + "l1_table_offset \(header.l1TableOffset)) lies outside the file (\(file.size) bytes)")
             }
         }
     }
@@ -245,19 +247,88 @@ public final class QCOW2Image {
     // MARK: - Tables
 
     /// Walks every L1 and L2 entry and checks each points inside the file; throws `InvalidImage` naming the
-    /// table and index of the first bad entry. Reads only the tables (a cluster at a time), never the data.
-    public func validate() throws(BerthError) -> QCOW2Summary {
+    /// table and index of the first bad entry. Reads the tables a cluster at a time and, when
+    /// `inflatingCompressed`, inflates every compressed cluster into a scratch buffer so that a corrupt one is
+    /// refused before a disk is written (no more work than the write will do).
+    public func validate(inflatingCompressed: Bool = false) throws(BerthError) -> QCOW2Summary {
         var summary = QCOW2Summary()
+        let inflater = inflatingCompressed ? QCOW2ClusterInflater(image: self) : nil
         var reader = makeExtentReader()
         while let extent = try reader.next() {
             switch extent.kind {
             case .data: summary.dataBytes += extent.length
-            case .compressed: summary.compressedBytes += extent.length
+            case .compressed(let fileOffset, let length):
+                summary.compressedBytes += extent.length
+                _ = try inflater?.inflate(fileOffset: fileOffset, length: length, virtualOffset: extent.virtualOffset)
             case .zero, .unallocated: summary.zeroBytes += extent.length
             }
         }
         summary.l2Tables = reader.l2TablesRead
         return summary
+    }
+
+    /// Where the cluster holding `virtualOffset` (below the virtual size) comes from: random access for reading
+    /// a few sectors, such as the partition table, without walking the tables.
+    func cluster(at virtualOffset: UInt64) throws(BerthError) -> QCOW2Extent.Kind {
+        let l2Coverage = UInt64(header.clusterSize) * UInt64(header.l2Entries)
+        let l1Index = Int(virtualOffset / l2Coverage)
+        let l1Bytes = try file.readBytes(
+            count: 8, at: header.l1TableOffset + UInt64(l1Index) * 8, what: "the L1 table")
+        guard let table = try l2TableOffset(ImageBytes.be64(l1Bytes, 0), l1Index: l1Index) else { return .unallocated }
+        let l2Index = Int((virtualOffset >> UInt64(header.clusterBits)) & UInt64(header.l2Entries - 1))
+        let l2Bytes = try file.readBytes(count: 8, at: table + UInt64(l2Index) * 8, what: "an L2 table")
+        return try decode(ImageBytes.be64(l2Bytes, 0), l1Index: l1Index, l2Index: l2Index)
+    }
+
+    /// The L2 table an L1 entry points to, checked to lie inside the file; nil when the entry is unallocated.
+    func l2TableOffset(_ entry: UInt64, l1Index: Int) throws(BerthError) -> UInt64? {
+        let tableOffset = entry & Self.offsetMask
+        if tableOffset == 0 { return nil }
+        guard tableOffset % UInt64(header.clusterSize) == 0 else {
+            throw inconsistent("L1 entry \(l1Index) points to an L2 table at unaligned offset \(tableOffset)")
+        }
+        guard tableOffset + UInt64(header.clusterSize) <= fileSize else {
+            throw inconsistent(
+                "L1 entry \(l1Index) points to an L2 table at offset \(tableOffset), outside the file "
+                    + "(\(fileSize) bytes)")
+        }
+        return tableOffset
+    }
+
+    /// Decodes one L2 entry, checking that what it points to lies inside the file. Offsets are masked to
+    /// 56 bits (62 for compressed entries), so no sum here can overflow.
+    func decode(_ entry: UInt64, l1Index: Int, l2Index: Int) throws(BerthError) -> QCOW2Extent.Kind {
+        let clusterSize = UInt64(header.clusterSize)
+        if entry & Self.compressedFlag != 0 {
+            let (offset, length) = Self.compressedRange(entry, clusterBits: header.clusterBits)
+            // The sector count rounds the end up to a sector, so the range may end past EOF by < 512 bytes.
+            let limit = (fileSize + 511) & ~UInt64(511)
+            guard offset >= clusterSize, offset + UInt64(length) <= limit else {
+                throw inconsistent(
+                    "L2 table \(l1Index) entry \(l2Index) points to a compressed cluster at \(offset) (+\(length) "
+                        + "bytes), outside the file (\(fileSize) bytes)")
+            }
+            return .compressed(fileOffset: offset, length: length)
+        }
+        // As QEMU reads it: the zero flag wins over an allocation (a preallocated zero cluster reads as zeros).
+        if entry & Self.zeroFlag != 0 { return .zero }
+        let offset = entry & Self.offsetMask
+        if offset == 0 { return .unallocated }
+        guard offset % clusterSize == 0 else {
+            throw inconsistent("L2 table \(l1Index) entry \(l2Index) points to unaligned data offset \(offset)")
+        }
+        guard offset + clusterSize <= fileSize else {
+            throw inconsistent(
+                "L2 table \(l1Index) entry \(l2Index) points to a data cluster at offset \(offset), outside the "
+                    + "file (\(fileSize) bytes)")
+        }
+        return .data(fileOffset: offset)
+    }
+
+    func inconsistent(_ detail: String) -> BerthError {
+        .invalidImage(
+            "image \(path) is truncated or inconsistent: \(detail); check it with `qemu-img check` and upload a "
+                + "good copy")
     }
 
     /// A reader of the extents in virtual order, with memory bounded by one L2 table and a slice of the L1 table.
@@ -285,7 +356,6 @@ public final class QCOW2Image {
 public struct QCOW2ExtentReader {
     private let image: QCOW2Image
     private let header: QCOW2Header
-    private let fileSize: UInt64
     private var cursor: UInt64 = 0
     private var l1Index = 0
     /// A window of the L1 table: entries [l1WindowStart, l1WindowStart + l1Window.count).
@@ -295,13 +365,16 @@ public struct QCOW2ExtentReader {
     private var l2Index = -1
     private var pending: QCOW2Extent?
     private(set) var l2TablesRead = 0
+    /// L2 tables seen, by cluster index in the file: one bit per cluster of the file, so the memory follows
+    /// the file's size, not the number of L1 entries.
+    private var l2TablesSeen: QCOW2ClusterSet
 
     private static let l1WindowEntries = 4096
 
     init(image: QCOW2Image) {
         self.image = image
         header = image.header
-        fileSize = image.fileSize
+        l2TablesSeen = QCOW2ClusterSet(clusters: image.fileSize >> UInt64(image.header.clusterBits))
     }
 
     public mutating func next() throws(BerthError) -> QCOW2Extent? {
@@ -340,22 +413,19 @@ public struct QCOW2ExtentReader {
         let clusterBits = UInt64(header.clusterBits)
         let l2Coverage = UInt64(header.clusterSize) * UInt64(header.l2Entries)
         if l2Index < 0 {
-            let entry = try l1Entry(l1Index)
-            let tableOffset = entry & QCOW2Image.offsetMask
-            if tableOffset == 0 {
+            guard let tableOffset = try image.l2TableOffset(try l1Entry(l1Index), l1Index: l1Index) else {
                 let end = min((UInt64(l1Index) + 1) * l2Coverage, virtualSize)
                 let piece = QCOW2Extent(virtualOffset: cursor, length: end - cursor, kind: .unallocated)
                 cursor = end
                 l1Index += 1
                 return piece
             }
-            guard tableOffset % UInt64(header.clusterSize) == 0 else {
-                throw inconsistent("L1 entry \(l1Index) points to an L2 table at unaligned offset \(tableOffset)")
-            }
-            guard tableOffset + UInt64(header.clusterSize) <= fileSize else {
-                throw inconsistent(
-                    "L1 entry \(l1Index) points to an L2 table at offset \(tableOffset), outside the file "
-                        + "(\(fileSize) bytes)")
+            // An active layer never shares an L2 table; a shared one would let a small file make a walk of
+            // every entry of every L1 slot (minutes), so the walk stays proportional to the file.
+            guard l2TablesSeen.insert(tableOffset >> clusterBits) else {
+                throw image.inconsistent(
+                    "L1 entry \(l1Index) points to the L2 table at offset \(tableOffset), already used by an earlier "
+                        + "L1 entry")
             }
             l2Table = try image.file.readBytes(count: header.clusterSize, at: tableOffset, what: "an L2 table")
             l2TablesRead += 1
@@ -364,7 +434,7 @@ public struct QCOW2ExtentReader {
         let entry = ImageBytes.be64(l2Table, l2Index * 8)
         let index = l2Index
         let length = min(UInt64(header.clusterSize), virtualSize - cursor)
-        let kind = try decode(entry, l2Index: index)
+        let kind = try image.decode(entry, l1Index: l1Index, l2Index: index)
         let piece = QCOW2Extent(virtualOffset: cursor, length: length, kind: kind)
         cursor += length
         l2Index += 1
@@ -373,34 +443,6 @@ public struct QCOW2ExtentReader {
             l1Index += 1
         }
         return piece
-    }
-
-    private func decode(_ entry: UInt64, l2Index: Int) throws(BerthError) -> QCOW2Extent.Kind {
-        let clusterSize = UInt64(header.clusterSize)
-        if entry & QCOW2Image.compressedFlag != 0 {
-            let (offset, length) = QCOW2Image.compressedRange(entry, clusterBits: header.clusterBits)
-            // The sector count rounds the end up to a sector, so the range may end past EOF by < 512 bytes.
-            let limit = (fileSize + 511) & ~UInt64(511)
-            guard offset >= clusterSize, offset + UInt64(length) <= limit else {
-                throw inconsistent(
-                    "L2 table \(l1Index) entry \(l2Index) points to a compressed cluster at \(offset) (+\(length) "
-                        + "bytes), outside the file (\(fileSize) bytes)")
-            }
-            return .compressed(fileOffset: offset, length: length)
-        }
-        // As QEMU reads it: the zero flag wins over an allocation (a preallocated zero cluster reads as zeros).
-        if entry & QCOW2Image.zeroFlag != 0 { return .zero }
-        let offset = entry & QCOW2Image.offsetMask
-        if offset == 0 { return .unallocated }
-        guard offset % clusterSize == 0 else {
-            throw inconsistent("L2 table \(l1Index) entry \(l2Index) points to unaligned data offset \(offset)")
-        }
-        guard offset + clusterSize <= fileSize else {
-            throw inconsistent(
-                "L2 table \(l1Index) entry \(l2Index) points to a data cluster at offset \(offset), outside the "
-                    + "file (\(fileSize) bytes)")
-        }
-        return .data(fileOffset: offset)
     }
 
     private mutating func l1Entry(_ index: Int) throws(BerthError) -> UInt64 {
@@ -414,9 +456,66 @@ public struct QCOW2ExtentReader {
         return l1Window[index - l1WindowStart]
     }
 
-    private func inconsistent(_ detail: String) -> BerthError {
-        .invalidImage(
-            "image \(image.path) is truncated or inconsistent: \(detail); check it with "
-                + "`qemu-img check` and upload a good copy")
+}
+
+/// Inflates compressed clusters with buffers allocated once: the input holds up to two clusters and a sector
+/// (the most a compressed entry spans), the output one cluster.
+final class QCOW2ClusterInflater {
+    private let image: QCOW2Image
+    private let input: UnsafeMutableRawBufferPointer
+    private let cluster: UnsafeMutableRawBufferPointer
+    private let decoder = InflateDecoder()
+
+    init(image: QCOW2Image) {
+        self.image = image
+        input = .allocate(byteCount: image.header.clusterSize * 2 + 512, alignment: 64)
+        cluster = .allocate(byteCount: image.header.clusterSize, alignment: 4096)
+    }
+
+    deinit {
+        input.deallocate()
+        cluster.deallocate()
+    }
+
+    /// The cluster's bytes, valid until the next call.
+    func inflate(fileOffset: UInt64, length: Int, virtualOffset: UInt64) throws(BerthError) -> UnsafeRawBufferPointer {
+        let compressed = UnsafeMutableRawBufferPointer(rebasing: input[0..<length])
+        let got = try image.file.read(into: compressed, at: fileOffset)
+        // The last sector of the entry may lie past the end of the file: QEMU reads zeros there too.
+        if got < length {
+            UnsafeMutableRawBufferPointer(rebasing: compressed[got...]).initializeMemory(as: UInt8.self, repeating: 0)
+        }
+        let result: InflateResult
+        do {
+            result = try decoder.decompress(UnsafeRawBufferPointer(compressed), into: cluster)
+        } catch {
+            throw .invalidImage(
+                "the compressed cluster at virtual offset \(virtualOffset) (file offset \(fileOffset)) of image "
+                    + "\(image.path) is corrupt (\(error.message)); check it with `qemu-img check` and upload a "
+                    + "good copy")
+        }
+        guard result.bytesWritten == cluster.count else {
+            throw .invalidImage(
+                "the compressed cluster at virtual offset \(virtualOffset) of image \(image.path) is corrupt: it "
+                    + "inflates to \(result.bytesWritten) bytes, not \(cluster.count)")
+        }
+        return UnsafeRawBufferPointer(cluster)
+    }
+}
+
+/// A set of cluster indexes below a bound, one bit each.
+struct QCOW2ClusterSet {
+    private var words: [UInt64]
+
+    init(clusters: UInt64) {
+        words = [UInt64](repeating: 0, count: Int((clusters + 63) / 64))
+    }
+
+    /// Inserts `cluster` (below the bound); false when it was already there.
+    mutating func insert(_ cluster: UInt64) -> Bool {
+        let (word, bit) = (Int(cluster / 64), UInt64(1) << (cluster % 64))
+        guard words[word] & bit == 0 else { return false }
+        words[word] |= bit
+        return true
     }
 }

@@ -230,7 +230,7 @@ func imgDeployAndCompare(
     let name = URL(fileURLWithPath: image).lastPathComponent
     let disk = try imgSparseDisk(directory.file("\(name).disk"), size: diskSize)
     let reference = try imgReference(image, to: directory.file("\(name).ref"), size: diskSize)
-    let plan = try ImageWriter.plan(imagePath: image, diskPath: disk, checksum: checksum)
+    let plan = try ImageWriter.plan(imagePath: image, diskPath: disk, checksum: checksum, configDrive: false)
     let report = try plan.write()
     #expect(
         try imgCompare(disk, reference) == nil, "\(name) differs from qemu-img convert", sourceLocation: sourceLocation)

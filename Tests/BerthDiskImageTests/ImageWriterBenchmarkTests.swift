@@ -53,7 +53,8 @@ struct ImageWriterBenchmarkTests {
                 let total = try seconds {
                     var plan: DeployPlan?
                     planSeconds = try seconds {
-                        plan = try ImageWriter.plan(imagePath: image, diskPath: disk, checksum: verify ? checksum : nil)
+                        plan = try ImageWriter.plan(
+                            imagePath: image, diskPath: disk, checksum: verify ? checksum : nil, configDrive: false)
                     }
                     report = try plan?.write()
                 }

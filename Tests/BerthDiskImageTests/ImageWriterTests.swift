@@ -83,7 +83,7 @@ struct ImageWriterTests {
         try imgQemuIO(image, ["write -P 0x42 1M 64k", "write -z 2M 512k"])
         let disk = try directory.write("disk", [UInt8](repeating: 0xff, count: 5 << 20))
         let reference = try imgReference(image, to: directory.file("ref"), size: 4 << 20)
-        let report = try ImageWriter.plan(imagePath: image, diskPath: disk, checksum: nil).write()
+        let report = try ImageWriter.plan(imagePath: image, diskPath: disk, checksum: nil, configDrive: false).write()
         #expect(report.bytesWritten == 64 << 10)
         #expect(try imgCompare(disk, reference, bytes: 4 << 20) == nil)
         // Past the image the disk is the node's: left alone, and the file keeps its size.
@@ -92,7 +92,7 @@ struct ImageWriterTests {
         // A raw image with zero blocks over the same old data.
         let raw = try sourceContent(directory, size: 4 << 20)
         try imgTool("dd", ["if=/dev/urandom", "of=\(disk)", "bs=1M", "count=5", "conv=notrunc", "status=none"])
-        _ = try ImageWriter.plan(imagePath: raw, diskPath: disk, checksum: nil).write()
+        _ = try ImageWriter.plan(imagePath: raw, diskPath: disk, checksum: nil, configDrive: false).write()
         #expect(try imgCompare(disk, raw, bytes: 4 << 20) == nil)
     }
 
@@ -109,7 +109,9 @@ struct ImageWriterTests {
         #expect(report.checksumVerified)
         let legacy = try ImageChecksum.select(osHashAlgo: nil, osHashValue: nil, checksum: md5)
         let disk = try imgSparseDisk(directory.file("legacy.disk"), size: 8 << 20)
-        #expect(try ImageWriter.plan(imagePath: image, diskPath: disk, checksum: legacy).computedChecksum == md5)
+        #expect(
+            try ImageWriter.plan(imagePath: image, diskPath: disk, checksum: legacy, configDrive: false)
+                .computedChecksum == md5)
     }
 
     /// Every refusal has its own message and leaves the disk byte-identical.
@@ -164,7 +166,7 @@ struct ImageWriterTests {
                     sum = try ImageChecksum.select(
                         osHashAlgo: algo, osHashValue: String(repeating: "a", count: 40), checksum: nil)
                 }
-                return try ImageWriter.plan(imagePath: image, diskPath: disk, checksum: sum).write()
+                return try ImageWriter.plan(imagePath: image, diskPath: disk, checksum: sum, configDrive: false).write()
             }
             if let message { messages.insert(message) } else { Issue.record("\(name) was not refused") }
             #expect(try imgSHA256(disk) == before, "\(name) changed the disk")
@@ -177,7 +179,7 @@ struct ImageWriterTests {
         let directory = try ImgTestDirectory()
         let raw = try sourceContent(directory, size: 1 << 20)
         let disk = try imgSparseDisk(directory.file("disk"), size: 2 << 20)
-        let plan = try ImageWriter.plan(imagePath: raw, diskPath: disk, checksum: nil)
+        let plan = try ImageWriter.plan(imagePath: raw, diskPath: disk, checksum: nil, configDrive: false)
         try imgTool("truncate", ["-s", "\(2 << 20)", raw])
         imgExpectError(.deployFailed, ["changed since it was checked"]) { try plan.write() }
         #expect(try imgAllocatedBytes(disk) == 0)
@@ -189,7 +191,9 @@ struct ImageWriterTests {
         try imgTool("dd", ["if=/dev/urandom", "of=\(raw)", "bs=1M", "count=200", "status=none"])
         let disk = try imgSparseDisk(directory.file("disk"), size: 200 << 20)
         var calls: [(UInt64, UInt64)] = []
-        _ = try ImageWriter.plan(imagePath: raw, diskPath: disk, checksum: nil).write { calls.append(($0, $1)) }
+        _ = try ImageWriter.plan(imagePath: raw, diskPath: disk, checksum: nil, configDrive: false).write {
+            calls.append(($0, $1))
+        }
         #expect(calls.count >= 3)
         #expect(calls.last.map { $0 == (200 << 20, 200 << 20) } == true)
         #expect(zip(calls, calls.dropFirst()).allSatisfy { $0.0 <= $1.0 })
@@ -218,7 +222,7 @@ struct ImageWriterTests {
 
         let before = ImgMemory.residentBytes()
         ImgMemory.resetPeak()
-        let plan = try ImageWriter.plan(imagePath: withRandom, diskPath: disk, checksum: nil)
+        let plan = try ImageWriter.plan(imagePath: withRandom, diskPath: disk, checksum: nil, configDrive: false)
         let report = try plan.write()
         let growth = Int64(ImgMemory.peakBytes()) - Int64(before)
         print("4 GiB qcow2: deployed in \(report.seconds) s, peak RSS growth \(growth >> 10) KiB")
@@ -286,7 +290,7 @@ struct ImageWriterBlockDeviceTests {
                 "write -P 0x5a 0 100k", "write -P 0 20k 3000", "write -z 1M 1M", "write -P 0x77 4M 64k",
             ])
         let reference = try imgReference(image, to: directory.file("ref"), size: 6 << 20)
-        let plan = try ImageWriter.plan(imagePath: image, diskPath: device.path, checksum: nil)
+        let plan = try ImageWriter.plan(imagePath: image, diskPath: device.path, checksum: nil, configDrive: false)
         #expect(plan.isBlockDevice)
         #expect(plan.diskSize == 8 << 20)
         #expect(plan.sectorSize == sectorSize)
@@ -300,7 +304,7 @@ struct ImageWriterBlockDeviceTests {
         let big = try imgCreateQCOW2(directory.file("big.qcow2"), size: "9M")
         let before = try imgSHA256(device.path)
         imgExpectError(.invalidImage, ["needs 9437184 bytes", "has 8388608"]) {
-            try ImageWriter.plan(imagePath: big, diskPath: device.path, checksum: nil)
+            try ImageWriter.plan(imagePath: big, diskPath: device.path, checksum: nil, configDrive: false)
         }
         #expect(try imgSHA256(device.path) == before)
     }
