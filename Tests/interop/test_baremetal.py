@@ -737,7 +737,7 @@ def test_verification_stamp_is_kept_and_withdrawn(bench, berth_bin):
     stamp = catalog.root / "images" / f"{image_id}.verified"
     data = os.stat(catalog.data_path(image_id))
     fields = stamp.read_text().split()
-    assert fields[0] == "berth-verified-1" and fields[1:4] == [str(data.st_dev), str(data.st_ino), str(data.st_size)]
+    assert fields[0] == "berth-verified-2" and fields[1:4] == [str(data.st_dev), str(data.st_ino), str(data.st_size)]
     assert fields[6] == json.loads(catalog.record_path(image_id).read_text())["os_hash_value"]
 
     def verify():
