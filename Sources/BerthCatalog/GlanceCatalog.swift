@@ -243,7 +243,8 @@ public final class GlanceCatalog: Catalog {
         defer { temporary.closeQuietly() }
         do throws(CatalogError) {
             let result = try await transport.download(
-                endpoint.file(id), into: temporary, algorithm: algorithm, operation: .download(imageID: id.value))
+                endpoint.file(id), into: temporary, expectedSize: image.size, algorithm: algorithm,
+                operation: .download(imageID: id.value))
             if let mismatch = GlanceHash.mismatch(result, image: image) {
                 throw .invalidImage(
                     "the data of image \(id) downloaded from Glance at \(endpoint) does not match the image's "
