@@ -1,48 +1,41 @@
 import BerthCore
 import BerthDigest
 import BerthJSON
+import CCurl
+import Dispatch
 import Foundation
-import Synchronization
 
-#if canImport(FoundationNetworking)
-    import FoundationNetworking
-#endif
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// HTTP to Glance through Foundation's URLSession (libcurl underneath on Linux): no package to build, which
-/// keeps CI's build minutes where they are (docs/glance.md says why not AsyncHTTPClient). Sends the token as
-/// `X-Auth-Token` and never puts it in a message.
+/// HTTP to Glance through libcurl's easy interface (already on every host: Foundation's networking uses it),
+/// driven directly rather than through URLSession: libcurl hands each piece of an answer to `CurlExchange`'s
+/// callback from its own read loop, so nothing more is read from the socket while Berth writes and hashes a
+/// chunk. URLSession on Linux queues every chunk for its delegate without waiting, and a fast server filled
+/// hundreds of MiB before any limit was seen (docs/glance.md). Sends the token as `X-Auth-Token` and never puts
+/// it in a message.
 ///
-/// Every answer is read through a `ResponseReader`, which enforces Berth's rules while the bytes arrive rather
-/// than after: a JSON answer stops at `answerLimit`, image data at the size Glance's record gives, an error
-/// body at `errorBodyLimit` (Content-Length first, then a running count), and a redirect to another origin is
-/// refused, so neither a hostile answer nor a hostile server gets Berth's memory, disk or token.
+/// Berth's rules are enforced while the bytes arrive: a JSON answer stops at `answerLimit`, image data at the
+/// size Glance's record gives, an error body at `errorBodyLimit` (Content-Length first, then a running count),
+/// and a redirect is followed only on the endpoint's own origin, so neither a hostile answer nor a hostile
+/// server gets Berth's memory, disk or token.
 final class GlanceTransport: Sendable {
     let endpoint: GlanceEndpoint
     private let token: String?
-    private let requestTimeout: TimeInterval
+    private let requestTimeout: Int
 
     /// Bytes of an error body kept for the message; the rest is not read.
     static let errorBodyLimit = 64 << 10
     /// Bytes of a JSON answer (a listing page of 100 images with 128 properties each stays far below).
     static let answerLimit = 32 << 20
+    /// Redirects followed on the endpoint's origin before the answer counts as a loop.
+    static let redirectLimit = 5
 
-    init(endpoint: GlanceEndpoint, token: String?, requestTimeout: TimeInterval = 60) {
+    init(endpoint: GlanceEndpoint, token: String?, requestTimeout: Int = 60) {
         self.endpoint = endpoint
         self.token = token
         self.requestTimeout = requestTimeout
-    }
-
-    func request(_ method: String, _ url: String, contentType: String? = nil) -> URLRequest {
-        var request = URLRequest(url: URL(string: url)!)
-        request.httpMethod = method
-        request.setValue("application/json", forHTTPHeaderField: "Accept")
-        if let contentType { request.setValue(contentType, forHTTPHeaderField: "Content-Type") }
-        if let token { request.setValue(token, forHTTPHeaderField: "X-Auth-Token") }
-        request.timeoutInterval = requestTimeout
-        return request
     }
 
     /// Sends a request whose answer is JSON (or nothing); maps every failure to a `CatalogError`.
@@ -50,18 +43,26 @@ final class GlanceTransport: Sendable {
         _ method: String, _ url: String, body: JSONValue? = nil, contentType: String = "application/json",
         operation: GlanceOperation, expect: Set<Int> = [200]
     ) async throws(CatalogError) -> JSONValue? {
-        var request = request(method, url, contentType: body == nil ? nil : contentType)
-        if let body { request.httpBody = Data(JSONCodec.serialize(body)) }
-        let answer = JSONAnswer()
-        let status = try await send(request, upload: nil, reader: answer.reader(endpoint, operation), operation)
-        guard expect.contains(status.code) else {
+        let limit = Self.answerLimit
+        let request = CurlExchange.Request(
+            method: method, url: url,
+            headers: headers(accept: "application/json", contentType: body.map { _ in contentType }),
+            body: body.map { .bytes(JSONCodec.serialize($0)) }, timeout: requestTimeout)
+        let answer = try await exchange(
+            request, limit: Int64(limit), operation,
+            tooLarge: { seen, declared in
+                GlanceRecord.malformed(
+                    "an answer to \(operation.verb)\(operation.imageID.map { " \($0)" } ?? "") larger than "
+                        + "\(limit) bytes (\(declared ? "Content-Length" : "already") \(seen)); it was not read")
+            },
+            consume: { _ throws(CatalogError) in })
+        guard expect.contains(answer.status) else {
             throw GlanceErrors.error(
-                status: status.code, body: status.errorBody, operation: operation, endpoint: endpoint)
+                status: answer.status, body: answer.errorBody, operation: operation, endpoint: endpoint)
         }
-        guard !answer.bytes.isEmpty else { return nil }
+        guard !answer.body.isEmpty else { return nil }
         do {
-            return try JSONCodec.parse(
-                [UInt8](answer.bytes), limits: JSONLimits(maxBytes: Self.answerLimit, maxDepth: 16))
+            return try JSONCodec.parse(answer.body, limits: JSONLimits(maxBytes: limit, maxDepth: 16))
         } catch {
             throw GlanceRecord.malformed("not JSON: \(error.message)")
         }
@@ -72,48 +73,55 @@ final class GlanceTransport: Sendable {
         case bytes(Data)
     }
 
-    /// `PUT /v2/images/{id}/file`, streamed from the file by URLSession (not read into memory).
+    /// `PUT /v2/images/{id}/file`, streamed from the file by libcurl (not read into memory), with a length, not
+    /// chunked encoding: Glance checks it against image_size_cap before reading.
     func upload(_ url: String, body: UploadBody, operation: GlanceOperation) async throws(CatalogError) {
-        var request = request("PUT", url, contentType: "application/octet-stream")
-        // A length, not chunked encoding: Glance checks it against image_size_cap before reading.
+        let content: CurlExchange.Body
         switch body {
-        case .file(_, let size): request.setValue(String(size), forHTTPHeaderField: "Content-Length")
-        case .bytes(let data): request.setValue(String(data.count), forHTTPHeaderField: "Content-Length")
+        case .file(let file, let size): content = .file(file.path, size: size)
+        case .bytes(let data): content = .bytes([UInt8](data))
         }
-        request.timeoutInterval = 24 * 3600
-        let answer = JSONAnswer()
-        let status = try await send(request, upload: body, reader: answer.reader(endpoint, operation), operation)
-        guard status.code == 204 || status.code == 200 else {
+        let request = CurlExchange.Request(
+            method: "PUT", url: url,
+            headers: headers(accept: "application/json", contentType: "application/octet-stream"),
+            body: content, timeout: requestTimeout)
+        let answer = try await exchange(
+            request, limit: Int64(Self.errorBodyLimit), operation,
+            tooLarge: { _, _ in GlanceRecord.malformed("a long answer to an upload") },
+            consume: { _ throws(CatalogError) in })
+        guard answer.status == 204 || answer.status == 200 else {
             throw GlanceErrors.error(
-                status: status.code, body: status.errorBody, operation: operation, endpoint: endpoint)
+                status: answer.status, body: answer.errorBody, operation: operation, endpoint: endpoint)
         }
     }
 
-    /// `GET /v2/images/{id}/file` streamed into `file` (bounded memory: each chunk is written and hashed as
-    /// it arrives), with its size, md5 and the `os_hash_algo` digest. More than `expectedSize` bytes (the
-    /// record's `size`) is refused as soon as Content-Length or the running count says so; the caller verifies
-    /// the rest and commits.
+    /// `GET /v2/images/{id}/file` streamed into `file` (each chunk written and hashed as it arrives), with its
+    /// size, md5 and the `os_hash_algo` digest. More than `expectedSize` bytes (the record's `size`) is refused as
+    /// soon as Content-Length or the running count says so; the caller verifies the rest and commits.
     func download(
         _ url: String, into file: Descriptor, expectedSize: Int64, algorithm: GlanceHash.Algorithm,
         operation: GlanceOperation
     ) async throws(CatalogError) -> GlanceHash.Result {
-        var request = request("GET", url)
-        request.setValue("application/octet-stream", forHTTPHeaderField: "Accept")
-        let sink = DownloadSink(file: file, algorithm: algorithm)
         let endpoint = self.endpoint
-        let reader = ResponseReader(
-            endpoint: endpoint, limit: expectedSize,
+        var hasher = GlanceHash.Hasher(algorithm)
+        let request = CurlExchange.Request(
+            method: "GET", url: url, headers: headers(accept: "application/octet-stream", contentType: nil), body: nil,
+            timeout: requestTimeout)
+        let answer = try await exchange(
+            request, limit: expectedSize, operation,
             tooLarge: { seen, declared in
                 .invalidImage(
                     "Glance at \(endpoint) sends more data for image \(operation.imageID ?? "?") than its record's "
                         + "size of \(expectedSize) bytes (\(declared ? "Content-Length" : "already") \(seen)); the "
                         + "download was stopped and nothing was cached. Re-upload the image to Glance")
             },
-            consume: sink.consume)
-        let status = try await send(request, upload: nil, reader: reader, operation)
-        switch status.code {
+            consume: { chunk throws(CatalogError) in
+                hasher.update(chunk)
+                try Files.writeAll(file, chunk)
+            }, keepBody: false)
+        switch answer.status {
         case 200:
-            return sink.hasher.finalize()
+            return hasher.finalize()
         case 204:
             // Only active images are downloaded: Glance answers 204 when its store lost the data file.
             throw .invalidImage(
@@ -121,56 +129,290 @@ final class GlanceTransport: Sendable {
                     + "the image is active: its store has lost the data. Nothing was cached; re-upload the image")
         default:
             throw GlanceErrors.error(
-                status: status.code, body: status.errorBody, operation: operation, endpoint: endpoint)
+                status: answer.status, body: answer.errorBody, operation: operation, endpoint: endpoint)
         }
     }
 
-    /// Runs one request on a session of its own, whose delegate is `reader`, and waits for its outcome.
-    private func send(
-        _ request: URLRequest, upload: UploadBody?, reader: ResponseReader, _ operation: GlanceOperation
-    ) async throws(CatalogError) -> ResponseReader.Status {
-        let configuration = URLSessionConfiguration.ephemeral
-        configuration.timeoutIntervalForRequest = requestTimeout
-        configuration.timeoutIntervalForResource = 24 * 3600
-        configuration.httpCookieAcceptPolicy = .never
-        configuration.urlCache = nil
-        let queue = OperationQueue()
-        queue.maxConcurrentOperationCount = 1
-        queue.name = "berth.glance"
-        let session = URLSession(configuration: configuration, delegate: reader, delegateQueue: queue)
-        defer { session.finishTasksAndInvalidate() }
-        let outcome = await withCheckedContinuation {
-            (continuation: CheckedContinuation<ResponseReader.Outcome, Never>) in
-            reader.finish = { continuation.resume(returning: $0) }
-            let task: URLSessionTask
-            switch upload {
-            case .file(let url, _)?: task = session.uploadTask(with: request, fromFile: url)
-            case .bytes(let data)?: task = session.uploadTask(with: request, from: data)
-            case nil: task = session.dataTask(with: request)
+    private func headers(accept: String, contentType: String?) -> [String] {
+        var headers = ["Accept: \(accept)"]
+        if let contentType { headers.append("Content-Type: \(contentType)") }
+        if let token { headers.append("X-Auth-Token: \(token)") }
+        // libcurl waits up to a second for "100 Continue" before a body; Glance never sends one.
+        headers.append("Expect:")
+        return headers
+    }
+
+    /// Runs the exchange on a dispatch thread (libcurl blocks), following redirects only on the endpoint's
+    /// origin, and maps libcurl's failures to `CatalogError`.
+    private func exchange(
+        _ request: CurlExchange.Request, limit: Int64, _ operation: GlanceOperation,
+        tooLarge: @escaping (Int64, Bool) -> CatalogError,
+        consume: @escaping (UnsafeRawBufferPointer) throws(CatalogError) -> Void, keepBody: Bool = true
+    ) async throws(CatalogError) -> CurlExchange.Answer {
+        let endpoint = self.endpoint
+        let work = CurlExchange.Work(
+            request: request, limit: limit, tooLarge: tooLarge, consume: consume, keepBody: keepBody)
+        let result: Result<CurlExchange.Answer, CatalogError> = await withCheckedContinuation { continuation in
+            DispatchQueue.global(qos: .userInitiated).async {
+                continuation.resume(
+                    returning: Result { () throws(CatalogError) in
+                        var request = work.request
+                        for _ in 0...Self.redirectLimit {
+                            let answer = try CurlExchange.perform(request, work: work, endpoint: endpoint, operation)
+                            guard let location = answer.redirect else { return answer }
+                            guard endpoint.isSameOrigin(location) else {
+                                throw .unavailable(
+                                    "Glance at \(endpoint) redirected to another origin "
+                                        + "(\(GlanceEndpoint.origin(of: location))); Berth does not follow it, so its token "
+                                        + "is not sent there. Point --catalog at the URL that serves the Glance API")
+                            }
+                            request.url = location.absoluteString
+                        }
+                        throw GlanceRecord.malformed("more than \(Self.redirectLimit) redirects")
+                    })
             }
-            task.resume()
         }
-        switch outcome {
-        case .answered(let status): return status
-        case .failed(let error): throw error
-        case .transport(let error):
-            throw GlanceErrors.unreachable(endpoint, operation: operation, reason: Self.describe(error))
+        return try result.get()
+    }
+}
+
+/// One HTTP request and its answer through libcurl's easy interface, run to completion on the calling thread.
+/// Owns its handle and header list. The callbacks run inside `curl_easy_perform`, on this thread.
+final class CurlExchange {
+    struct Request: Sendable {
+        var method: String
+        var url: String
+        var headers: [String]
+        var body: Body?
+        var timeout: Int
+    }
+
+    enum Body: Sendable {
+        case bytes([UInt8])
+        case file(String, size: Int64)
+    }
+
+    struct Answer {
+        var status: Int
+        var body: [UInt8]
+        var errorBody: [UInt8]
+        /// The `Location` of a 3xx answer, resolved against the request's URL.
+        var redirect: URL?
+    }
+
+    /// What one exchange does with the answer's body; shared by the redirects it follows.
+    final class Work: @unchecked Sendable {
+        // Used by one exchange at a time, on the thread that runs it.
+        let request: Request
+        let limit: Int64
+        let tooLarge: (Int64, Bool) -> CatalogError
+        let consume: (UnsafeRawBufferPointer) throws(CatalogError) -> Void
+        let keepBody: Bool
+
+        init(
+            request: Request, limit: Int64, tooLarge: @escaping (Int64, Bool) -> CatalogError,
+            consume: @escaping (UnsafeRawBufferPointer) throws(CatalogError) -> Void, keepBody: Bool
+        ) {
+            self.request = request
+            self.limit = limit
+            self.tooLarge = tooLarge
+            self.consume = consume
+            self.keepBody = keepBody
         }
     }
 
-    static func describe(_ error: Error) -> String {
-        if let error = error as? URLError {
-            switch error.code {
-            case .cannotConnectToHost: return "connection refused"
-            case .timedOut: return "timed out"
-            case .cannotFindHost: return "host name not found"
-            case .networkConnectionLost: return "connection lost mid-transfer"
-            case .notConnectedToInternet: return "no route to the host"
-            default: return "\(error.localizedDescription) (URLError \(error.code.rawValue))"
-            }
-        }
-        return "\(error)"
+    private static let globalInit: CURLcode = curl_global_init(Int(CURL_GLOBAL_DEFAULT))
+
+    private let handle: UnsafeMutableRawPointer
+    private var headerList: UnsafeMutablePointer<curl_slist>?
+    private let work: Work
+    private var status = 0
+    private var contentLength: Int64 = -1
+    private var location: String?
+    private var received: Int64 = 0
+    private var body: [UInt8] = []
+    private var errorBody: [UInt8] = []
+    /// The error body reached its limit and the rest was not read: the abort that follows is not a failure.
+    private var errorBodyComplete = false
+    private var failure: CatalogError?
+    private var upload: Int32 = -1
+
+    private init?(work: Work) {
+        _ = Self.globalInit
+        guard let handle = curl_easy_init() else { return nil }
+        self.handle = handle
+        self.work = work
     }
+
+    deinit {
+        curl_slist_free_all(headerList)
+        curl_easy_cleanup(handle)
+        if upload >= 0 { close(upload) }
+    }
+
+    private var isSuccess: Bool { (200..<300).contains(status) }
+
+    static func perform(_ request: Request, work: Work, endpoint: GlanceEndpoint, _ operation: GlanceOperation)
+        throws(CatalogError) -> Answer
+    {
+        guard let exchange = CurlExchange(work: work) else {
+            throw .unavailable("cannot start an HTTP request to Glance at \(endpoint): libcurl could not make a handle")
+        }
+        return try exchange.run(request, endpoint: endpoint, operation)
+    }
+
+    private func run(_ request: Request, endpoint: GlanceEndpoint, _ operation: GlanceOperation)
+        throws(CatalogError) -> Answer
+    {
+        for line in request.headers { headerList = curl_slist_append(headerList, line) }
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        let timeout = request.timeout
+        var code = CURLE_OK
+        func set(_ option: CURLoption, _ value: Int) {
+            if code == CURLE_OK { code = berth_curl_set_long(handle, option, value) }
+        }
+        func set(_ option: CURLoption, _ value: UnsafeRawPointer?) {
+            if code == CURLE_OK { code = berth_curl_set_pointer(handle, option, value) }
+        }
+        func set(_ option: CURLoption, _ value: String) {
+            if code == CURLE_OK { code = berth_curl_set_string(handle, option, value) }
+        }
+        func set(_ option: CURLoption, _ value: berth_curl_callback) {
+            if code == CURLE_OK { code = berth_curl_set_callback(handle, option, value) }
+        }
+        func set(_ option: CURLoption, offset value: Int64) {
+            if code == CURLE_OK { code = berth_curl_set_offset(handle, option, curl_off_t(value)) }
+        }
+        set(CURLOPT_URL, request.url)
+        set(CURLOPT_CUSTOMREQUEST, request.method)
+        set(CURLOPT_PROTOCOLS_STR, "http,https")
+        set(CURLOPT_HTTPHEADER, UnsafeRawPointer(headerList))
+        set(CURLOPT_NOSIGNAL, 1)
+        set(CURLOPT_CONNECTTIMEOUT, timeout)
+        // No byte for `timeout` seconds is a timeout; a long transfer that moves is not.
+        set(CURLOPT_LOW_SPEED_LIMIT, 1)
+        set(CURLOPT_LOW_SPEED_TIME, timeout)
+        set(CURLOPT_HEADERDATA, context)
+        set(CURLOPT_WRITEDATA, context)
+        set(CURLOPT_HEADERFUNCTION, curlHeader)
+        set(CURLOPT_WRITEFUNCTION, curlWrite)
+        switch request.body {
+        case .file(let path, let size)?:
+            upload = open(path, O_RDONLY | O_CLOEXEC)
+            guard upload >= 0 else { throw Files.failure("open", path, errno) }
+            set(CURLOPT_UPLOAD, 1)
+            set(CURLOPT_INFILESIZE_LARGE, offset: size)
+            set(CURLOPT_READDATA, context)
+            set(CURLOPT_READFUNCTION, curlRead)
+        case .bytes(let bytes)?:
+            set(CURLOPT_POSTFIELDSIZE_LARGE, offset: Int64(bytes.count))
+            if code == CURLE_OK { code = berth_curl_set_pointer(handle, CURLOPT_COPYPOSTFIELDS, bytes) }
+        case nil:
+            break
+        }
+        guard code == CURLE_OK else {
+            throw .unavailable("cannot set up an HTTP request to Glance at \(endpoint): \(Self.describe(code))")
+        }
+        let result = curl_easy_perform(handle)
+        if let failure { throw failure }
+        guard result == CURLE_OK || (result == CURLE_WRITE_ERROR && errorBodyComplete) else {
+            throw GlanceErrors.unreachable(endpoint, operation: operation, reason: Self.describe(result))
+        }
+        var redirect: URL?
+        if (300..<400).contains(status), let location {
+            redirect = URL(string: location, relativeTo: URL(string: request.url))?.absoluteURL
+        }
+        return Answer(status: status, body: body, errorBody: isSuccess ? [] : errorBody, redirect: redirect)
+    }
+
+    // MARK: libcurl's callbacks (return a count other than the one given to abort the transfer)
+
+    fileprivate func header(_ line: UnsafeRawBufferPointer) -> Bool {
+        let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        if text.hasPrefix("HTTP/") {
+            // A new answer (after a "100 Continue" too): its own status and headers.
+            let fields = text.split(separator: " ", maxSplits: 2)
+            status = fields.count >= 2 ? Int(fields[1]) ?? 0 : 0
+            contentLength = -1
+            location = nil
+            return true
+        }
+        guard let colon = text.firstIndex(of: ":") else {
+            // The blank line that ends the headers: a body Content-Length declares too large is not read at all.
+            if text.isEmpty && isSuccess && contentLength > work.limit {
+                failure = work.tooLarge(contentLength, true)
+                return false
+            }
+            return true
+        }
+        let name = text[..<colon].lowercased()
+        let value = text[text.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        if name == "content-length" { contentLength = Int64(value) ?? -1 }
+        if name == "location" { location = value }
+        return true
+    }
+
+    fileprivate func write(_ chunk: UnsafeRawBufferPointer) -> Bool {
+        guard isSuccess else {
+            // An error or redirect body: its first bytes explain it; the rest is not read.
+            errorBody += chunk.prefix(GlanceTransport.errorBodyLimit - errorBody.count)
+            if errorBody.count >= GlanceTransport.errorBodyLimit {
+                errorBodyComplete = true
+                return false
+            }
+            return true
+        }
+        received += Int64(chunk.count)
+        guard received <= work.limit else {
+            failure = work.tooLarge(received, false)
+            return false
+        }
+        do throws(CatalogError) {
+            try work.consume(chunk)
+        } catch {
+            failure = error
+            return false
+        }
+        if work.keepBody { body += chunk }
+        return true
+    }
+
+    fileprivate func read(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        while true {
+            let got = Glibc.read(upload, buffer.baseAddress, buffer.count)
+            if got >= 0 { return got }
+            if errno != EINTR { return nil }
+        }
+    }
+
+    static func describe(_ code: CURLcode) -> String {
+        switch code {
+        case CURLE_COULDNT_CONNECT: "connection refused"
+        case CURLE_OPERATION_TIMEDOUT: "timed out"
+        case CURLE_COULDNT_RESOLVE_HOST: "host name not found"
+        case CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_PARTIAL_FILE, CURLE_GOT_NOTHING: "connection lost mid-transfer"
+        default: "\(String(cString: curl_easy_strerror(code))) (curl error \(code.rawValue))"
+        }
+    }
+}
+
+private func exchange(_ context: UnsafeMutableRawPointer?) -> CurlExchange {
+    Unmanaged<CurlExchange>.fromOpaque(context!).takeUnretainedValue()
+}
+
+private let curlHeader: berth_curl_callback = { buffer, size, count, context in
+    let bytes = size * count
+    return exchange(context).header(UnsafeRawBufferPointer(start: buffer, count: bytes)) ? bytes : 0
+}
+
+private let curlWrite: berth_curl_callback = { buffer, size, count, context in
+    let bytes = size * count
+    return exchange(context).write(UnsafeRawBufferPointer(start: buffer, count: bytes)) ? bytes : 0
+}
+
+private let curlRead: berth_curl_callback = { buffer, size, count, context in
+    exchange(context).read(into: UnsafeMutableRawBufferPointer(start: buffer, count: size * count))
+        ?? Int(CURL_READFUNC_ABORT)
 }
 
 /// The digests Glance records: `os_hash_algo` (sha512 by default) and the legacy md5 `checksum`.
@@ -253,154 +495,5 @@ enum GlanceHash {
             return "md5 \(result.md5), expected \(expected)"
         }
         return nil
-    }
-}
-
-/// The bytes of a JSON answer, collected by a `ResponseReader` that stops at `GlanceTransport.answerLimit`.
-private final class JSONAnswer: @unchecked Sendable {
-    // Written only on the reader's serial delegate queue, read after the request finished.
-    private(set) var bytes = Data()
-
-    func reader(_ endpoint: GlanceEndpoint, _ operation: GlanceOperation) -> ResponseReader {
-        let limit = GlanceTransport.answerLimit
-        return ResponseReader(
-            endpoint: endpoint, limit: Int64(limit),
-            tooLarge: { seen, declared in
-                GlanceRecord.malformed(
-                    "an answer to \(operation.verb)\(operation.imageID.map { " \($0)" } ?? "") larger than "
-                        + "\(limit) bytes (\(declared ? "Content-Length" : "already") \(seen)); it was not read")
-            },
-            consume: { [unowned self] chunk throws(CatalogError) in self.bytes.append(contentsOf: chunk) })
-    }
-}
-
-/// Image data written to the cache file and hashed as it arrives.
-private final class DownloadSink: @unchecked Sendable {
-    // Used only on the reader's serial delegate queue, read after the request finished.
-    let file: Descriptor
-    var hasher: GlanceHash.Hasher
-
-    init(file: Descriptor, algorithm: GlanceHash.Algorithm) {
-        self.file = file
-        self.hasher = GlanceHash.Hasher(algorithm)
-    }
-
-    func consume(_ chunk: UnsafeRawBufferPointer) throws(CatalogError) {
-        hasher.update(chunk)
-        try Files.writeAll(file, chunk)
-    }
-}
-
-/// URLSession's delegate for one request. Runs on a serial queue, so its state needs no lock of its own
-/// beyond the one that hands the outcome over. The body of a 2xx answer goes to `consume` and stops at `limit`
-/// bytes; an error body is kept up to `GlanceTransport.errorBodyLimit`; a redirect is followed only on the
-/// endpoint's own origin, so the token is never sent to another host.
-final class ResponseReader: NSObject, URLSessionDataDelegate, @unchecked Sendable {
-    struct Status: Sendable {
-        var code: Int
-        var errorBody: [UInt8]
-    }
-
-    enum Outcome: Sendable {
-        case answered(Status)
-        case failed(CatalogError)
-        case transport(Error)
-    }
-
-    let endpoint: GlanceEndpoint
-    let limit: Int64
-    let tooLarge: @Sendable (_ seen: Int64, _ declared: Bool) -> CatalogError
-    let consume: (UnsafeRawBufferPointer) throws(CatalogError) -> Void
-    var finish: (@Sendable (Outcome) -> Void)?
-
-    private var status = 0
-    private var received: Int64 = 0
-    private var errorBody: [UInt8] = []
-    /// The error body reached its limit and the rest was not read: the cancellation that follows is not a failure.
-    private var errorBodyComplete = false
-    private var failure: CatalogError?
-
-    init(
-        endpoint: GlanceEndpoint, limit: Int64, tooLarge: @escaping @Sendable (Int64, Bool) -> CatalogError,
-        consume: @escaping (UnsafeRawBufferPointer) throws(CatalogError) -> Void
-    ) {
-        self.endpoint = endpoint
-        self.limit = limit
-        self.tooLarge = tooLarge
-        self.consume = consume
-    }
-
-    private var isSuccess: Bool { (200..<300).contains(status) }
-
-    private func fail(_ error: CatalogError, _ task: URLSessionTask) {
-        failure = error
-        task.cancel()
-    }
-
-    func urlSession(
-        _ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse,
-        newRequest request: URLRequest, completionHandler: @escaping (URLRequest?) -> Void
-    ) {
-        guard endpoint.isSameOrigin(request.url) else {
-            // Not followed: the task ends with the redirect itself as its answer, which the failure replaces.
-            failure = .unavailable(
-                "Glance at \(endpoint) redirected to another origin (\(GlanceEndpoint.origin(of: request.url))); "
-                    + "Berth does not follow it, so its token is not sent there. Point --catalog at the URL that "
-                    + "serves the Glance API")
-            completionHandler(nil)
-            return
-        }
-        completionHandler(request)
-    }
-
-    func urlSession(
-        _ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
-        completionHandler: @escaping (URLSession.ResponseDisposition) -> Void
-    ) {
-        status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        // -1 when the answer has no Content-Length (chunked): then the running count decides.
-        if isSuccess && response.expectedContentLength > limit {
-            failure = tooLarge(response.expectedContentLength, true)
-            completionHandler(.cancel)
-            return
-        }
-        completionHandler(.allow)
-    }
-
-    func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-        guard failure == nil, !errorBodyComplete else { return }
-        guard isSuccess else {
-            errorBody += data.prefix(GlanceTransport.errorBodyLimit - errorBody.count)
-            if errorBody.count >= GlanceTransport.errorBodyLimit {
-                errorBodyComplete = true
-                dataTask.cancel()
-            }
-            return
-        }
-        received += Int64(data.count)
-        guard received <= limit else { return fail(tooLarge(received, false), dataTask) }
-        data.withUnsafeBytes { chunk in
-            do throws(CatalogError) {
-                try consume(chunk)
-            } catch {
-                fail(error, dataTask)
-            }
-        }
-    }
-
-    func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: Error?) {
-        let outcome: Outcome
-        if let failure {
-            outcome = .failed(failure)
-        } else if let error, !errorBodyComplete {
-            outcome = .transport(error)
-        } else if status == 0 {
-            outcome = .failed(GlanceRecord.malformed("not an HTTP answer"))
-        } else {
-            outcome = .answered(Status(code: status, errorBody: isSuccess ? [] : errorBody))
-        }
-        let finish = self.finish
-        self.finish = nil
-        finish?(outcome)
     }
 }
