@@ -441,3 +441,27 @@ def test_a_qcow2_backed_by_a_host_file_is_refused_before_any_overlay(rpc_transpo
     assert boot(rpc_transport, glance_worker, good)["status"] == "ACTIVE"
     delete(rpc_transport, glance_worker, good["uuid"])
     assert_gone(glance_worker, good["uuid"])
+
+
+def test_a_worker_cache_copy_from_before_the_inspector_is_inspected_at_boot(rpc_transport, glance_worker, cli,
+                                                                            tmp_path):
+    # The worker's image cache (state/cache/<id>) hard-links what the catalog handed out and is used without
+    # asking the catalog again; a copy left there by a version without the inspector is judged at boot anyway.
+    flat = tmp_path / "flat.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(flat), "16M"], check=True)
+    image_id = cli.image("cached-before", "qcow2", flat, kernel_id=cli.kernel_id, ramdisk_id=cli.ramdisk_id,
+                         kernel_args=IMAGE_ARGS)
+    backed = tmp_path / "backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", str(backed),
+                    "16M"], check=True)
+    cached = glance_worker.state / "cache" / image_id
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(backed.read_bytes())
+
+    inst = instance(image_id)
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, glance_worker, inst)
+    assert caught.value.exc_type == "InvalidImage", caught.value
+    assert "qcow2 overlay with a backing file" in str(caught.value.value), caught.value
+    assert_gone(glance_worker, inst["uuid"])
+    cached.unlink()
