@@ -2,7 +2,7 @@
 answers too large to hold, image data larger than its record, a redirect to another origin. Each case runs the
 real `berth` CLI and measures its peak RSS (VmHWM) and how long the refusal took.
 
-Needs only BERTH_BIN: no broker, no Glance.
+Needs BERTH_BIN; the worker case also the broker (a worker on libvirt's test driver). No Glance.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import time
 
 import pytest
 
+import oslo_messaging
+
 from hostile_glance import GIB, IMAGE_ID, MIB, Answer, HostileGlance, image_record
+from test_boot_e2e import boot, call, instance
 
 TOKEN = "hostile-test-token-5f1c"
 # The bound of issue 15: a refused answer may not cost more than this, nor take longer than REFUSAL_SECONDS.
@@ -145,3 +148,39 @@ def test_cached_image_data_is_private_to_berths_user(berth_bin, glance, tmp_path
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in cache.iterdir() if not p.name.endswith(".verified")}
     assert modes == {IMAGE_ID: "0o600", f".{IMAGE_ID}.lock": "0o600"}, modes
+
+
+def peak_rss(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_a_worker_refuses_a_flooding_download_and_keeps_serving(glance, worker_factory, rpc_transport, tmp_path):
+    data = bytes(8 * MIB)
+    glance.answers[f"/v2/images/{IMAGE_ID}"] = Answer(
+        body=json.dumps(image_record(data)).encode(), headers={"Content-Type": "application/json"})
+    glance.answers[f"/v2/images/{IMAGE_ID}/file"] = Answer(stream=(b"", GIB, b""), declare_length=False)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    state = tmp_path / "state"
+    worker = worker_factory(extra_args=[
+        "--state-dir", str(state), "--catalog", f"glance:{glance.url}", "--glance-token-file", str(token),
+        "--volume-catalog", str(tmp_path / "volumes")]).start()
+    try:
+        began = time.monotonic()
+        with pytest.raises(oslo_messaging.RemoteError) as caught:
+            boot(rpc_transport, worker, instance(IMAGE_ID))
+        seconds = time.monotonic() - began
+        assert caught.value.exc_type == "InvalidImage", caught.value
+        assert "more data for image" in str(caught.value.value), caught.value
+        peak = peak_rss(worker.proc.pid)
+        print(f"worker peak RSS {peak / MIB:.1f} MiB, refusal {seconds:.2f}s")
+        assert peak <= PEAK_RSS_LIMIT, f"worker peak RSS {peak / MIB:.0f} MiB"
+        assert seconds <= REFUSAL_SECONDS
+        assert cache_files(state / "cache" / "glance") == []
+        assert call(rpc_transport, worker, "ping", timeout=10) is not None
+    finally:
+        assert worker.stop() == 0, worker.describe()
