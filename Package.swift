@@ -24,6 +24,9 @@ let package = Package(
         .systemLibrary(
             name: "CJSONC", pkgConfig: "json-c",
             providers: [.apt(["libjson-c-dev"])]),
+        .systemLibrary(
+            name: "CCurl", pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]),
         // What Swift cannot call directly: variadic amqp_login, libvirt error capture.
         .target(name: "CBerthShims", dependencies: ["CRabbitMQ", "CLibvirt"]),
 
@@ -34,8 +37,10 @@ let package = Package(
         // MD5, SHA-256, SHA-512: optimised even in debug builds, since whole images go through them.
         .target(name: "BerthDigest", swiftSettings: [.unsafeFlags(["-O"])]),
         .target(name: "BerthCore", dependencies: ["BerthJSON", "BerthDigest"]),
-        // The image/volume catalog: the local directory catalog (Glance later).
-        .target(name: "BerthCatalog", dependencies: ["BerthCore", "BerthJSON", "BerthDigest"]),
+        // The image/volume catalog: the local directory catalog and Glance. Every image it takes or hands out goes
+        // through BerthDiskImage's inspector.
+        .target(
+            name: "BerthCatalog", dependencies: ["BerthCore", "BerthJSON", "BerthDigest", "BerthDiskImage", "CCurl"]),
         // Disk images for bare metal: format detection, qcow2 streaming conversion, partition tables, config drive.
         // Its byte loops (qcow2 conversion, inflate, zero detection, digests) run over whole disks: optimised even
         // in debug builds, or a test deploy of a few hundred MiB takes minutes instead of seconds.
@@ -72,7 +77,8 @@ let package = Package(
         .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON"]),
         .testTarget(name: "BerthDigestTests", dependencies: ["BerthDigest"]),
         .testTarget(name: "BerthDiskImageTests", dependencies: ["BerthDiskImage", "BerthCore", "BerthJSON", "BerthDigest"]),
-        .testTarget(name: "BerthCatalogTests", dependencies: ["BerthCatalog", "BerthCore", "BerthJSON", "BerthDigest"]),
+        .testTarget(
+            name: "BerthCatalogTests", dependencies: ["BerthCatalog", "BerthCore", "BerthJSON", "BerthDigest", "BerthDiskImage"]),
         .testTarget(name: "BerthLibvirtTests", dependencies: ["BerthLibvirt"]),
         .testTarget(
             name: "BerthIntegrationTests",

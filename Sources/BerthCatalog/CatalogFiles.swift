@@ -64,15 +64,21 @@ enum Files {
     }
 
     /// `mkdir -p`, fsyncing each parent it adds to, so a new catalog survives a crash right after creation.
-    static func makeDirectory(_ path: String) throws(CatalogError) {
+    /// `private` makes the last directory 0700 (parents are 0755), an existing one included.
+    static func makeDirectory(_ path: String, private: Bool = false) throws(CatalogError) {
         var info = stat()
         if stat(path, &info) == 0 {
             guard info.st_mode & S_IFMT == S_IFDIR else { throw failure("use", path, ENOTDIR) }
+            if `private` && info.st_mode & 0o077 != 0 && chmod(path, 0o700) != 0 {
+                throw failure("make private (chmod 700)", path, errno)
+            }
             return
         }
         let parent = (path as NSString).deletingLastPathComponent
         if !parent.isEmpty && parent != path { try makeDirectory(parent) }
-        if mkdir(path, 0o755) != 0 && errno != EEXIST { throw failure("create directory", path, errno) }
+        if mkdir(path, `private` ? 0o700 : 0o755) != 0 && errno != EEXIST {
+            throw failure("create directory", path, errno)
+        }
         if !parent.isEmpty { try syncDirectory(parent) }
     }
 
@@ -207,9 +213,9 @@ enum Files {
 
     /// Creates a temporary file and locks it for as long as the descriptor lives, which is how `sweep()`
     /// tells the temporary file of a live writer from one left by a crash.
-    static func createTemporary(for path: String) throws(CatalogError) -> Descriptor {
+    static func createTemporary(for path: String, mode: mode_t = 0o644) throws(CatalogError) -> Descriptor {
         let descriptor = try open(
-            temporaryPath(for: path), O_WRONLY | O_CREAT | O_EXCL, mode: 0o644, action: "create temporary file")
+            temporaryPath(for: path), O_WRONLY | O_CREAT | O_EXCL, mode: mode, action: "create temporary file")
         do throws(CatalogError) {
             _ = try lock(descriptor, exclusive: true)
         } catch {

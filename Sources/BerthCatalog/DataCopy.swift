@@ -20,8 +20,6 @@ enum DataCopy {
 
     struct Copied: Sendable, Equatable {
         var size: Int64
-        /// The first bytes, for `DiskFormatProbe`.
-        var head: [UInt8]
         var md5: String?
         var sha512: String?
     }
@@ -51,13 +49,9 @@ enum DataCopy {
     {
         var md5 = MD5Digest()
         var sha512 = SHA512Digest()
-        var head: [UInt8] = []
         var total: Int64 = 0
 
         func consume(_ chunk: UnsafeRawBufferPointer) throws(CatalogError) {
-            if head.count < DiskFormatProbe.headerBytes {
-                head += chunk.prefix(DiskFormatProbe.headerBytes - head.count)
-            }
             if hashing {
                 md5.update(chunk)
                 sha512.update(chunk)
@@ -99,7 +93,7 @@ enum DataCopy {
             throw Files.failure("set the length of", destination.path, errno)
         }
         return Copied(
-            size: total, head: head,
+            size: total,
             md5: hashing ? md5.finalize() : nil,
             sha512: hashing ? sha512.finalize() : nil)
     }
@@ -114,7 +108,6 @@ enum DataCopy {
         let end = info.st_size
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Files.chunkBytes, alignment: 16)
         defer { buffer.deallocate() }
-        var head: [UInt8] = []
         var offset: off_t = 0
         while offset < end {
             let dataStart = lseek(input.raw, offset, seekData)
@@ -135,9 +128,6 @@ enum DataCopy {
                 }
                 if got == 0 { break }  // Truncated while copying; the length set below still holds.
                 let chunk = UnsafeRawBufferPointer(rebasing: buffer[..<got])
-                if position < off_t(DiskFormatProbe.headerBytes) && head.count == Int(position) {
-                    head += chunk.prefix(DiskFormatProbe.headerBytes - head.count)
-                }
                 if !isAllZero(chunk) {
                     if lseek(destination.raw, position, SEEK_SET) < 0 {
                         throw Files.failure("seek in", destination.path, errno)
@@ -149,7 +139,7 @@ enum DataCopy {
             offset = holeStart
         }
         if ftruncate(destination.raw, end) != 0 { throw Files.failure("set the length of", destination.path, errno) }
-        return Copied(size: Int64(end), head: head, md5: nil, sha512: nil)
+        return Copied(size: Int64(end), md5: nil, sha512: nil)
     }
 
     static func isAllZero(_ bytes: UnsafeRawBufferPointer) -> Bool {

@@ -40,11 +40,13 @@ struct DataStamp: Sendable, Equatable {
 
     // MARK: On disk
 
-    private static let magic = "berth-verified-1"
+    /// Version 2: the data was hashed and judged by `ImageInspector`. A version 1 stamp (hashed only) is not
+    /// trusted, so data verified before the inspector existed is hashed and inspected once more.
+    private static let magic = "berth-verified-2"
     /// A stamp line is under 300 bytes; anything longer is not one.
     private static let maximumBytes = 1024
 
-    /// One line: `berth-verified-1 <dev> <ino> <size> <mtime s>.<ns> <ctime s>.<ns> <checksum or ->`.
+    /// One line: `berth-verified-2 <dev> <ino> <size> <mtime s>.<ns> <ctime s>.<ns> <checksum or ->`.
     var line: String {
         "\(Self.magic) \(device) \(inode) \(size) \(modified.tv_sec).\(modified.tv_nsec) "
             + "\(changed.tv_sec).\(changed.tv_nsec) \(checksum ?? "-")\n"

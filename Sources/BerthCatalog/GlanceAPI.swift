@@ -34,6 +34,31 @@ public struct GlanceEndpoint: Sendable, Equatable, CustomStringConvertible {
     func file(_ id: CatalogID) -> String { "\(root)/v2/images/\(id.value)/file" }
     var createImage: String { "\(root)/v2/images" }
 
+    /// Whether `url` is on the service's origin (scheme, host and port): the only place a redirect may lead,
+    /// since the request carries the token.
+    func isSameOrigin(_ url: URL?) -> Bool {
+        guard let origin = url.flatMap(Origin.init) else { return false }
+        return origin == URL(string: root).flatMap(Origin.init)
+    }
+
+    /// `scheme://host:port` of a URL from an answer, for a message: quoted, control characters escaped, short.
+    static func origin(of url: URL?) -> String {
+        url.flatMap(Origin.init).map { CatalogID.quoted("\($0.scheme)://\($0.host):\($0.port)") } ?? "an unreadable URL"
+    }
+
+    private struct Origin: Equatable {
+        var scheme: String
+        var host: String
+        var port: Int
+
+        init?(_ url: URL) {
+            guard let scheme = url.scheme?.lowercased(), let host = url.host?.lowercased() else { return nil }
+            self.scheme = scheme
+            self.host = host
+            port = url.port ?? (scheme == "https" ? 443 : scheme == "http" ? 80 : -1)
+        }
+    }
+
     /// Glance's `next` link of a listing is a path below the service root (`/v2/images?marker=...`); a full
     /// URL is followed only on the same service, so a listing cannot send Berth (and its token) elsewhere.
     func next(_ link: String) -> String? {

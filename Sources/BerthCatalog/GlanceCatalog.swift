@@ -12,9 +12,11 @@ import Synchronization
 /// local catalog on this host (`volumes`), as Cinder would be a separate service (docs/glance.md).
 ///
 /// Image data reaches the host through `localImageData`: downloaded once into `cacheDirectory/<id>`,
-/// hashed while it streams and compared with Glance's `os_hash_value` (and md5 `checksum`) before it is
-/// renamed into place, so a reader never sees a partial or unverified file. A per-image `flock` makes
-/// concurrent boots on the host, in this process or another, wait for one download instead of racing.
+/// hashed while it streams, compared with Glance's `os_hash_value` (and md5 `checksum`) and judged by
+/// `ImageInspector` before it is renamed into place, so a reader never sees a partial, unverified or
+/// uninspected file. The cache is private to Berth's user (files 0600 in a 0700 directory): images may hold
+/// other tenants' data. A per-image `flock` makes concurrent boots on the host, in this process or another,
+/// wait for one download instead of racing.
 ///
 /// Placeholders: Glance keeps an image without data `queued`; one with a `block_device_mapping` is still a
 /// placeholder (`CatalogImage.isPlaceholder`: size 0 and a mapping) and boots from its volume or snapshot.
@@ -88,7 +90,7 @@ public final class GlanceCatalog: Catalog {
         try ImageRules.checkFormats(disk: diskFormat, container: containerFormat)
         try ImageRules.checkCount(properties.count)
         try await checkReferences(try ImageRules.check(properties))
-        let body = try await prepareUpload(data)
+        let body = try await prepareUpload(data, diskFormat: diskFormat)
         _ = try await transport.json(
             "POST", endpoint.createImage,
             body: GlanceRecord.createBody(
@@ -115,7 +117,7 @@ public final class GlanceCatalog: Catalog {
                 "image \(image.id) is \(image.isPlaceholder ? "a placeholder" : image.status), not queued for data: "
                     + "it already has data or boots from a volume. Create a new image for new data")
         }
-        guard let body = try await prepareUpload(data) else { return image }
+        guard let body = try await prepareUpload(data, diskFormat: image.diskFormat) else { return image }
         try await transport.upload(endpoint.file(id), body: body, operation: .upload(imageID: id.value))
         return try await fetch(id)
     }
@@ -218,6 +220,16 @@ public final class GlanceCatalog: Catalog {
                 "the cached data of image \(image.id) (\(file.path)) does not match Glance's record (\(mismatch)); "
                     + "it was removed and the next boot downloads it again")
         }
+        // A stamp vouches for the hash and the inspection together: a file cached before the inspector existed
+        // is judged here once, as a download is.
+        do throws(CatalogError) {
+            let path = file.path
+            try await perform { () throws(CatalogError) in try self.inspect(path, image: image) }
+        } catch {
+            verified.withdraw(id)
+            Files.discard(file.path)
+            throw error
+        }
         verified.record(id, stamp)
     }
 
@@ -225,13 +237,14 @@ public final class GlanceCatalog: Catalog {
         async throws(CatalogError)
     {
         let temporary = try await perform { () throws(CatalogError) in
-            try Files.makeDirectory(self.cacheDirectory)
-            return Handoff(try Files.createTemporary(for: path))
+            try Files.makeDirectory(self.cacheDirectory, private: true)
+            return Handoff(try Files.createTemporary(for: path, mode: 0o600))
         }.descriptor
         defer { temporary.closeQuietly() }
         do throws(CatalogError) {
             let result = try await transport.download(
-                endpoint.file(id), into: temporary, algorithm: algorithm, operation: .download(imageID: id.value))
+                endpoint.file(id), into: temporary, expectedSize: image.size, algorithm: algorithm,
+                operation: .download(imageID: id.value))
             if let mismatch = GlanceHash.mismatch(result, image: image) {
                 throw .invalidImage(
                     "the data of image \(id) downloaded from Glance at \(endpoint) does not match the image's "
@@ -241,6 +254,7 @@ public final class GlanceCatalog: Catalog {
             let handoff = Handoff(temporary)
             try await perform { () throws(CatalogError) in
                 let temporary = handoff.descriptor
+                try self.inspect(temporary.path, image: image)
                 try Files.sync(temporary)
                 try Files.rename(temporary.path, to: path)
                 try Files.syncDirectory(self.cacheDirectory)
@@ -253,12 +267,23 @@ public final class GlanceCatalog: Catalog {
         }
     }
 
+    /// `ImageInspector`'s verdict on data about to be cached or handed out, in the words of a refused download.
+    private func inspect(_ path: String, image: CatalogImage) throws(CatalogError) {
+        do throws(CatalogError) {
+            _ = try ImageDataInspection.inspect(path: path, declared: image.diskFormat)
+        } catch  where error.kind == .invalidImage {
+            throw .invalidImage(
+                "image \(image.id) from Glance at \(endpoint) cannot be used and no copy of it is kept on this host: "
+                    + error.message)
+        }
+    }
+
     /// An exclusive `flock` on `cacheDirectory/.<id>.lock`, waited for on a dispatch thread.
     private func lockImage(_ id: CatalogID) async throws(CatalogError) -> Descriptor {
         let path = "\(cacheDirectory)/.\(id.value).lock"
         return try await perform { () throws(CatalogError) in
-            try Files.makeDirectory(self.cacheDirectory)
-            let descriptor = try Files.open(path, O_RDONLY | O_CREAT, mode: 0o644, action: "open the cache lock")
+            try Files.makeDirectory(self.cacheDirectory, private: true)
+            let descriptor = try Files.open(path, O_RDONLY | O_CREAT, mode: 0o600, action: "open the cache lock")
             _ = try Files.lock(descriptor, exclusive: true)
             return Handoff(descriptor)
         }.descriptor
@@ -266,17 +291,32 @@ public final class GlanceCatalog: Catalog {
 
     // MARK: Helpers
 
-    /// The request body for image data, checked before anything is created in Glance.
-    private func prepareUpload(_ data: ImageDataSource?) async throws(CatalogError) -> GlanceTransport.UploadBody? {
+    /// The request body for image data, inspected (as the local catalog does) before anything is created in
+    /// Glance: a snapshot or upload that QEMU must not open never reaches the catalog.
+    private func prepareUpload(_ data: ImageDataSource?, diskFormat: String) async throws(CatalogError)
+        -> GlanceTransport.UploadBody?
+    {
         switch data {
         case nil: return nil
-        case .bytes(let bytes): return .bytes(Data(bytes))
+        case .bytes(let bytes):
+            try await perform { () throws(CatalogError) in
+                // The inspector reads files: the bytes go to a private temporary file for it, then away.
+                try Files.makeDirectory(self.cacheDirectory, private: true)
+                let staged = try Files.stage(bytes, for: "\(self.cacheDirectory)/upload")
+                defer {
+                    staged.closeQuietly()
+                    Files.discard(staged.path)
+                }
+                _ = try ImageDataInspection.inspect(path: staged.path, declared: diskFormat)
+            }
+            return .bytes(Data(bytes))
         case .file(let path):
             return try await perform { () throws(CatalogError) in
                 let descriptor = try DataCopy.openSource(path)
                 defer { descriptor.closeQuietly() }
                 let end = lseek(descriptor.raw, 0, SEEK_END)
                 guard end >= 0 else { throw Files.failure("find the size of", path, errno) }
+                _ = try ImageDataInspection.inspect(path: path, declared: diskFormat)
                 return .file(URL(fileURLWithPath: path), size: Int64(end))
             }
         }
@@ -292,7 +332,7 @@ public final class GlanceCatalog: Catalog {
                 let image: CatalogImage
                 do throws(CatalogError) {
                     image = try await fetch(id)
-                } catch where error.kind == .imageNotFound {
+                } catch  where error.kind == .imageNotFound {
                     throw reference.missingBootFile(in: "Glance")
                 }
                 try reference.checkBootFile(image)

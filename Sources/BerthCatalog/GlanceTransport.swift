@@ -1,53 +1,40 @@
 import BerthCore
 import BerthDigest
 import BerthJSON
+import Dispatch
 import Foundation
-import Synchronization
 
-#if canImport(FoundationNetworking)
-    import FoundationNetworking
-#endif
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// HTTP to Glance through Foundation's URLSession (libcurl underneath on Linux): no package to build, which
-/// keeps CI's build minutes where they are (docs/glance.md says why not AsyncHTTPClient). Sends the token as
-/// `X-Auth-Token` and never puts it in a message.
+/// HTTP to Glance through libcurl's easy interface (already on every host: Foundation's networking uses it),
+/// driven directly rather than through URLSession: libcurl hands each piece of an answer to `CurlExchange`'s
+/// callback from its own read loop, so nothing more is read from the socket while Berth writes and hashes a
+/// chunk. URLSession on Linux queues every chunk for its delegate without waiting, and a fast server filled
+/// hundreds of MiB before any limit was seen (docs/glance.md). Sends the token as `X-Auth-Token` and never puts
+/// it in a message.
+///
+/// Berth's rules are enforced while the bytes arrive: a JSON answer stops at `answerLimit`, image data at the
+/// size Glance's record gives, an error body at `errorBodyLimit` (Content-Length first, then a running count),
+/// and a redirect is followed only on the endpoint's own origin, so neither a hostile answer nor a hostile
+/// server gets Berth's memory, disk or token.
 final class GlanceTransport: Sendable {
     let endpoint: GlanceEndpoint
     private let token: String?
-    private let session: URLSession
+    private let requestTimeout: Int
 
-    /// Bytes of an error body kept for the message; the rest is dropped.
+    /// Bytes of an error body kept for the message; the rest is not read.
     static let errorBodyLimit = 64 << 10
     /// Bytes of a JSON answer (a listing page of 100 images with 128 properties each stays far below).
     static let answerLimit = 32 << 20
+    /// Redirects followed on the endpoint's origin before the answer counts as a loop.
+    static let redirectLimit = 5
 
-    init(endpoint: GlanceEndpoint, token: String?, requestTimeout: TimeInterval = 60) {
+    init(endpoint: GlanceEndpoint, token: String?, requestTimeout: Int = 60) {
         self.endpoint = endpoint
         self.token = token
-        let configuration = URLSessionConfiguration.ephemeral
-        configuration.timeoutIntervalForRequest = requestTimeout
-        configuration.timeoutIntervalForResource = 24 * 3600
-        configuration.httpCookieAcceptPolicy = .never
-        configuration.urlCache = nil
-        self.session = URLSession(configuration: configuration)
         self.requestTimeout = requestTimeout
-    }
-
-    private let requestTimeout: TimeInterval
-
-    deinit { session.invalidateAndCancel() }
-
-    func request(_ method: String, _ url: String, contentType: String? = nil) -> URLRequest {
-        var request = URLRequest(url: URL(string: url)!)
-        request.httpMethod = method
-        request.setValue("application/json", forHTTPHeaderField: "Accept")
-        if let contentType { request.setValue(contentType, forHTTPHeaderField: "Content-Type") }
-        if let token { request.setValue(token, forHTTPHeaderField: "X-Auth-Token") }
-        request.timeoutInterval = requestTimeout
-        return request
     }
 
     /// Sends a request whose answer is JSON (or nothing); maps every failure to a `CatalogError`.
@@ -55,15 +42,25 @@ final class GlanceTransport: Sendable {
         _ method: String, _ url: String, body: JSONValue? = nil, contentType: String = "application/json",
         operation: GlanceOperation, expect: Set<Int> = [200]
     ) async throws(CatalogError) -> JSONValue? {
-        var request = request(method, url, contentType: body == nil ? nil : contentType)
-        if let body { request.httpBody = Data(JSONCodec.serialize(body)) }
-        let (status, bytes) = try await send(request, upload: nil, operation: operation)
-        guard expect.contains(status) else {
-            throw GlanceErrors.error(status: status, body: bytes, operation: operation, endpoint: endpoint)
+        let limit = Self.answerLimit
+        let request = CurlExchange.Request(
+            method: method, url: url,
+            headers: headers(accept: "application/json", contentType: body.map { _ in contentType }),
+            body: body.map { .bytes(JSONCodec.serialize($0)) }, timeout: requestTimeout)
+        let answer = try await exchange(
+            request, limit: Int64(limit), operation,
+            tooLarge: { seen, declared in
+                GlanceRecord.malformed(
+                    "an answer to \(operation.verb)\(operation.imageID.map { " \($0)" } ?? "") larger than "
+                        + "\(limit) bytes (\(declared ? "Content-Length" : "already") \(seen)); it was not read")
+            })
+        guard expect.contains(answer.status) else {
+            throw GlanceErrors.error(
+                status: answer.status, body: answer.errorBody, operation: operation, endpoint: endpoint)
         }
-        guard !bytes.isEmpty else { return nil }
+        guard !answer.body.isEmpty else { return nil }
         do {
-            return try JSONCodec.parse(bytes, limits: JSONLimits(maxBytes: Self.answerLimit, maxDepth: 16))
+            return try JSONCodec.parse(answer.body, limits: JSONLimits(maxBytes: limit, maxDepth: 16))
         } catch {
             throw GlanceRecord.malformed("not JSON: \(error.message)")
         }
@@ -74,101 +71,105 @@ final class GlanceTransport: Sendable {
         case bytes(Data)
     }
 
-    /// `PUT /v2/images/{id}/file`, streamed from the file by URLSession (not read into memory).
+    /// `PUT /v2/images/{id}/file`, streamed from the file by libcurl (not read into memory), with a length, not
+    /// chunked encoding: Glance checks it against image_size_cap before reading.
     func upload(_ url: String, body: UploadBody, operation: GlanceOperation) async throws(CatalogError) {
-        var request = request("PUT", url, contentType: "application/octet-stream")
-        // A length, not chunked encoding: Glance checks it against image_size_cap before reading.
+        let content: CurlExchange.Body
         switch body {
-        case .file(_, let size): request.setValue(String(size), forHTTPHeaderField: "Content-Length")
-        case .bytes(let data): request.setValue(String(data.count), forHTTPHeaderField: "Content-Length")
+        case .file(let file, let size): content = .file(file.path, size: size)
+        case .bytes(let data): content = .bytes([UInt8](data))
         }
-        request.timeoutInterval = 24 * 3600
-        let (status, bytes) = try await send(request, upload: body, operation: operation)
-        guard status == 204 || status == 200 else {
-            throw GlanceErrors.error(status: status, body: bytes, operation: operation, endpoint: endpoint)
+        let request = CurlExchange.Request(
+            method: "PUT", url: url,
+            headers: headers(accept: "application/json", contentType: "application/octet-stream"),
+            body: content, timeout: requestTimeout)
+        let answer = try await exchange(
+            request, limit: Int64(Self.errorBodyLimit), operation,
+            tooLarge: { _, _ in GlanceRecord.malformed("a long answer to an upload") })
+        guard answer.status == 204 || answer.status == 200 else {
+            throw GlanceErrors.error(
+                status: answer.status, body: answer.errorBody, operation: operation, endpoint: endpoint)
         }
     }
 
-    private func send(_ request: URLRequest, upload: UploadBody?, operation: GlanceOperation) async throws(CatalogError)
-        -> (Int, [UInt8])
-    {
+    /// `GET /v2/images/{id}/file` streamed into `file` (each chunk written and hashed as it arrives), with its
+    /// size, md5 and the `os_hash_algo` digest. More than `expectedSize` bytes (the record's `size`) is refused as
+    /// soon as Content-Length or the running count says so; the caller verifies the rest and commits.
+    func download(
+        _ url: String, into file: Descriptor, expectedSize: Int64, algorithm: GlanceHash.Algorithm,
+        operation: GlanceOperation
+    ) async throws(CatalogError) -> GlanceHash.Result {
         let endpoint = self.endpoint
-        let result: Result<(Int, [UInt8]), CatalogError> = await withCheckedContinuation { continuation in
-            let handler: @Sendable (Data?, URLResponse?, Error?) -> Void = { data, response, error in
-                if let error {
-                    continuation.resume(
-                        returning: .failure(
-                            GlanceErrors.unreachable(endpoint, operation: operation, reason: Self.describe(error))))
-                    return
-                }
-                guard let http = response as? HTTPURLResponse else {
-                    continuation.resume(returning: .failure(GlanceRecord.malformed("not an HTTP answer")))
-                    return
-                }
-                let bytes = [UInt8](data ?? Data())
-                let kept = (200..<300).contains(http.statusCode) ? bytes : Array(bytes.prefix(Self.errorBodyLimit))
-                continuation.resume(returning: .success((http.statusCode, kept)))
+        var hasher = GlanceHash.Hasher(algorithm)
+        let request = CurlExchange.Request(
+            method: "GET", url: url, headers: headers(accept: "application/octet-stream", contentType: nil), body: nil,
+            timeout: requestTimeout)
+        let answer = try await exchange(
+            request, limit: expectedSize, operation,
+            tooLarge: { seen, declared in
+                .invalidImage(
+                    "Glance at \(endpoint) sends more data for image \(operation.imageID ?? "?") than its record's "
+                        + "size of \(expectedSize) bytes (\(declared ? "Content-Length" : "already") \(seen)); the "
+                        + "download was stopped and nothing was cached. Re-upload the image to Glance")
+            },
+            consume: { chunk throws(CatalogError) in
+                hasher.update(chunk)
+                try Files.writeAll(file, chunk)
+            })
+        switch answer.status {
+        case 200:
+            return hasher.finalize()
+        case 204:
+            // Only active images are downloaded: Glance answers 204 when its store lost the data file.
+            throw .invalidImage(
+                "Glance at \(endpoint) returned no data for image \(operation.imageID ?? "?") (HTTP 204) although "
+                    + "the image is active: its store has lost the data. Nothing was cached; re-upload the image")
+        default:
+            throw GlanceErrors.error(
+                status: answer.status, body: answer.errorBody, operation: operation, endpoint: endpoint)
+        }
+    }
+
+    private func headers(accept: String, contentType: String?) -> [String] {
+        var headers = ["Accept: \(accept)"]
+        if let contentType { headers.append("Content-Type: \(contentType)") }
+        if let token { headers.append("X-Auth-Token: \(token)") }
+        // libcurl waits up to a second for "100 Continue" before a body; Glance never sends one.
+        headers.append("Expect:")
+        return headers
+    }
+
+    /// Runs the exchange on a dispatch thread (libcurl blocks), following redirects only on the endpoint's
+    /// origin, and maps libcurl's failures to `CatalogError`.
+    private func exchange(
+        _ request: CurlExchange.Request, limit: Int64, _ operation: GlanceOperation,
+        tooLarge: @escaping (Int64, Bool) -> CatalogError,
+        consume: ((UnsafeRawBufferPointer) throws(CatalogError) -> Void)? = nil
+    ) async throws(CatalogError) -> CurlExchange.Answer {
+        let endpoint = self.endpoint
+        let work = CurlExchange.Work(
+            limit: limit, tooLarge: tooLarge, consume: consume)
+        let result: Result<CurlExchange.Answer, CatalogError> = await withCheckedContinuation { continuation in
+            DispatchQueue.global(qos: .userInitiated).async {
+                continuation.resume(
+                    returning: Result { () throws(CatalogError) in
+                        var request = request
+                        for _ in 0...Self.redirectLimit {
+                            let answer = try CurlExchange.perform(request, work: work, endpoint: endpoint, operation)
+                            guard let location = answer.redirect else { return answer }
+                            guard endpoint.isSameOrigin(location) else {
+                                throw .unavailable(
+                                    "Glance at \(endpoint) redirected to another origin "
+                                        + "(\(GlanceEndpoint.origin(of: location))); Berth does not follow it, so its token "
+                                        + "is not sent there. Point --catalog at the URL that serves the Glance API")
+                            }
+                            request.url = location.absoluteString
+                        }
+                        throw GlanceRecord.malformed("more than \(Self.redirectLimit) redirects")
+                    })
             }
-            let task: URLSessionTask
-            switch upload {
-            case .file(let url, _)?: task = session.uploadTask(with: request, fromFile: url, completionHandler: handler)
-            case .bytes(let data)?: task = session.uploadTask(with: request, from: data, completionHandler: handler)
-            case nil: task = session.dataTask(with: request, completionHandler: handler)
-            }
-            task.resume()
         }
         return try result.get()
-    }
-
-    /// `GET /v2/images/{id}/file` streamed into `file` (bounded memory: each chunk is written and hashed as
-    /// it arrives), with its size, md5 and the `os_hash_algo` digest. The caller verifies and commits.
-    func download(_ url: String, into file: Descriptor, algorithm: GlanceHash.Algorithm, operation: GlanceOperation)
-        async throws(CatalogError) -> GlanceHash.Result
-    {
-        let sink = DownloadSink(file: file, algorithm: algorithm)
-        let queue = OperationQueue()
-        queue.maxConcurrentOperationCount = 1
-        queue.name = "berth.glance.download"
-        let configuration = session.configuration
-        let downloadSession = URLSession(configuration: configuration, delegate: sink, delegateQueue: queue)
-        defer { downloadSession.finishTasksAndInvalidate() }
-        var request = request("GET", url)
-        request.setValue("application/octet-stream", forHTTPHeaderField: "Accept")
-        let outcome = await withCheckedContinuation {
-            (continuation: CheckedContinuation<DownloadSink.Outcome, Never>) in
-            sink.finish = { continuation.resume(returning: $0) }
-            downloadSession.dataTask(with: request).resume()
-        }
-        switch outcome {
-        case .failed(let error):
-            throw error
-        case .transport(let error):
-            throw GlanceErrors.unreachable(endpoint, operation: operation, reason: Self.describe(error))
-        case .status(let status, let body):
-            if status == 204 {
-                // Only active images are downloaded: Glance answers 204 when its store lost the data file.
-                throw .invalidImage(
-                    "Glance at \(endpoint) returned no data for image \(operation.imageID ?? "?") (HTTP 204) although "
-                        + "the image is active: its store has lost the data. Nothing was cached; re-upload the image")
-            }
-            throw GlanceErrors.error(status: status, body: body, operation: operation, endpoint: endpoint)
-        case .done(let result):
-            return result
-        }
-    }
-
-    static func describe(_ error: Error) -> String {
-        if let error = error as? URLError {
-            switch error.code {
-            case .cannotConnectToHost: return "connection refused"
-            case .timedOut: return "timed out"
-            case .cannotFindHost: return "host name not found"
-            case .networkConnectionLost: return "connection lost mid-transfer"
-            case .notConnectedToInternet: return "no route to the host"
-            default: return "\(error.localizedDescription) (URLError \(error.code.rawValue))"
-            }
-        }
-        return "\(error)"
     }
 }
 
@@ -252,71 +253,5 @@ enum GlanceHash {
             return "md5 \(result.md5), expected \(expected)"
         }
         return nil
-    }
-}
-
-/// URLSession's delegate for one download: runs on a serial queue, so its state needs no lock of its own
-/// beyond the one that hands the outcome over.
-private final class DownloadSink: NSObject, URLSessionDataDelegate, @unchecked Sendable {
-    enum Outcome: Sendable {
-        case done(GlanceHash.Result)
-        case status(Int, [UInt8])
-        case failed(CatalogError)
-        case transport(Error)
-    }
-
-    let file: Descriptor
-    var hasher: GlanceHash.Hasher
-    var status = 0
-    var errorBody: [UInt8] = []
-    var failure: CatalogError?
-    var finish: (@Sendable (Outcome) -> Void)?
-
-    init(file: Descriptor, algorithm: GlanceHash.Algorithm) {
-        self.file = file
-        self.hasher = GlanceHash.Hasher(algorithm)
-    }
-
-    func urlSession(
-        _ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
-        completionHandler: @escaping (URLSession.ResponseDisposition) -> Void
-    ) {
-        status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        completionHandler(.allow)
-    }
-
-    func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-        guard failure == nil else { return }
-        guard status == 200 else {
-            if errorBody.count < GlanceTransport.errorBodyLimit {
-                errorBody += data.prefix(GlanceTransport.errorBodyLimit)
-            }
-            return
-        }
-        data.withUnsafeBytes { chunk in
-            hasher.update(chunk)
-            do throws(CatalogError) {
-                try Files.writeAll(file, chunk)
-            } catch {
-                failure = error
-                dataTask.cancel()
-            }
-        }
-    }
-
-    func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: Error?) {
-        let outcome: Outcome
-        if let failure {
-            outcome = .failed(failure)
-        } else if let error {
-            outcome = .transport(error)
-        } else if status != 200 {
-            outcome = .status(status, errorBody)
-        } else {
-            outcome = .done(hasher.finalize())
-        }
-        let finish = self.finish
-        self.finish = nil
-        finish?(outcome)
     }
 }

@@ -184,6 +184,14 @@ extension LocalCatalog {
                     + "\((expected.sha512 ?? "none").prefix(16))…): it was changed or corrupted on disk. Delete the "
                     + "image and upload it again")
         }
+        // A stamp vouches for the hash and the inspection together: data stored before the inspector existed is
+        // judged here once.
+        do throws(CatalogError) {
+            _ = try ImageDataInspection.inspect(path: path, declared: image.diskFormat)
+        } catch {
+            verified.withdraw(id)
+            throw error
+        }
         verified.record(id, stamp)
         return path
     }
@@ -238,7 +246,7 @@ extension LocalCatalog {
         }
     }
 
-    /// Copies image data into a temporary file next to its final name, hashing it and checking its format.
+    /// Copies image data into a temporary file next to its final name, hashing it and inspecting it.
     func stageImageData(_ source: ImageDataSource, diskFormat: String, for path: String) throws(CatalogError)
         -> StagedImageData
     {
@@ -250,8 +258,8 @@ extension LocalCatalog {
         let temporary = try Files.createTemporary(for: path)
         do throws(CatalogError) {
             let copied = try DataCopy.copy(from: input, to: temporary, hashing: true, sparse: true)
-            let virtualSize = try DiskFormatProbe.virtualSize(
-                declared: diskFormat, head: copied.head, size: copied.size)
+            // The copy, not the source: what is inspected is what is stored, whatever the source does meanwhile.
+            let virtualSize = try ImageDataInspection.inspect(path: temporary.path, declared: diskFormat)
             try faults.check(.dataStaged)
             try Files.sync(temporary)
             return StagedImageData(file: temporary, copied: copied, virtualSize: virtualSize)

@@ -339,6 +339,7 @@ public struct ComputeService: Sendable {
         var overlay: OverlayVolume?
         if case .overlay(let image) = root {
             let backing = try await cache.path(for: image, catalog: catalog)
+            try await Self.inspectBacking(backing, of: image)
             let rootBytes = max(UInt64(request.flavor.rootGB) << 30, UInt64(image.virtualSize ?? image.size), 1 << 20)
             overlay = OverlayVolume(
                 pool: configuration.poolName, poolPath: configuration.poolDirectory,
@@ -372,6 +373,19 @@ public struct ComputeService: Sendable {
             }
         }
         return result(uuid: spec.uuid, metadata: spec.metadata, status: "ACTIVE")
+    }
+
+    /// QEMU opens the overlay's backing image and follows what its header names: the inspector judges it first,
+    /// with the words a bare-metal deploy of it gets, before any volume exists. The catalog inspects what it hands
+    /// out; this also covers a copy that sat in the worker's cache since before the inspector existed.
+    static func inspectBacking(_ path: String, of image: CatalogImage) async throws(BerthError) {
+        try await BareMetalService.onDeployThread { () throws(BerthError) in
+            do throws(CatalogError) {
+                _ = try ImageDataInspection.inspect(path: path, declared: image.diskFormat)
+            } catch {
+                throw BerthError.from(error)
+            }
+        }
     }
 
     /// The directory of the guests' console logs; one `mkdir` per boot, so a directory removed while the

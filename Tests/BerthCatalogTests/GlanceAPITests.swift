@@ -96,6 +96,22 @@ import Testing
         #expect(endpoint.images(limit: 100) == "\(root)/v2/images?limit=100&sort_key=created_at&sort_dir=desc")
     }
 
+    /// A redirect carries the token: only the service's own scheme, host and port may be followed.
+    @Test func aRedirectMayOnlyStayOnTheServicesOrigin() throws {
+        let endpoint = try GlanceEndpoint("http://Glance.example:9292/image")
+        for same in ["http://glance.example:9292/v2/images/x", "HTTP://GLANCE.EXAMPLE:9292/elsewhere"] {
+            #expect(endpoint.isSameOrigin(URL(string: same)), "\(same)")
+        }
+        for other in [
+            "http://glance.example:9293/v2", "https://glance.example:9292/v2", "http://evil.example:9292/v2",
+            "http://glance.example/v2", "http://127.0.0.1:9292/v2",
+        ] {
+            #expect(!endpoint.isSameOrigin(URL(string: other)), "\(other)")
+        }
+        #expect(try GlanceEndpoint("https://h").isSameOrigin(URL(string: "https://h:443/x")))
+        #expect(GlanceEndpoint.origin(of: URL(string: "http://evil.example:81/a?b")) == "\"http://evil.example:81\"")
+    }
+
     @Test(arguments: ["", "127.0.0.1:9292", "ftp://host/", "http://", "http://h:9292/?x=1", "http://u:p@h:9292"])
     func refusesWhatIsNotAGlanceURL(text: String) {
         #expect(throws: CatalogError.self) { try GlanceEndpoint(text) }

@@ -294,7 +294,7 @@ import Testing
         }
         let good = DataStamp(info, checksum: "00ff").line
         for bad in [
-            "", "berth-verified-1\n", good.replacingOccurrences(of: "berth-verified-1", with: "berth-verified-2"),
+            "", "berth-verified-1\n", good.replacingOccurrences(of: "berth-verified-2", with: "berth-verified-1"),
             String(good.dropLast()), good.replacingOccurrences(of: ".123456789", with: ".1234567890"),
             good.replacingOccurrences(of: "00ff", with: "00f/"), good + "x", good.replacingOccurrences(of: " ", with: "  "),
         ] {

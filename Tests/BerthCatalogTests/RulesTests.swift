@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import BerthCatalog
@@ -153,43 +154,89 @@ import Testing
     }
 }
 
-@Suite struct DiskFormatProbeTests {
-    static func qcow2Header(version: UInt32 = 3, size: UInt64 = 1 << 30, backing: UInt64 = 0, features: UInt64 = 0)
-        -> [UInt8]
-    {
-        var head = [UInt8](repeating: 0, count: 104)
-        func put(_ value: UInt64, at offset: Int, width: Int) {
-            for index in 0..<width {
-                head[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * (width - 1 - index)))
-            }
+/// The declared `disk_format` against what `ImageInspector` finds in the bytes, on real qcow2 files from
+/// `qemu-img` with single fields changed the way an attacker would.
+@Suite struct ImageDataInspectionTests {
+    let directory = try! TemporaryDirectory()
+
+    /// A real qcow2 file of `size` bytes, with `patch` written over its header.
+    func qcow2(_ name: String, size: String = "64M", patch: [(offset: Int, bytes: [UInt8])] = []) throws -> String? {
+        let file = "\(directory.path)/\(name)"
+        guard try run("qemu-img", ["create", "-q", "-f", "qcow2", file, size]) != nil else {
+            Issue.record("qemu-img is not installed (Debian package qemu-utils); cannot make a real qcow2 file")
+            return nil
         }
-        head.replaceSubrange(0..<4, with: DiskFormatProbe.qcow2Magic)
-        put(UInt64(version), at: 4, width: 4)
-        put(backing, at: 8, width: 8)
-        put(size, at: 24, width: 8)
-        put(features, at: 72, width: 8)
-        return head
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: file))
+        for (offset, bytes) in patch {
+            try handle.seek(toOffset: UInt64(offset))
+            try handle.write(contentsOf: Data(bytes))
+        }
+        try handle.close()
+        return file
     }
 
-    @Test func readsTheQCOW2VirtualSize() throws {
-        #expect(
-            try DiskFormatProbe.virtualSize(declared: "qcow2", head: Self.qcow2Header(size: 5 << 30), size: 1) == 5
-                << 30)
-        #expect(try DiskFormatProbe.virtualSize(declared: "raw", head: [1, 2, 3], size: 3) == 3)
-        #expect(try DiskFormatProbe.virtualSize(declared: "aki", head: [1, 2, 3], size: 3) == nil)
+    static func bigEndian(_ value: UInt64, width: Int) -> [UInt8] {
+        (0..<width).map { UInt8(truncatingIfNeeded: value >> (8 * (width - 1 - $0))) }
+    }
+
+    @Test func readsTheVirtualSizeOfWhatItAccepts() throws {
+        guard let file = try qcow2("ok.qcow2", size: "5G") else { return }
+        #expect(try ImageDataInspection.inspect(path: file, declared: "qcow2") == 5 << 30)
+        let raw = try directory.file("raw", patternBytes(3))
+        #expect(try ImageDataInspection.inspect(path: raw, declared: "raw") == 3)
+        #expect(try ImageDataInspection.inspect(path: raw, declared: "vmdk") == nil)
+        // A gzip-compressed ramdisk is what QEMU's -initrd takes; only a disk must not be an archive.
+        let gzip = try directory.file("initrd", [0x1f, 0x8b, 0x08] + patternBytes(100))
+        #expect(try ImageDataInspection.inspect(path: gzip, declared: "ari") == nil)
     }
 
     @Test(arguments: [
-        ("raw", qcow2Header(), "declare disk_format qcow2"),
-        ("qcow2", [UInt8](repeating: 0, count: 104), "does not start with a qcow2 header"),
-        ("qcow2", qcow2Header(version: 1), "version 1"),
-        ("qcow2", qcow2Header(backing: 0x200), "backing file"),
-        ("qcow2", qcow2Header(features: 0b100), "external data file"),
-        ("qcow2", Array(qcow2Header().prefix(20)), "does not start with a qcow2 header"),
+        ("raw", "declare disk_format qcow2"),
+        ("aki", "declare disk_format qcow2"),
+        ("qcow2+backing", "backing file"),
+        ("qcow2+datafile", "external data file"),
+        ("qcow2+encrypted", "encrypted"),
+        ("qcow2+unknown", "incompatible features"),
+        ("qcow2+version1", "version 1"),
+        ("qcow2+truncated", "truncated"),
+        ("qcow2+l1", "L1"),
     ])
-    func refusesMismatches(declared: String, head: [UInt8], fragment: String) {
+    func refusesWhatQEMUMustNotOpen(declared: String, fragment: String) throws {
+        let patches: [String: [(offset: Int, bytes: [UInt8])]] = [
+            "backing": [
+                (8, Self.bigEndian(0x200, width: 8)), (16, Self.bigEndian(11, width: 4)),
+                (0x200, Array("/etc/shadow".utf8)),
+            ],
+            "datafile": [(72, Self.bigEndian(4, width: 8))],
+            "encrypted": [(32, Self.bigEndian(1, width: 4))],
+            "unknown": [(72, Self.bigEndian(1 << 40, width: 8))],
+            "version1": [(4, Self.bigEndian(1, width: 4))],
+            // An L1 table offset near 2^64: an overflow trap on today's parser.
+            "l1": [(40, Self.bigEndian(UInt64.max - 0xffff, width: 8))],
+        ]
+        let parts = declared.split(separator: "+").map(String.init)
+        guard var file = try qcow2("image", patch: patches[parts.last!] ?? []) else { return }
+        if parts.last == "truncated" {
+            file = try directory.file("truncated", Array(try Data(contentsOf: URL(fileURLWithPath: file)).prefix(20)))
+        }
         do {
-            _ = try DiskFormatProbe.virtualSize(declared: declared, head: head, size: Int64(head.count))
+            _ = try ImageDataInspection.inspect(path: file, declared: parts[0])
+            Issue.record("accepted")
+        } catch {
+            #expect(error.kind == .invalidImage)
+            #expect(error.message.contains(fragment), "\(error.message)")
+        }
+    }
+
+    @Test(arguments: [
+        ([UInt8](repeating: 0, count: 104), "does not start with a qcow2 header"),
+        ([0x1f, 0x8b, 0x08] + [UInt8](repeating: 1, count: 100), "gzip"),
+        ([UInt8](), "empty"),
+    ])
+    func refusesDataThatIsNotWhatItClaims(bytes: [UInt8], fragment: String) throws {
+        let file = try directory.file("data", bytes)
+        do {
+            _ = try ImageDataInspection.inspect(path: file, declared: bytes.count == 104 ? "qcow2" : "raw")
             Issue.record("accepted")
         } catch {
             #expect(error.kind == .invalidImage)

@@ -360,9 +360,19 @@ def build_refused(work: pathlib.Path, catalog: Catalog) -> dict[str, dict]:
         catalog.plant(image_id, path, 16 * MiB)
         refused[case] = {"id": image_id, "expect": expect}
 
+    def plant(case: str, disk_format: str, path: pathlib.Path, virtual_size: int) -> str:
+        """The catalog's own inspector refuses `path` at import; plant it under an accepted seed instead."""
+        proc = catalog.create(case, disk_format, path, check=False)
+        assert proc.returncode != 0 and "InvalidImage" in proc.stderr, (case, proc.stdout, proc.stderr)
+        image_id = catalog.create(f"{case}-seed", disk_format, seed if disk_format == "qcow2" else flat)
+        catalog.plant(image_id, path, virtual_size)
+        return image_id
+
+    flat = work / "seed.raw"
+    run("truncate", "-s", 1 * MiB, flat)
     vmdk = work / "unknown.vmdk"
     run("qemu-img", "create", "-q", "-f", "vmdk", vmdk, 16 * MiB)
-    refused["vmdk"] = {"id": catalog.create("vmdk", "vmdk", vmdk), "expect": "VMDK"}
+    refused["vmdk"] = {"id": plant("vmdk", "vmdk", vmdk, 16 * MiB), "expect": "VMDK"}
 
     too_big = work / "too-big.qcow2"
     run("qemu-img", "create", "-q", "-f", "qcow2", too_big, 256 * MiB)
@@ -377,7 +387,7 @@ def build_refused(work: pathlib.Path, catalog: Catalog) -> dict[str, dict]:
     truncated = work / "truncated.qcow2"
     run("qemu-img", "convert", "-O", "qcow2", raw, truncated)
     os.truncate(truncated, truncated.stat().st_size // 3)
-    refused["truncated"] = {"id": catalog.create("truncated", "qcow2", truncated),
+    refused["truncated"] = {"id": plant("truncated", "qcow2", truncated, 32 * MiB),
                             "expect": "truncated or inconsistent"}
 
     # Data that no longer matches the catalog's checksum: one byte of the stored data flipped after the import.
@@ -737,7 +747,7 @@ def test_verification_stamp_is_kept_and_withdrawn(bench, berth_bin):
     stamp = catalog.root / "images" / f"{image_id}.verified"
     data = os.stat(catalog.data_path(image_id))
     fields = stamp.read_text().split()
-    assert fields[0] == "berth-verified-1" and fields[1:4] == [str(data.st_dev), str(data.st_ino), str(data.st_size)]
+    assert fields[0] == "berth-verified-2" and fields[1:4] == [str(data.st_dev), str(data.st_ino), str(data.st_size)]
     assert fields[6] == json.loads(catalog.record_path(image_id).read_text())["os_hash_value"]
 
     def verify():

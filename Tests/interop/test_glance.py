@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import pathlib
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -393,3 +394,74 @@ def test_glance_down_is_a_clear_error_and_leaves_no_cache_file(rpc_transport, gl
     assert boot(rpc_transport, glance_worker, inst)["status"] == "ACTIVE"
     assert console_cmdline(glance_worker, inst["uuid"]) == IMAGE_ARGS
     delete(rpc_transport, glance_worker, inst["uuid"])
+
+
+def test_a_qcow2_backed_by_a_host_file_is_refused_before_any_overlay(rpc_transport, glance_worker, cli, glance,
+                                                                     tmp_path):
+    # What an attacker uploads: a qcow2 whose backing file is a file on the worker host. Booted, QEMU would
+    # follow it, and a snapshot would carry the host file's content into the catalog.
+    disk = tmp_path / "backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", str(disk), "16M"],
+                   check=True)
+
+    # Berth's own upload refuses it before anything is created in Glance.
+    before = {i["id"] for i in glance.request("GET", "/v2/images?limit=1000")["images"]}
+    proc = cli.raw("images", "create", "--name", "backed", "--disk-format", "qcow2", "--file", str(disk))
+    assert proc.returncode == 1 and "InvalidImage" in proc.stderr and "backing file" in proc.stderr, proc.stderr
+    assert {i["id"] for i in glance.request("GET", "/v2/images?limit=1000")["images"]} == before
+
+    # Glance 33 refuses the upload itself ("Image failed safety checks"); one before 2024.2, or a compromised
+    # store, serves it. That is made here behind Glance's back: a flat qcow2 is uploaded, then its stored file
+    # and recorded hashes are replaced with the backed one's, so the data Berth downloads verifies.
+    flat = tmp_path / "flat.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(flat), "16M"], check=True)
+    image_id = cli.image("backed", "qcow2", flat, kernel_id=cli.kernel_id, ramdisk_id=cli.ramdisk_id,
+                         kernel_args=IMAGE_ARGS)
+    data = disk.read_bytes()
+    glance.file_path(image_id).write_bytes(data)
+    with sqlite3.connect(GLANCE_DIR / "glance.sqlite", timeout=30) as db:
+        db.execute("UPDATE images SET size = ?, checksum = ?, os_hash_value = ? WHERE id = ?",
+                   (len(data), hashlib.md5(data).hexdigest(), hashlib.sha512(data).hexdigest(), image_id))
+    assert glance.image(image_id)["os_hash_value"] == hashlib.sha512(data).hexdigest()
+
+    # Booted, it is refused with the inspector's words, before the cache keeps it, before any overlay volume
+    # exists, and no domain is defined.
+
+    inst = instance(image_id)
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, glance_worker, inst)
+    assert caught.value.exc_type == "InvalidImage", caught.value
+    text = str(caught.value.value)
+    assert "qcow2 overlay with a backing file" in text and image_id in text, text
+    assert_no_cache_file(glance_worker, image_id)
+    assert_gone(glance_worker, inst["uuid"])
+    assert f"{inst['uuid']}-root.qcow2" not in virsh("vol-list", glance_worker.pool, check=False)
+    # The worker is still serving: the next boot of a good image works.
+    good = instance(cli.image_id)
+    assert boot(rpc_transport, glance_worker, good)["status"] == "ACTIVE"
+    delete(rpc_transport, glance_worker, good["uuid"])
+    assert_gone(glance_worker, good["uuid"])
+
+
+def test_a_worker_cache_copy_from_before_the_inspector_is_inspected_at_boot(rpc_transport, glance_worker, cli,
+                                                                            tmp_path):
+    # The worker's image cache (state/cache/<id>) hard-links what the catalog handed out and is used without
+    # asking the catalog again; a copy left there by a version without the inspector is judged at boot anyway.
+    flat = tmp_path / "flat.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(flat), "16M"], check=True)
+    image_id = cli.image("cached-before", "qcow2", flat, kernel_id=cli.kernel_id, ramdisk_id=cli.ramdisk_id,
+                         kernel_args=IMAGE_ARGS)
+    backed = tmp_path / "backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", str(backed),
+                    "16M"], check=True)
+    cached = glance_worker.state / "cache" / image_id
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(backed.read_bytes())
+
+    inst = instance(image_id)
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        boot(rpc_transport, glance_worker, inst)
+    assert caught.value.exc_type == "InvalidImage", caught.value
+    assert "qcow2 overlay with a backing file" in str(caught.value.value), caught.value
+    assert_gone(glance_worker, inst["uuid"])
+    cached.unlink()
