@@ -14,7 +14,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 rm -rf "$CORPUS"
 mkdir -p "$CORPUS"/{qcow2,inflate,gpt,mbr,partition-table,config-partition,json,oslo-envelope} \
-    "$CRASHES"/{qcow2,gpt,config-partition}
+    "$CRASHES"/{qcow2,gpt,mbr,config-partition}
 
 # patch FILE OFFSET FORMAT VALUE: overwrites bytes with a packed value (Python struct format, e.g. '>Q').
 patch() {
@@ -88,12 +88,14 @@ for name in gpt-two gpt-config gpt-128 gpt-empty gpt-small-image; do
     cp "$WORK/$name" "$CORPUS/config-partition/$name.img"
 done
 # The header fields issue 15 crashed on (offsets within the header at LBA 1; the targets reseal the CRCs).
-# first_usable_lba = 0 matters on a table with no partitions, where the creator starts from it.
+# first_usable_lba = 0 matters on a table with no partitions, where the creator starts from it; last_usable_lba
+# = 1 puts the entry array (LBA 2) past the usable area, so the reader lets it through.
 for field in gpt-two:last-usable-lba:48:0xFFFFFFFFFFFFFFFF gpt-two:entries-lba:72:0xFFFFFFFFFFFFFFFF \
     gpt-empty:first-usable-lba:40:0; do
     IFS=: read -r base label offset value <<<"$field"
     cp "$WORK/$base" "$WORK/crafted"
     patch "$WORK/crafted" $((512 + offset)) '<Q' "$value"
+    [[ $label == first-usable-lba ]] && patch "$WORK/crafted" $((512 + 48)) '<Q' 1
     tail -c +513 "$WORK/crafted" >"$CRASHES/gpt/issue15-$label"
     cp "$WORK/crafted" "$CRASHES/config-partition/issue15-$label.img"
 done
@@ -130,12 +132,12 @@ for name in mbr-primaries mbr-logicals mbr-config mbr-empty; do
     cp "$WORK/$name" "$CORPUS/config-partition/$name.img"
 done
 # Issue 15: a logical partition far past the disk's end, and a 0x99 partition overlapping partition 1.
-cp "$WORK/mbr-logicals" "$CORPUS/mbr/logical-past-end"
-patch "$CORPUS/mbr/logical-past-end" $((5 * 512 + 446 + 12)) '<I' 0xF0000000
-cp "$WORK/mbr-primaries" "$CORPUS/mbr/config-overlaps-1"
-patch "$CORPUS/mbr/config-overlaps-1" $((446 + 16 + 4)) '<B' 0x99
-patch "$CORPUS/mbr/config-overlaps-1" $((446 + 16 + 8)) '<I' 4
-cp "$CORPUS/mbr/logical-past-end" "$CORPUS/mbr/config-overlaps-1" "$CORPUS/config-partition/"
+cp "$WORK/mbr-logicals" "$CRASHES/mbr/issue15-logical-past-end"
+patch "$CRASHES/mbr/issue15-logical-past-end" $((5 * 512 + 446 + 12)) '<I' 0xF0000000
+cp "$WORK/mbr-primaries" "$CRASHES/mbr/issue15-config-overlaps-1"
+patch "$CRASHES/mbr/issue15-config-overlaps-1" $((446 + 16 + 4)) '<B' 0x99
+patch "$CRASHES/mbr/issue15-config-overlaps-1" $((446 + 16 + 8)) '<I' 4
+cp "$CRASHES/mbr/issue15-logical-past-end" "$CRASHES/mbr/issue15-config-overlaps-1" "$CRASHES/config-partition/"
 # A raw image with no partition table at all (the deploy must refuse it before writing).
 head -c 8192 /dev/zero >"$CORPUS/config-partition/no-table.img"
 

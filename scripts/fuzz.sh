@@ -56,7 +56,7 @@ max_len() {
     esac
 }
 
-SWIFT_FLAGS=(-O -g -swift-version 6 -parse-as-library -sanitize=fuzzer,address -I "$OUT/modules" -I Sources/CJSONC)
+SWIFT_FLAGS=(-O -g -swift-version 6 -parse-as-library "-sanitize=fuzzer,address" -I "$OUT/modules" -I Sources/CJSONC)
 
 # newer OUTPUT INPUT...: true when OUTPUT is missing or older than any input.
 newer() {

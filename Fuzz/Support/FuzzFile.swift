@@ -1,9 +1,9 @@
 import Glibc
 
 /// The fuzz input as a file, for the parsers that take a path: they open and read it exactly as they open an
-/// image or a node's disk. Files live in one tmpfs directory per process (`BERTH_FUZZ_TMPDIR`, else /dev/shm),
-/// rewritten on every run and removed at exit. A crash leaves the directory behind, holding the file the
-/// parser saw.
+/// image or a node's disk. Files live in one directory per process (`BERTH_FUZZ_TMPDIR`, else tmpfs at
+/// /dev/shm, or /tmp where there is none), rewritten on every run and removed at exit. A crash leaves the
+/// directory behind, holding the file the parser saw.
 enum FuzzFile {
     nonisolated(unsafe) private static var directory: String?
     nonisolated(unsafe) private static var created: [String] = []
@@ -37,7 +37,8 @@ enum FuzzFile {
 
     private static func workDirectory() -> String {
         if let directory { return directory }
-        let base = getenv("BERTH_FUZZ_TMPDIR").map { String(cString: $0) } ?? "/dev/shm"
+        let base = getenv("BERTH_FUZZ_TMPDIR").map { String(cString: $0) }
+            ?? (access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp")
         var template = Array("\(base)/berth-fuzz-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             fatalError("fuzz harness: cannot create a directory in \(base): \(String(cString: strerror(errno)))")

@@ -6,8 +6,8 @@ private let diskBytes: UInt64 = 96 << 20
 
 /// The config partition step of a deploy (DESIGN §6 step 3) on a disk file holding the input: read the
 /// table, find the config partition or create one. GPT CRCs are recomputed (GPTSeal) so mutations reach the
-/// placement. What a created partition must be: inside the disk, clear of every partition the image has,
-/// and found again by a fresh read of the table; and the disk file never grows.
+/// placement. The table read and the partition found must pass `TableProperties`; a created partition must
+/// be found again by a fresh read of the table, which must pass them too; the disk file never grows.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     var image = fuzzBytes(data, size)
@@ -20,22 +20,13 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     } catch {
         return 0
     }
+    TableProperties.check(table, found: existing)
     if existing != nil { return 0 }
-    guard let created = try? ConfigPartitionCreator.create(diskPath: path, table: table) else {
-        checkSize(path)
-        return 0
+    let created = try? ConfigPartitionCreator.create(diskPath: path, table: table)
+    if FuzzFile.size(path) != diskBytes {
+        fuzzViolation("the disk file grew from \(diskBytes) to \(FuzzFile.size(path)) bytes")
     }
-    checkSize(path)
-    let diskSectors = diskBytes / 512
-    let last = created.firstLBA + created.sectorCount - 1
-    guard created.sectorCount > 0, created.firstLBA > 0, last < diskSectors else {
-        fuzzViolation("the config partition \(created.firstLBA)+\(created.sectorCount) lies outside the disk")
-    }
-    for (number, first, end) in spans(of: table) where first <= last && created.firstLBA <= end {
-        fuzzViolation(
-            "the config partition \(created.firstLBA)...\(last) overlaps the image's partition \(number) "
-                + "(\(first)...\(end))")
-    }
+    guard let created else { return 0 }
     let reread: PartitionTable
     do {
         reread = try PartitionTable.read(path: path, sectorSize: 512)
@@ -43,22 +34,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         fuzzViolation("the table Berth wrote does not read back: \(error)")
     }
     let found = try? ConfigPartitionFinder.find(in: reread, diskPath: path)
-    if found?.firstLBA != created.firstLBA {
-        fuzzViolation("the created config partition at LBA \(created.firstLBA) is not found again (\(String(describing: found)))")
+    guard let found, found.firstLBA == created.firstLBA, found.sectorCount == created.sectorCount else {
+        fuzzViolation("the config partition created at LBA \(created.firstLBA) is not found again")
     }
+    TableProperties.check(reread, found: found)
     return 0
-}
-
-/// Every partition the table lists, as (number, first LBA, last LBA).
-private func spans(of table: PartitionTable) -> [(Int, UInt64, UInt64)] {
-    switch table {
-    case .none: []
-    case .gpt(let gpt): gpt.partitions.map { ($0.number, $0.firstLBA, $0.lastLBA) }
-    case .mbr(let mbr): mbr.partitions.map { ($0.number, $0.firstLBA, $0.lastLBA) }
-    }
-}
-
-private func checkSize(_ path: String) {
-    let now = FuzzFile.size(path)
-    if now != diskBytes { fuzzViolation("the disk file grew from \(diskBytes) to \(now) bytes") }
 }

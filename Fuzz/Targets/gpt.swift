@@ -1,15 +1,15 @@
 import BerthDiskImage
 
 /// GPT disks: the input is the disk from LBA 1 on (512-byte sectors) behind a protective MBR, with its CRCs
-/// recomputed (GPTSeal) so that mutations reach the header, entry and backup checks. A table that reads is
-/// then searched for a config partition, which probes each partition's filesystem label.
+/// recomputed (GPTSeal) so that mutations reach the header, entry and backup checks. A table that reads, and
+/// the config partition found in it (by name or filesystem label), must pass `TableProperties`.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     var disk = protectiveMBR(sectors: UInt64(size / 512 + 1)) + fuzzBytes(data, size)
     GPTSeal.seal(&disk, sectorSize: 512)
     let path = FuzzFile.write(disk, name: "disk")
     if let table = try? PartitionTable.read(path: path, sectorSize: 512) {
-        _ = try? ConfigPartitionFinder.find(in: table, diskPath: path)
+        TableProperties.check(table, found: try? ConfigPartitionFinder.find(in: table, diskPath: path))
     }
     return 0
 }
