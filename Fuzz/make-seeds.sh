@@ -28,7 +28,7 @@ EOF
 }
 
 # --- qcow2: small real images (512-byte clusters keep them a few KiB), then the crafted ones.
-python3 -c "import sys; sys.stdout.buffer.write(bytes(range(256)) * 16 + b'berth' * 500 + bytes(4096) + b'\x55' * 3000)" \
+python3 -c "import sys; sys.stdout.buffer.write(bytes(range(256)) * 16 + b'berth' * 500 + bytes(4096) + b'U' * 3000)" \
     >"$WORK/data.raw"
 truncate -s 64K "$WORK/data.raw"
 q=$CORPUS/qcow2

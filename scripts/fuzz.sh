@@ -105,9 +105,10 @@ run() {
     mkdir -p "$OUT/corpus/$target" "$OUT/artifacts/$target" "$OUT/logs"
     # Swift's own crash reporter would catch the trap first and confuse AddressSanitizer: libFuzzer reports it.
     # shellcheck disable=SC2086 # BERTH_FUZZ_FLAGS is a list of flags
-    SWIFT_BACKTRACE=enable=no "$OUT/bin/fuzz-$target" -max_total_time="$SECONDS_PER_TARGET" -timeout=25 -rss_limit_mb=2048 \
-        -max_len="$(max_len "$target")" -print_final_stats=1 -artifact_prefix="$OUT/artifacts/$target/" \
-        ${BERTH_FUZZ_FLAGS:-} "$OUT/corpus/$target" "${seeds[@]}" >"$OUT/logs/$target.log" 2>&1
+    SWIFT_BACKTRACE=enable=no "$OUT/bin/fuzz-$target" -max_total_time="$SECONDS_PER_TARGET" -timeout=25 \
+        -rss_limit_mb=2048 -max_len="$(max_len "$target")" -print_final_stats=1 \
+        -artifact_prefix="$OUT/artifacts/$target/" ${BERTH_FUZZ_FLAGS:-} "$OUT/corpus/$target" "${seeds[@]}" \
+        >"$OUT/logs/$target.log" 2>&1
 }
 
 # report TARGET STATUS ELAPSED: one line of figures from the log, and the crash when there is one.

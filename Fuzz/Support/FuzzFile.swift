@@ -19,7 +19,9 @@ enum FuzzFile {
         var done = 0
         while done < bytes.count {
             let result = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, bytes.count - done) }
-            guard result > 0 else { fatalError("fuzz harness: cannot write \(path): \(String(cString: strerror(errno)))") }
+            guard result > 0 else {
+                fatalError("fuzz harness: cannot write \(path): \(String(cString: strerror(errno)))")
+            }
             done += result
         }
         if size > UInt64(bytes.count) {
@@ -37,7 +39,8 @@ enum FuzzFile {
 
     private static func workDirectory() -> String {
         if let directory { return directory }
-        let base = getenv("BERTH_FUZZ_TMPDIR").map { String(cString: $0) }
+        let base =
+            getenv("BERTH_FUZZ_TMPDIR").map { String(cString: $0) }
             ?? (access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp")
         var template = Array("\(base)/berth-fuzz-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {

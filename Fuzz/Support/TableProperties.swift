@@ -14,7 +14,9 @@ enum TableProperties {
         let (spans, diskSectors) = dataSpans(table)
         for (index, span) in spans.enumerated() {
             guard span.first <= span.last, span.last < diskSectors else {
-                fuzzViolation("partition \(span.number) (\(span.first)...\(span.last)) lies outside the disk's \(diskSectors) sectors")
+                fuzzViolation(
+                    "partition \(span.number) (\(span.first)...\(span.last)) lies outside the disk's \(diskSectors) "
+                        + "sectors")
             }
             for other in spans[..<index] where other.first <= span.last && span.first <= other.last {
                 fuzzViolation("partitions \(other.number) and \(span.number) overlap")
@@ -23,7 +25,8 @@ enum TableProperties {
         if case .mbr(let mbr) = table, let extended = mbr.partitions.first(where: { $0.isExtended && !$0.isLogical }) {
             for logical in mbr.partitions where logical.isLogical {
                 guard logical.firstLBA > extended.firstLBA, logical.lastLBA <= extended.lastLBA else {
-                    fuzzViolation("logical partition \(logical.number) lies outside extended partition \(extended.number)")
+                    fuzzViolation(
+                        "logical partition \(logical.number) lies outside extended partition \(extended.number)")
                 }
             }
         }
@@ -45,7 +48,9 @@ enum TableProperties {
         case .none:
             return ([], 0)
         case .gpt(let gpt):
-            return (gpt.partitions.map { Span(number: $0.number, first: $0.firstLBA, last: $0.lastLBA) }, gpt.diskSectors)
+            return (
+                gpt.partitions.map { Span(number: $0.number, first: $0.firstLBA, last: $0.lastLBA) }, gpt.diskSectors
+            )
         case .mbr(let mbr):
             let data = mbr.partitions.filter { !$0.isExtended }
             return (data.map { Span(number: $0.number, first: $0.firstLBA, last: $0.lastLBA) }, mbr.diskSectors)
