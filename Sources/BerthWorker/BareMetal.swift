@@ -142,6 +142,7 @@ public struct BareMetalService: Sendable {
         let started = ContinuousClock.now
         let report = try await Self.onDeployThread { () throws(BerthError) in
             try NodeDisk.checkNotInUse(node)
+            try NodeDisk.checkWritable(node)
             // No second checksum pass: `localImageData` hands out only data it has verified against the image's
             // os_hash_value (or checksum), and `plan` pins that file's identity, so what is written is what was
             // verified. Hashing again cost as much as the write itself.
@@ -329,6 +330,46 @@ enum NodeDisk {
                     throw .deployFailed("node \(node.name)'s disk \(path) is mounted (\(source)); unmount it first")
                 }
             }
+        }
+    }
+
+    /// BLKRRPART (linux/fs.h): the kernel re-reads a disk's partition table.
+    static let rereadPartitionTable: UInt = 0x125F
+
+    /// What writing the node needs, tried before the first byte is written: the disk opens for writing, and
+    /// for a block device the kernel lets this process re-read its partition table (BLKRRPART needs
+    /// CAP_SYS_ADMIN; the config drive's partition is useless to the node until the kernel has seen it).
+    /// Without this check a worker confined as the plain unit confines it wrote the whole image and failed
+    /// only at the end, leaving the node's disk half-made.
+    static func checkWritable(_ node: NodeInventory.Node) throws(BerthError) {
+        let descriptor = open(node.path, O_RDWR | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            let code = errno
+            let reason = String(cString: strerror(code))
+            let hint =
+                code == EACCES || code == EPERM
+                ? "; a block device is group disk: under systemd install the bare-metal drop-in "
+                    + "(deploy/berth-worker@.service.d/baremetal.conf)" : ""
+            throw .deployFailed(
+                "cannot open node \(node.name)'s disk \(node.path) for writing: \(reason)\(hint); nothing was written")
+        }
+        defer { close(descriptor) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, (status.st_mode & S_IFMT) == S_IFBLK else { return }
+        guard ioctl(descriptor, rereadPartitionTable) != 0 else { return }
+        switch errno {
+        case EACCES, EPERM:
+            throw .deployFailed(
+                "this worker may not make the kernel re-read node \(node.name)'s partition table (BLKRRPART needs "
+                    + "CAP_SYS_ADMIN), so the node would not see its config drive; nothing was written. Under systemd "
+                    + "install the bare-metal drop-in (deploy/berth-worker@.service.d/baremetal.conf)")
+        case EBUSY:
+            throw .deployFailed(
+                "node \(node.name)'s disk \(node.path) is in use (a partition is open: mounted, swap, device mapper "
+                    + "or LVM); nothing was written; release it first")
+        default:
+            // EINVAL: a device without partitions of its own (a loop device without partscan): nothing to re-read.
+            return
         }
     }
 }

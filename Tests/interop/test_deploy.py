@@ -38,12 +38,14 @@ import amqp
 import oslo_messaging
 import pytest
 
-from conftest import REPO_ROOT, amqp_connect, make_conf, request_context, rpc_client, tail, unavailable, unique
+from conftest import (REPO_ROOT, WorkerProcess, amqp_connect, make_conf, request_context, rpc_client, tail,
+                      unavailable, unique)
 from test_security import broker_address, process_title, rabbitmqctl
 
 DEPLOY = REPO_ROOT / "deploy"
 UNIT = DEPLOY / "berth-worker@.service"
 ENV_FILE = DEPLOY / "worker.env"
+DROP_IN = DEPLOY / "berth-worker@.service.d" / "baremetal.conf"
 DEFINITIONS = DEPLOY / "rabbitmq-definitions.json"
 INSTANCE = "compute-1"
 # The unit's defaults (it passes no --control-exchange/--topic): what the permissions are written for.
@@ -92,6 +94,7 @@ def systemd_root(tmp_path_factory) -> pathlib.Path:
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
+    shutil.copytree(DROP_IN.parent, root / "etc/systemd/system" / DROP_IN.parent.name)
     # Stand-ins for the programs the unit runs (ExecStart=, ExecReload=): verify checks they are executable.
     for program in ("usr/local/bin/berth", "bin/kill"):
         stand_in = root / program
@@ -498,6 +501,95 @@ def test_unit_worker_stops_cleanly_and_kept_the_password_secret(unit_worker, dep
 
 
 # --- systemd's notify protocol ---------------------------------------------------------------------------------
+
+
+# --- the bare-metal drop-in ------------------------------------------------------------------------------------
+
+
+class ConfinedWorker(WorkerProcess):
+    """A worker run as root with only the capabilities `bounding` leaves (setpriv), as a unit's
+    CapabilityBoundingSet= confines it."""
+
+    def __init__(self, bounding: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bounding = bounding
+
+    @property
+    def argv(self):
+        return ["setpriv", "--bounding-set", self.bounding, "--inh-caps", "-all", "--", *super().argv]
+
+
+@pytest.fixture(scope="module")
+def loop_node(berth_bin, tmp_path_factory):
+    """A 128 MiB loop device holding content of its own, and a local catalog with an 8 MiB GPT image."""
+    for tool in ("losetup", "setpriv", "sfdisk"):
+        if shutil.which(tool) is None:
+            unavailable(f"{tool} not found (util-linux, fdisk)")
+    if os.geteuid() != 0:
+        unavailable("loop devices and setpriv need root")
+    work = tmp_path_factory.mktemp("loop-node")
+    backing = work / "node.img"
+    with open(backing, "wb") as f:
+        f.write(os.urandom(1 << 20))
+        f.truncate(128 << 20)
+    attach = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if attach.returncode != 0:
+        unavailable(f"no loop device here: {attach.stderr.strip()}")
+    device = attach.stdout.strip()
+    image = work / "image.raw"
+    with open(image, "wb") as f:
+        f.truncate(8 << 20)
+    subprocess.run(["sfdisk", "-q", str(image)], input="label: gpt\nstart=2048, size=8192, type=L\n", text=True,
+                   check=True)
+    catalog = work / "catalog"
+    made = subprocess.run([berth_bin, "images", "create", "--name", "bm", "--disk-format", "raw", "--file", str(image),
+                           "--catalog", f"local:{catalog}"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    try:
+        yield {"device": device, "backing": backing, "catalog": catalog, "image_id": json.loads(made.stdout)["id"],
+               "work": work}
+    finally:
+        subprocess.run(["losetup", "--detach", device], capture_output=True)
+
+
+def deploy_to_loop(loop_node, berth_bin, broker_url, names, rpc_transport, bounding: str, label: str):
+    worker = ConfinedWorker(
+        bounding, berth_bin, broker_url, unique(f"bm-{label}"), loop_node["work"], rpc_transport, names.exchange,
+        names.topic, ["--catalog", f"local:{loop_node['catalog']}", "--state-dir", str(loop_node["work"] / label),
+                      "--metrics-interval", "0", "--node", f"loop={loop_node['device']}"])
+    names.hosts.append(worker.host)
+    worker.start()
+    instance = {"uuid": str(uuid.uuid4()), "name": f"bm-{label}", "image_id": loop_node["image_id"],
+                "flavor": {"name": "bm", "vcpus": 1, "memory_mb": 64, "root_gb": 1}, "target": "baremetal",
+                "node": "loop"}
+    try:
+        client = rpc_client(rpc_transport, names.topic).prepare(server=worker.host, timeout=120)
+        return client.call(request_context(), "boot_instance", instance=instance)
+    finally:
+        assert worker.stop() == 0, worker.describe()
+
+
+def test_a_deploy_without_cap_sys_admin_is_refused_before_writing(loop_node, berth_bin, broker_url, names,
+                                                                  rpc_transport):
+    """The plain unit's confinement: the deploy is refused, saying what to install, and the disk is untouched."""
+    before = hashlib.sha256(loop_node["backing"].read_bytes()).hexdigest()
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        deploy_to_loop(loop_node, berth_bin, broker_url, names, rpc_transport, "-sys_admin", "nocap")
+    assert caught.value.exc_type == "DeployFailed", caught.value
+    assert "CAP_SYS_ADMIN" in caught.value.value and "baremetal.conf" in caught.value.value, caught.value.value
+    assert "nothing was written" in caught.value.value
+    assert hashlib.sha256(loop_node["backing"].read_bytes()).hexdigest() == before, "the refused deploy wrote"
+
+
+def test_a_deploy_with_the_drop_ins_capabilities_succeeds(loop_node, berth_bin, broker_url, names, rpc_transport):
+    """Exactly what deploy/berth-worker@.service.d/baremetal.conf grants: CAP_SYS_ADMIN and nothing else."""
+    granted = unit_directives(DROP_IN.read_text())["CapabilityBoundingSet"]
+    assert granted == ["CAP_SYS_ADMIN"], granted
+    result = deploy_to_loop(loop_node, berth_bin, broker_url, names, rpc_transport, "-all,+sys_admin", "cap")
+    assert result["status"] == "ACTIVE" and result["node"] == "loop", result
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(loop_node["backing"])], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]
+    assert table["label"] == "gpt" and len(table["partitions"]) == 2, table  # the image's and the config drive
 
 
 def test_notify_protocol_ready_status_watchdog_stopping_and_sighup(berth_bin, broker_url, names, rpc_transport,
