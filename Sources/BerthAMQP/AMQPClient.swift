@@ -59,7 +59,6 @@ public final class AMQPClient: Sendable {
         var commands: [Command] = []
         var stopping = false
         var status: Status = .connecting
-        var statusWaiters: [CheckedContinuation<Void, any Error>] = []
         var started = false
         var threadFinished: [CheckedContinuation<Void, Never>] = []
         var finished = false
