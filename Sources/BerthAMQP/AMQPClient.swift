@@ -39,8 +39,8 @@ public final class AMQPClient: Sendable {
 
     enum Command {
         case publish(Publish, CheckedContinuation<PublishOutcome, any Error>)
-        case ack(deliveryTag: UInt64, generation: UInt64)
-        case reject(deliveryTag: UInt64, generation: UInt64, requeue: Bool)
+        case ack(DeliveryReference)
+        case reject(DeliveryReference, requeue: Bool)
         case cancelConsumers(CheckedContinuation<Void, Never>)
         case deleteQueue(String, CheckedContinuation<Void, any Error>)
     }
@@ -52,14 +52,13 @@ public final class AMQPClient: Sendable {
         var properties: AMQPProperties
         var body: [UInt8]
         /// A delivery to ack when the broker confirms this message (delivery tag, connection generation).
-        var acknowledging: (deliveryTag: UInt64, generation: UInt64)?
+        var acknowledging: DeliveryReference?
     }
 
     struct Shared {
         var commands: [Command] = []
         var stopping = false
         var status: Status = .connecting
-        var statusWaiters: [CheckedContinuation<Void, any Error>] = []
         var started = false
         var threadFinished: [CheckedContinuation<Void, Never>] = []
         var finished = false
@@ -160,7 +159,7 @@ public final class AMQPClient: Sendable {
     ) async throws -> PublishOutcome {
         let publish = Publish(
             exchange: exchange, routingKey: routingKey, mandatory: mandatory, properties: properties, body: body,
-            acknowledging: delivery.map { ($0.deliveryTag, $0.connectionGeneration) })
+            acknowledging: delivery.map(DeliveryReference.init))
         return try await withCheckedThrowingContinuation { continuation in
             enqueue(.publish(publish, continuation)) {
                 continuation.resume(throwing: AMQPError(.shutdown, "the broker client is stopping"))
@@ -171,12 +170,11 @@ public final class AMQPClient: Sendable {
     /// Acknowledges a delivery. An ack for a delivery from an earlier, lost connection is dropped:
     /// the broker has already put that message back and will deliver it again.
     public func ack(_ delivery: AMQPDelivery) {
-        enqueue(.ack(deliveryTag: delivery.deliveryTag, generation: delivery.connectionGeneration)) {}
+        enqueue(.ack(.init(delivery))) {}
     }
 
     public func reject(_ delivery: AMQPDelivery, requeue: Bool) {
-        enqueue(.reject(deliveryTag: delivery.deliveryTag, generation: delivery.connectionGeneration, requeue: requeue)) {
-        }
+        enqueue(.reject(.init(delivery), requeue: requeue)) {}
     }
 
     /// Stops the consumers (no new deliveries; in-flight ones can still be acked and answered), also
@@ -240,35 +238,106 @@ public final class AMQPClient: Sendable {
     }
 }
 
-/// The I/O thread's state. Only ever touched on that thread, which is why it needs no lock; it is
-/// `@unchecked Sendable` solely so the `Thread` closure can take it there.
+/// The I/O thread: it carries out what `AMQPConnectionStateMachine` decides, on the one connection it owns.
+/// Only ever touched on that thread, which is why it needs no lock; it is `@unchecked Sendable` solely so
+/// the `Thread` closure can take it there.
 final class IOLoop: @unchecked Sendable {
-    struct PendingConfirm {
-        var sequence: UInt64
-        var exchange: String
-        var routingKey: String
-        var mandatory: Bool
-        var returned: AMQPReturnedMessage?
-        var acknowledging: (deliveryTag: UInt64, generation: UInt64)?
-        var continuation: CheckedContinuation<PublishOutcome, any Error>
-    }
+    typealias Machine = AMQPConnectionStateMachine<CheckedContinuation<PublishOutcome, any Error>>
 
     unowned let client: AMQPClient
+    var machine: Machine
     var connection: AMQPConnection?
-    var generation: UInt64 = 0
-    var pending: [PendingConfirm] = []
-    var consumersCancelled = false
-    var everConnected = false
-    var attempt = 0
     var logger: Logger { client.logger }
 
     init(client: AMQPClient) {
         self.client = client
+        let configuration = client.configuration
+        machine = Machine(
+            settings: .init(
+                urls: configuration.urls, initialReconnectDelay: configuration.initialReconnectDelay,
+                maximumReconnectDelay: configuration.maximumReconnectDelay))
     }
 
     func run() {
+        var action = machine.receive(.started)
+        while let event = perform(action) {
+            action = machine.receive(event)
+        }
+    }
+
+    /// Carries out one of the machine's actions and returns what came of it; nil once the client is finished.
+    private func perform(_ action: Machine.Action) -> Machine.Event? {
+        switch action {
+        case .connect(let attempt):
+            return connect(attempt)
+        case .serve(let generation):
+            client.setStatus(.connected(generation: generation))
+            return serve()
+        case .waitBackOff(let seconds, let broker, let cause):
+            logger.warning(
+                "broker connection failed; retrying",
+                metadata: ["broker": "\(broker)", "error": "\(cause.message)", "retry_in_s": "\(seconds)"])
+            for command in client.takeCommands() {
+                Self.abandon(command, AMQPError(.notConnected, "not connected to the broker: \(cause.message)"))
+            }
+            sleep(seconds: seconds)
+            return client.isStopping ? .stopRequested : .backOffElapsed
+        case .reconnect(let failing, let failure, let next):
+            if let connection {
+                logger.warning(
+                    "broker connection lost; reconnecting",
+                    metadata: [
+                        "broker": "\(connection.url)", "error": "\(failure.message)",
+                        "generation": "\(connection.generation)",
+                    ])
+            }
+            connection = nil
+            client.setStatus(.connecting)
+            for caller in failing { caller.resume(throwing: failure) }
+            return connect(next)
+        case .giveUp(let broker, let cause):
+            logger.error("broker setup failed", metadata: ["broker": "\(broker)", "error": "\(cause.message)"])
+            client.finish(status: .failed(cause))
+            return nil
+        case .drain:
+            guard let connection else { preconditionFailure("draining without a connection") }
+            do {
+                try execute(client.takeCommands(), on: connection)
+                return .drained
+            } catch {
+                return .connectionLost(Self.failure(error))
+            }
+        case .finish(let failing, let failure):
+            connection = nil
+            for caller in failing { caller.resume(throwing: failure) }
+            client.finish(status: .stopped)
+            return nil
+        }
+    }
+
+    private func connect(_ attempt: Machine.Attempt) -> Machine.Event {
+        guard !client.isStopping else { return .stopRequested }
+        do {
+            let connection = try AMQPConnection(
+                url: attempt.url, connectionName: client.configuration.connectionName, generation: attempt.generation,
+                bodyLimit: client.configuration.bodyLimit)
+            var topology = client.configuration.topology
+            if !attempt.startsConsumers { topology.consumers = [] }
+            try connection.apply(topology)
+            logger.info(
+                "connected to the broker",
+                metadata: ["broker": "\(attempt.url)", "generation": "\(attempt.generation)"])
+            self.connection = connection
+            return .connected
+        } catch {
+            return .connectFailed(error)
+        }
+    }
+
+    /// Turns of commands, then what the broker sent, until the connection fails or a stop is asked.
+    private func serve() -> Machine.Event {
+        guard let connection else { preconditionFailure("serving without a connection") }
         while !client.isStopping {
-            guard let connection = connection ?? connect() else { continue }
             do {
                 try execute(client.takeCommands(), on: connection)
                 if !connection.hasBufferedInput { waitForInput(socket: connection.socketDescriptor) }
@@ -277,73 +346,14 @@ final class IOLoop: @unchecked Sendable {
                 }
                 connection.releaseBuffers()
             } catch {
-                lose(connection, error)
+                return .connectionLost(Self.failure(error))
             }
         }
-        // Drain what was asked before the stop (acks and replies of finished work) before closing.
-        if let connection {
-            do { try execute(client.takeCommands(), on: connection) } catch { lose(connection, error) }
-        }
-        self.connection = nil
-        failPending(AMQPError(.shutdown, "the broker client stopped"))
-        client.finish(status: .stopped)
+        return .stopRequested
     }
 
-    private func connect() -> AMQPConnection? {
-        let urls = client.configuration.urls
-        let url = urls[attempt % urls.count]
-        generation += 1
-        do {
-            let connection = try AMQPConnection(
-                url: url, connectionName: client.configuration.connectionName, generation: generation,
-                bodyLimit: client.configuration.bodyLimit)
-            var topology = client.configuration.topology
-            if consumersCancelled { topology.consumers = [] }
-            try connection.apply(topology)
-            logger.info(
-                "connected to the broker", metadata: ["broker": "\(url)", "generation": "\(generation)"])
-            attempt = 0
-            everConnected = true
-            self.connection = connection
-            client.setStatus(.connected(generation: generation))
-            return connection
-        } catch {
-            attempt += 1
-            if !everConnected && !error.isTransient {
-                logger.error("broker setup failed", metadata: ["broker": "\(url)", "error": "\(error.message)"])
-                client.setStatus(.failed(error))
-                client.shared.withLock { $0.stopping = true }
-                return nil
-            }
-            let delay = min(
-                client.configuration.maximumReconnectDelay,
-                client.configuration.initialReconnectDelay * pow(2, Double(min(attempt - 1, 10))))
-            logger.warning(
-                "broker connection failed; retrying",
-                metadata: ["broker": "\(url)", "error": "\(error.message)", "retry_in_s": "\(delay)"])
-            // Publishes made while there is no connection fail at once rather than wait an unknown time.
-            for command in client.takeCommands() {
-                Self.abandon(command, AMQPError(.notConnected, "not connected to the broker: \(error.message)"))
-            }
-            sleep(seconds: delay)
-            return nil
-        }
-    }
-
-    private func lose(_ connection: AMQPConnection, _ error: any Error) {
-        let message = (error as? AMQPError)?.message ?? "\(error)"
-        logger.warning(
-            "broker connection lost; reconnecting",
-            metadata: ["broker": "\(connection.url)", "error": "\(message)", "generation": "\(connection.generation)"])
-        self.connection = nil
-        client.setStatus(.connecting)
-        failPending(AMQPError(.connectionLost, "the broker connection was lost before the confirm: \(message)"))
-    }
-
-    private func failPending(_ error: AMQPError) {
-        let failed = pending
-        pending = []
-        for entry in failed { entry.continuation.resume(throwing: error) }
+    private static func failure(_ error: any Error) -> AMQPError {
+        (error as? AMQPError) ?? AMQPError(.connectionLost, "\(error)")
     }
 
     static func abandon(_ command: AMQPClient.Command, _ error: AMQPError) {
@@ -364,7 +374,7 @@ final class IOLoop: @unchecked Sendable {
                 try execute(command, on: connection)
             } catch {
                 // The rest cannot run on a dead connection; they fail now (acks are dropped: redelivery follows).
-                let failure = (error as? AMQPError) ?? AMQPError(.connectionLost, "\(error)")
+                let failure = Self.failure(error)
                 Self.abandon(command, failure)
                 for rest in remaining { Self.abandon(rest, failure) }
                 throw error
@@ -378,25 +388,16 @@ final class IOLoop: @unchecked Sendable {
             let sequence = try connection.publish(
                 exchange: publish.exchange, routingKey: publish.routingKey, mandatory: publish.mandatory,
                 properties: publish.properties, body: publish.body)
-            pending.append(
-                PendingConfirm(
-                    sequence: sequence, exchange: publish.exchange, routingKey: publish.routingKey,
-                    mandatory: publish.mandatory, acknowledging: publish.acknowledging, continuation: continuation))
-        case .ack(let tag, let generation):
-            guard generation == connection.generation else {
-                logger.debug("dropping ack from an earlier connection", metadata: ["delivery_tag": "\(tag)"])
-                return
-            }
-            try connection.ack(deliveryTag: tag)
-        case .reject(let tag, let generation, let requeue):
-            guard generation == connection.generation else { return }
-            try connection.reject(deliveryTag: tag, requeue: requeue)
+            let publication = Machine.Publication(
+                exchange: publish.exchange, routingKey: publish.routingKey, mandatory: publish.mandatory,
+                acknowledging: publish.acknowledging)
+            try carryOut(machine.receive(.published(sequence: sequence, publication, by: continuation)), on: connection)
+        case .ack(let delivery):
+            try carryOut(machine.receive(.ackRequested(delivery)), on: connection)
+        case .reject(let delivery, let requeue):
+            try carryOut(machine.receive(.rejectRequested(delivery, requeue: requeue)), on: connection)
         case .cancelConsumers(let continuation):
-            // Set first: if the connection dies here, the reconnect must not start the consumers again.
-            consumersCancelled = true
-            for consumer in client.configuration.topology.consumers {
-                try connection.cancel(consumerTag: consumer.consumerTag)
-            }
+            try carryOut(machine.receive(.cancelConsumersRequested), on: connection)
             continuation.resume()
         case .deleteQueue(let name, let continuation):
             try connection.deleteQueue(name)
@@ -409,39 +410,47 @@ final class IOLoop: @unchecked Sendable {
         case .delivery(let delivery):
             client.deliveryContinuation.yield(delivery)
         case .confirm(let tag, let multiple, let ack):
-            var resolved: [PendingConfirm] = []
-            pending.removeAll { entry in
-                let matches = multiple ? entry.sequence <= tag : entry.sequence == tag
-                if matches { resolved.append(entry) }
-                return matches
-            }
-            var failure: (any Error)?
-            for entry in resolved {
-                let outcome: PublishOutcome = entry.returned.map { .returned($0) } ?? (ack ? .confirmed : .nacked)
-                // A delivery from an earlier connection is back in its queue already: nothing to ack.
-                if outcome == .confirmed, failure == nil, let request = entry.acknowledging,
-                    request.generation == connection.generation
-                {
-                    do { try connection.ack(deliveryTag: request.deliveryTag) } catch { failure = error }
-                }
-                entry.continuation.resume(returning: outcome)
-            }
-            // The confirms stand; the connection does not (its acks are moot: the broker redelivers).
-            if let failure { throw failure }
+            let traffic: Machine.Traffic =
+                ack ? .confirmed(sequence: tag, multiple: multiple) : .nacked(sequence: tag, multiple: multiple)
+            try carryOut(machine.receive(traffic), on: connection)
         case .returned(let message):
-            // A return carries no sequence number; RabbitMQ sends it just before the confirm of the same
-            // message, so it belongs to the oldest unconfirmed mandatory publish with its route.
-            if let index = pending.firstIndex(where: {
-                $0.mandatory && $0.returned == nil && $0.exchange == message.exchange
-                    && $0.routingKey == message.routingKey
-            }) {
-                pending[index].returned = message
-            }
+            try carryOut(machine.receive(.returned(message)), on: connection)
         case .consumerCancelled(let tag):
             logger.warning("the broker cancelled a consumer (queue deleted?)", metadata: ["consumer_tag": "\(tag)"])
         case .blocked(let reason):
-            logger.warning("the broker blocked publishing", metadata: ["reason": "\(reason)"])
+            try carryOut(machine.receive(.blocked(reason: reason)), on: connection)
         case .unblocked:
+            try carryOut(machine.receive(.unblocked), on: connection)
+        }
+    }
+
+    private func carryOut(_ action: Machine.TrafficAction, on connection: some AMQPCommandChannel) throws {
+        switch action {
+        case .nothing:
+            break
+        case .sendAck(let tag):
+            try connection.ack(deliveryTag: tag)
+        case .sendReject(let tag, let requeue):
+            try connection.reject(deliveryTag: tag, requeue: requeue)
+        case .drop(let tag):
+            logger.debug("dropping an ack or reject from an earlier connection", metadata: ["delivery_tag": "\(tag)"])
+        case .cancelConsumers:
+            for consumer in client.configuration.topology.consumers {
+                try connection.cancel(consumerTag: consumer.consumerTag)
+            }
+        case .resolve(let resolutions):
+            var failure: (any Error)?
+            for resolution in resolutions {
+                if let tag = resolution.ack, failure == nil {
+                    do { try connection.ack(deliveryTag: tag) } catch { failure = error }
+                }
+                resolution.caller.resume(returning: resolution.outcome)
+            }
+            // The confirms stand; the connection does not (its acks are moot: the broker redelivers).
+            if let failure { throw failure }
+        case .reportBlocked(let reason):
+            logger.warning("the broker blocked publishing", metadata: ["reason": "\(reason)"])
+        case .reportUnblocked:
             logger.info("the broker unblocked publishing")
         }
     }

@@ -33,7 +33,13 @@ import Testing
             logger: Logger(label: "test"))
     }()
 
-    func loop() -> IOLoop { IOLoop(client: client) }
+    /// A loop whose machine holds an open connection of generation 1, like `LostConnection`.
+    func loop() -> IOLoop {
+        let loop = IOLoop(client: client)
+        _ = loop.machine.receive(.started)
+        _ = loop.machine.receive(.connected)
+        return loop
+    }
 
     @Test func aDrainWhoseCancelMeetsALostConnectionResumesOnce() async {
         let loop = loop()
@@ -43,7 +49,7 @@ import Testing
             #expect(throws: AMQPError.self) { try loop.execute([.cancelConsumers(continuation)], on: connection) }
         }
         #expect(connection.cancelled == ["berth-h-topic"])
-        #expect(loop.consumersCancelled, "a reconnect must not start the consumers again")
+        #expect(loop.machine.consumersCancelled, "a reconnect must not start the consumers again")
     }
 
     @Test func aQueueDeleteOnALostConnectionFailsItsCallerOnce() async {
@@ -65,7 +71,10 @@ import Testing
                     try await withCheckedThrowingContinuation { (deleted: CheckedContinuation<Void, any Error>) in
                         #expect(throws: AMQPError.self) {
                             try loop.execute(
-                                [.ack(deliveryTag: 7, generation: 1), .cancelConsumers(cancelled), .deleteQueue("q", deleted)],
+                                [
+                                    .ack(DeliveryReference(deliveryTag: 7, generation: 1)), .cancelConsumers(cancelled),
+                                    .deleteQueue("q", deleted),
+                                ],
                                 on: LostConnection())
                         }
                     }
