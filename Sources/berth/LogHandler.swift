@@ -32,12 +32,12 @@ struct BerthLogHandler: LogHandler {
         return stream == "\(status.st_dev):\(status.st_ino)"
     }
 
-    func log(
-        level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String,
-        file: String, function: String, line: UInt
-    ) {
+    func log(event: LogEvent) {
+        let level = event.level
+        let message = event.message
+        let source = event.source
         var merged = metadata
-        if let explicit { merged.merge(explicit) { _, new in new } }
+        if let explicit = event.metadata { merged.merge(explicit) { _, new in new } }
         var text = journal ? "<\(Self.syslogPriority(level))>" : ""
         switch format {
         case .text:
