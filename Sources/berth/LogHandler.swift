@@ -49,7 +49,7 @@ struct BerthLogHandler: LogHandler {
                 "message": message.description,
             ]
             for (key, value) in merged where object[key] == nil { object[key] = Self.plain(value) }
-            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
             text += String(decoding: data, as: UTF8.self)
         }
         FileHandle.standardError.write(Data((text + "\n").utf8))
