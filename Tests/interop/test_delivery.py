@@ -69,17 +69,26 @@ def test_every_cast_boot_gets_exactly_one_end_event_through_sigkills(
                 daemon=True)
             sender.start()
             # SIGKILL at random points while the casts are worked on: mid-handler, between the side effect and
-            # the event's confirm, between the confirm and the ack.
+            # the event's confirm, between the confirm and the ack. Kills follow progress (a fast worker would
+            # otherwise be done before the second), each a random instant after a random number of ends.
             rng = random.Random(16)
             deadline = time.monotonic() + 240
-            while kills < 5 and time.monotonic() < deadline:
-                time.sleep(rng.uniform(0.3, 1.2))
-                with counter.lock:
-                    if len(counter.ends) >= CASTS:
+            last = 0
+            for threshold in sorted(rng.sample(range(20, CASTS - 100), 5)):
+                # A restarted worker first works a little (ten more ends), then dies again.
+                target = max(threshold, last + 10)
+                while time.monotonic() < deadline:
+                    with counter.lock:
+                        done = len(counter.ends)
+                    if done >= target and worker.proc.poll() is None:
                         break
+                    time.sleep(0.005)
+                time.sleep(rng.uniform(0, 0.02))
                 if worker.proc.poll() is None:
                     worker.kill(signal.SIGKILL)
                     kills += 1
+                with counter.lock:
+                    last = len(counter.ends)
             sender.join(120)
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline:

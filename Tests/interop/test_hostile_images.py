@@ -144,9 +144,14 @@ def hostile(berth_bin, worker_factory, rpc_transport, tmp_path_factory):
     catalog = Catalog(berth_bin, work / "catalog")
     seed = work / "seed.raw"
     run("truncate", "-s", MiB, seed)
+    # A record declares what its data is (the catalog refuses a qcow2 stored as raw before any deploy): qcow2
+    # cases are planted into qcow2 records.
+    seed_qcow2 = work / "seed.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", seed_qcow2, MiB)
     images = {}
     for case, (path, expect) in build_cases(work).items():
-        image_id = catalog.create(f"{case}-seed", "raw", seed)
+        is_qcow2 = path.read_bytes()[:4] == b"QFI\xfb"
+        image_id = catalog.create(f"{case}-seed", "qcow2" if is_qcow2 else "raw", seed_qcow2 if is_qcow2 else seed)
         catalog.plant(image_id, path, 8 * MiB)
         images[case] = (image_id, expect)
     node = work / "node.img"
