@@ -412,6 +412,17 @@ struct Call: AsyncParsableCommand {
     @Option(name: .customLong("api-version"), help: "Requested RPC API version (oslo's target version).")
     var apiVersion = "1.0"
 
+    /// `--version V` here used to print Berth's version, exit 0 and send nothing: a caller who meant the API
+    /// version got a silent no-op. Taken so it can be refused with the right name.
+    @Option(name: .customLong("version"), help: .hidden)
+    var misplacedVersion: String?
+
+    func validate() throws {
+        if misplacedVersion != nil {
+            throw ValidationError("the RPC API version is --api-version (e.g. --api-version 1.0); berth --version prints Berth's")
+        }
+    }
+
     func run() async throws {
         guard case .object(let arguments) = try? JSONCodec.parse(args) else {
             throw ValidationError("--args must be a JSON object, e.g. --args '{\"instance_uuid\": \"...\"}'")

@@ -100,6 +100,14 @@ def test_call_namespace_and_version(berth_cli, oslo_peer):
     assert "UnsupportedVersion" in proc.stderr, explain(proc)
 
 
+def test_version_on_call_is_refused_not_a_silent_no_op(berth_cli, oslo_peer):
+    """`berth call ... --version 1.0` printed Berth's version, exited 0 and sent nothing (issue 22)."""
+    server, _ = oslo_peer
+    proc = berth_cli.call("version_probe", {}, "--server", server, "--version", "1.0", "--timeout", "20")
+    assert proc.returncode == 64, explain(proc)
+    assert "--api-version" in proc.stderr and proc.stdout == "", explain(proc)
+
+
 def test_cast_exits_0_and_arrives(berth_cli, oslo_peer):
     server, endpoint = oslo_peer
     tag = unique("cast")
