@@ -38,7 +38,7 @@ public final class AMQPClient: Sendable {
     }
 
     enum Command {
-        case publish(Publish, CheckedContinuation<PublishOutcome, any Error>)
+        case publish(Publish, PublishCompletion)
         case ack(DeliveryReference)
         case reject(DeliveryReference, requeue: Bool)
         case cancelConsumers(CheckedContinuation<Void, Never>)
@@ -58,7 +58,6 @@ public final class AMQPClient: Sendable {
     struct Shared {
         var commands: [Command] = []
         var stopping = false
-        var status: Status = .connecting
         var started = false
         var threadFinished: [CheckedContinuation<Void, Never>] = []
         var finished = false
@@ -67,6 +66,8 @@ public final class AMQPClient: Sendable {
     let configuration: Configuration
     let logger: Logger
     let shared = Mutex(Shared())
+    /// The connection's status, watched by `waitUntilConnected`.
+    let watchedStatus = Watched<Status>(.connecting)
     let wakeDescriptor: Int32
     public let deliveries: AsyncStream<AMQPDelivery>
     let deliveryContinuation: AsyncStream<AMQPDelivery>.Continuation
@@ -102,24 +103,22 @@ public final class AMQPClient: Sendable {
         try await waitUntilConnected(timeout: connectTimeout)
     }
 
-    public var status: Status { shared.withLock { $0.status } }
+    public var status: Status { watchedStatus.value }
 
     public func waitUntilConnected(timeout: Duration) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            switch status {
-            case .connected: return
-            case .failed(let error): throw error
-            case .stopped: throw AMQPError(.shutdown, "the broker client was stopped")
-            case .connecting:
-                if ContinuousClock.now >= deadline {
-                    throw AMQPError(
-                        .connect,
-                        "no broker connection after \(timeout): tried \(configuration.urls.map(\.description).joined(separator: ", "))"
-                    )
-                }
-                try await Task.sleep(for: .milliseconds(20))
+        let settled = await withTimeLimit(timeout) { [watchedStatus] in
+            await watchedStatus.wait { status in
+                if case .connecting = status { false } else { true }
             }
+        }
+        switch settled ?? status {
+        case .connected: return
+        case .failed(let error): throw error
+        case .stopped: throw AMQPError(.shutdown, "the broker client was stopped")
+        case .connecting:
+            throw AMQPError(
+                .connect,
+                "no broker connection after \(timeout): tried \(configuration.urls.map(\.description).joined(separator: ", "))")
         }
     }
 
@@ -161,8 +160,28 @@ public final class AMQPClient: Sendable {
             exchange: exchange, routingKey: routingKey, mandatory: mandatory, properties: properties, body: body,
             acknowledging: delivery.map(DeliveryReference.init))
         return try await withCheckedThrowingContinuation { continuation in
-            enqueue(.publish(publish, continuation)) {
-                continuation.resume(throwing: AMQPError(.shutdown, "the broker client is stopping"))
+            let completion = PublishCompletion { continuation.resume(with: $0) }
+            enqueue(.publish(publish, completion)) {
+                completion.resume(throwing: AMQPError(.shutdown, "the broker client is stopping"))
+            }
+        }
+    }
+
+    /// Publishes `messages` in their order without waiting for one confirm before sending the next, and
+    /// returns each one's outcome (a failure where `publish` would throw), in the same order. For a stream
+    /// of small messages, such as status events, that would otherwise wait a confirm round trip each.
+    public func publish(_ messages: [OutgoingMessage]) async -> [Result<PublishOutcome, AMQPError>] {
+        guard !messages.isEmpty else { return [] }
+        return await withCheckedContinuation { continuation in
+            let outcomes = PublishBatch(count: messages.count, continuation: continuation)
+            for (index, message) in messages.enumerated() {
+                let publish = Publish(
+                    exchange: message.exchange, routingKey: message.routingKey, mandatory: message.mandatory,
+                    properties: message.properties, body: message.body, acknowledging: nil)
+                let completion = PublishCompletion { outcomes.settle(index, $0) }
+                enqueue(.publish(publish, completion)) {
+                    completion.resume(throwing: AMQPError(.shutdown, "the broker client is stopping"))
+                }
             }
         }
     }
@@ -219,12 +238,14 @@ public final class AMQPClient: Sendable {
     var isStopping: Bool { shared.withLock { $0.stopping } }
 
     func setStatus(_ status: Status) {
-        shared.withLock { $0.status = status }
+        watchedStatus.update { $0 = status }
     }
 
     func finish(status: Status) {
+        watchedStatus.update { current in
+            if case .failed = current {} else { current = status }
+        }
         let (commands, waiters) = shared.withLock { state in
-            if case .failed = state.status {} else { state.status = status }
             state.finished = true
             defer {
                 state.commands = []
@@ -242,7 +263,7 @@ public final class AMQPClient: Sendable {
 /// Only ever touched on that thread, which is why it needs no lock; it is `@unchecked Sendable` solely so
 /// the `Thread` closure can take it there.
 final class IOLoop: @unchecked Sendable {
-    typealias Machine = AMQPConnectionStateMachine<CheckedContinuation<PublishOutcome, any Error>>
+    typealias Machine = AMQPConnectionStateMachine<PublishCompletion>
 
     unowned let client: AMQPClient
     var machine: Machine
@@ -358,7 +379,7 @@ final class IOLoop: @unchecked Sendable {
 
     static func abandon(_ command: AMQPClient.Command, _ error: AMQPError) {
         switch command {
-        case .publish(_, let continuation): continuation.resume(throwing: error)
+        case .publish(_, let completion): completion.resume(throwing: error)
         case .deleteQueue(_, let continuation): continuation.resume(throwing: error)
         case .cancelConsumers(let continuation): continuation.resume()
         case .ack, .reject: break
@@ -384,14 +405,14 @@ final class IOLoop: @unchecked Sendable {
 
     private func execute(_ command: AMQPClient.Command, on connection: some AMQPCommandChannel) throws {
         switch command {
-        case .publish(let publish, let continuation):
+        case .publish(let publish, let completion):
             let sequence = try connection.publish(
                 exchange: publish.exchange, routingKey: publish.routingKey, mandatory: publish.mandatory,
                 properties: publish.properties, body: publish.body)
             let publication = Machine.Publication(
                 exchange: publish.exchange, routingKey: publish.routingKey, mandatory: publish.mandatory,
                 acknowledging: publish.acknowledging)
-            try carryOut(machine.receive(.published(sequence: sequence, publication, by: continuation)), on: connection)
+            try carryOut(machine.receive(.published(sequence: sequence, publication, by: completion)), on: connection)
         case .ack(let delivery):
             try carryOut(machine.receive(.ackRequested(delivery)), on: connection)
         case .reject(let delivery, let requeue):

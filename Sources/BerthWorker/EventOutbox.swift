@@ -2,8 +2,8 @@ import BerthAMQP
 import Logging
 import Synchronization
 
-/// Status events on their way to the broker. Events are queued and published in order by one task, each
-/// with a publisher confirm; while the broker is away they wait (up to `capacity`, then the oldest are
+/// Status events on their way to the broker. Events are queued and published in order by one task, in
+/// pipelined batches with publisher confirms; while the broker is away they wait (up to `capacity`, then the oldest are
 /// dropped and counted) and go out after the reconnect. So an operation never fails because of its own
 /// notification; the request that emitted them waits for their confirms (`confirmed(_:)`) before it is
 /// acked, so a crash cannot lose an event behind an ack.
@@ -32,6 +32,8 @@ final class EventOutbox: Sendable {
         var settled: Sequence = 0
         /// The newest event dropped from a full buffer.
         var lost: Sequence = 0
+        /// Events the broker confirmed while an older one still waits to be sent again (after a nack).
+        var confirmedAhead: Set<Sequence> = []
         var waiters: [Waiter] = []
         var nextWaiter = 0
     }
@@ -65,7 +67,7 @@ final class EventOutbox: Sendable {
                 lost = state.queue[state.head].eventType
                 state.dropped += 1
                 state.lost = state.settled + 1
-                settledNow = Self.advance(&state)
+                settledNow = Self.advance(&state) + Self.settleConfirmed(&state)
             }
             state.queue.append(event)
             state.enqueued += 1
@@ -110,41 +112,67 @@ final class EventOutbox: Sendable {
         }
     }
 
+    /// Waits until every event enqueued so far is settled (confirmed, or dropped), or the publisher stopped;
+    /// nil when the task is cancelled first. For a drain, after `close()`.
+    func flushed() async -> Void? {
+        let last = state.withLock { $0.enqueued }
+        guard last > 0 else { return () }
+        _ = await confirmed(1...last)
+        return Task.isCancelled ? nil : ()
+    }
+
     /// Publishes queued events until `close()` and the queue is empty, or the task is cancelled.
     func run(client: AMQPClient, logger: Logger) async {
-        await run(logger: logger, stopped: { if case .stopped = client.status { true } else { false } }) { event in
-            try await client.publish(exchange: event.exchange, routingKey: event.routingKey, body: event.body)
+        await run(logger: logger, stopped: { if case .stopped = client.status { true } else { false } }) { events in
+            await client.publish(
+                events.map { OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, body: $0.body) }
+            ).map { result in result.mapError { $0 as any Error } }
         }
     }
 
-    /// `run` over any publisher, so the order and confirm rules are tested without a broker.
+    /// `run` over any publisher, so the order and confirm rules are tested without a broker. `publish` sends
+    /// its events in order without waiting between them and answers with each one's outcome, in order.
+    ///
+    /// Every event queued while a batch is in flight goes out in the next batch, so under load a request's
+    /// events wait about one confirm round trip, not one per event ahead of them.
     func run(
-        logger: Logger, stopped: @Sendable () -> Bool, publish: @Sendable (Event) async throws -> PublishOutcome
+        logger: Logger, stopped: @Sendable () -> Bool,
+        publish: @Sendable ([Event]) async -> [Result<PublishOutcome, any Error>]
     ) async {
         defer { stop() }
         var iterator = rings.makeAsyncIterator()
         while true {
-            guard let (event, sequence) = peek() else {
+            let batch = unconfirmed(limit: Self.batchLimit)
+            guard !batch.isEmpty else {
                 if state.withLock({ $0.closed }) { return }
                 // nil: the surrounding task was cancelled (the server stopped), nothing more will ring.
                 guard await iterator.next() != nil else { return }
                 continue
             }
-            do {
-                let outcome = try await publish(event)
-                if outcome == .nacked {
-                    logger.warning("broker refused an event (nack); retrying", metadata: ["event_type": "\(event.eventType)"])
-                    try? await Task.sleep(for: .milliseconds(200))
-                    continue
+            let outcomes = await publish(batch.map(\.event))
+            var nacked: String?
+            var failed = false
+            for (entry, outcome) in zip(batch, outcomes) {
+                switch outcome {
+                case .success(.nacked): nacked = nacked ?? entry.event.eventType
+                case .success: confirm(entry.sequence)
+                case .failure: failed = true
                 }
-                settle(sequence)
-            } catch {
-                // Broker away: keep the event and try again once the client has reconnected.
+            }
+            if failed {
+                // Broker away: keep the events and try again once the client has reconnected.
                 if stopped() || Task.isCancelled { return }
+                try? await Task.sleep(for: .milliseconds(200))
+            } else if let nacked {
+                logger.warning("broker refused an event (nack); retrying", metadata: ["event_type": "\(nacked)"])
                 try? await Task.sleep(for: .milliseconds(200))
             }
         }
     }
+
+    /// Events per pipelined batch: enough to cover a burst of boots, few enough that one lost connection
+    /// does not send a flood of them again.
+    static let batchLimit = 256
 
     func close() {
         state.withLock { $0.closed = true }
@@ -162,18 +190,40 @@ final class EventOutbox: Sendable {
         for waiter in waiting { waiter.continuation.resume(returning: false) }
     }
 
-    private func peek() -> (Event, Sequence)? {
-        state.withLock { state in state.head < state.queue.count ? (state.queue[state.head], state.settled + 1) : nil }
+    /// The oldest events not yet settled nor confirmed out of order, with their sequence numbers.
+    private func unconfirmed(limit: Int) -> [(sequence: Sequence, event: Event)] {
+        state.withLock { state in
+            var batch: [(sequence: Sequence, event: Event)] = []
+            var index = state.head
+            var sequence = state.settled + 1
+            while index < state.queue.count, batch.count < limit {
+                if !state.confirmedAhead.contains(sequence) { batch.append((sequence, state.queue[index])) }
+                index += 1
+                sequence += 1
+            }
+            return batch
+        }
     }
 
     /// The broker confirmed event `sequence`. It may have been dropped from a full buffer while it was being
-    /// published; then it is settled already.
-    private func settle(_ sequence: Sequence) {
+    /// published (then it is settled already), or confirmed before an older event that must be sent again
+    /// (then it waits in `confirmedAhead` until the events before it settle).
+    private func confirm(_ sequence: Sequence) {
         let settledNow = state.withLock { state -> [(Waiter, Bool)] in
-            guard state.settled + 1 == sequence else { return [] }
-            return Self.advance(&state)
+            guard sequence > state.settled else { return [] }
+            state.confirmedAhead.insert(sequence)
+            return Self.settleConfirmed(&state)
         }
         for (waiter, confirmed) in settledNow { waiter.continuation.resume(returning: confirmed) }
+    }
+
+    /// Settles the confirmed events at the head, in order.
+    private static func settleConfirmed(_ state: inout State) -> [(Waiter, Bool)] {
+        var ready: [(Waiter, Bool)] = []
+        while state.confirmedAhead.remove(state.settled + 1) != nil {
+            ready += advance(&state)
+        }
+        return ready
     }
 
     /// Settles the event at the head and hands back the waiters whose last event it was, each with whether all

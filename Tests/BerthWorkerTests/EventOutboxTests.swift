@@ -50,7 +50,11 @@ import Testing
         let last = outbox.enqueue(event(1), logger: logger)
         let gate = PublishGate()
         let publisher = Task {
-            await outbox.run(logger: logger, stopped: { false }) { _ in await gate.next() }
+            await outbox.run(logger: logger, stopped: { false }) { events in
+                var outcomes: [Result<PublishOutcome, any Error>] = []
+                for _ in events { outcomes.append(.success(await gate.next())) }
+                return outcomes
+            }
         }
         let waiter = Task { await outbox.confirmed(first...last) }
         await gate.confirm()  // event 0 confirmed: the wait goes on
@@ -66,7 +70,7 @@ import Testing
         let sequence = outbox.enqueue(event(0), logger: logger)
         let waiter = Task { await outbox.confirmed(sequence...sequence) }
         // The broker is away and the client stopped: the event is never confirmed.
-        await outbox.run(logger: logger, stopped: { true }) { _ in throw CancellationError() }
+        await outbox.run(logger: logger, stopped: { true }) { events in events.map { _ in .failure(CancellationError()) } }
         #expect(await waiter.value == false)
         #expect(await outbox.confirmed(sequence...sequence) == false)
     }
@@ -79,6 +83,67 @@ import Testing
         outbox.enqueue(event(2), logger: logger)  // full: event 0 is dropped
         #expect(await waiter.value == false)
         #expect(outbox.dropped == 1)
+    }
+
+    // MARK: Pipelining: events go out in batches, in order, without a confirm round trip each
+
+    @Test func everyQueuedEventGoesOutInOneBatch() async {
+        let outbox = EventOutbox(capacity: 1000)
+        let sequences = (0..<300).map { outbox.enqueue(event($0), logger: logger) }
+        let recorder = BatchRecorder()
+        let publisher = Task {
+            await outbox.run(logger: logger, stopped: { false }) { events in
+                await recorder.record(events)
+                return events.map { _ in .success(.confirmed) }
+            }
+        }
+        #expect(await outbox.confirmed(sequences.first!...sequences.last!))
+        outbox.close()
+        await publisher.value
+        // 256 at once (the batch limit), then the rest: two confirm round trips for 300 events.
+        #expect(await recorder.sizes == [EventOutbox.batchLimit, 300 - EventOutbox.batchLimit])
+        #expect(await recorder.bodies == (0..<300).map { "event \($0)" })
+    }
+
+    @Test func aNackedEventIsSentAgainAloneAndTheOnesAfterItWaitForIt() async {
+        let outbox = EventOutbox(capacity: 16)
+        let sequences = (0..<3).map { outbox.enqueue(event($0), logger: logger) }
+        let recorder = BatchRecorder()
+        let publisher = Task {
+            await outbox.run(logger: logger, stopped: { false }) { events in
+                let round = await recorder.record(events)
+                // First round: the middle event is refused, its neighbours confirmed.
+                return events.indices.map { index in round == 0 && index == 1 ? .success(.nacked) : .success(.confirmed) }
+            }
+        }
+        let first = Task { await outbox.confirmed(sequences[0]...sequences[0]) }
+        let all = Task { await outbox.confirmed(sequences[0]...sequences[2]) }
+        #expect(await first.value)
+        #expect(await all.value)
+        outbox.close()
+        await publisher.value
+        // Event 2 was confirmed in the first round: it is not sent twice.
+        #expect(await recorder.bodies == ["event 0", "event 1", "event 2", "event 1"])
+    }
+
+    @Test func eventsOfALostConnectionAreSentAgainInOrder() async {
+        let outbox = EventOutbox(capacity: 16)
+        let sequences = (0..<3).map { outbox.enqueue(event($0), logger: logger) }
+        let recorder = BatchRecorder()
+        let publisher = Task {
+            await outbox.run(logger: logger, stopped: { false }) { events in
+                let round = await recorder.record(events)
+                // First round: the connection is lost after event 0's confirm.
+                return events.indices.map { index in
+                    round == 0 && index > 0 ? .failure(CancellationError()) : .success(.confirmed)
+                }
+            }
+        }
+        #expect(await outbox.confirmed(sequences[0]...sequences[2]))
+        outbox.close()
+        await publisher.value
+        #expect(await recorder.sizes == [3, 2])
+        #expect(await recorder.bodies == ["event 0", "event 1", "event 2", "event 1", "event 2"])
     }
 
     @Test func aCancelledWaitEnds() async {
@@ -105,6 +170,20 @@ private actor PublishGate {
 
     func confirm() {
         if waiting.isEmpty { credits += 1 } else { waiting.removeFirst().resume(returning: .confirmed) }
+    }
+}
+
+/// Records the batches a publisher was handed.
+private actor BatchRecorder {
+    private(set) var sizes: [Int] = []
+    private(set) var bodies: [String] = []
+
+    /// Records a batch and returns its round: 0 for the first.
+    @discardableResult
+    func record(_ events: [EventOutbox.Event]) -> Int {
+        sizes.append(events.count)
+        bodies += events.map { String(decoding: $0.body, as: UTF8.self) }
+        return sizes.count - 1
     }
 }
 
