@@ -49,19 +49,34 @@ public final class OsloRPCClient: Sendable {
             configuration: .init(urls: urls, connectionName: "berth-client", topology: topology), logger: logger)
     }
 
+    /// Connects. Replies are read only inside `serving(_:)`.
     public func start() async throws {
         try await client.start()
-        let client = self.client
-        Task { [weak self] in
-            for await delivery in client.deliveries {
-                client.ack(delivery)
-                self?.route(delivery)
-            }
+    }
+
+    /// Runs `body` (calls and casts) with the replies read alongside it, then stops the client: the reply
+    /// reader lives exactly as long as `body`, in this task's group rather than a task of its own.
+    public func serving<T, E: Error>(_ body: () async throws(E) -> T) async throws(E) -> T {
+        let outcome: Result<T, E> = await withDiscardingTaskGroup { group in
+            group.addTask { await self.readReplies() }
+            let outcome: Result<T, E>
+            do throws(E) { outcome = .success(try await body()) } catch { outcome = .failure(error) }
+            // Ends the deliveries, and with them the reader.
+            await client.stop()
+            return outcome
         }
+        return try outcome.get()
     }
 
     public func stop() async {
         await client.stop()
+    }
+
+    private func readReplies() async {
+        for await delivery in client.deliveries {
+            client.ack(delivery)
+            route(delivery)
+        }
     }
 
     private func route(_ delivery: AMQPDelivery) {

@@ -74,10 +74,12 @@ public final class RPCServer: Service, EventSink, Sendable {
     let topology: RPCServerTopology
     let logger: Logger
     let intake: Mutex<MessageIntake>
-    let inFlight = Mutex(0)
-    /// Requests taken from the queues and not yet done with.
-    public var inFlightCount: Int { inFlight.withLock { $0 } }
-    let draining = Mutex(false)
+    /// Requests taken from the queues and not yet done with; a drain waits for it to reach 0.
+    let inFlight = Watched(0)
+    public var inFlightCount: Int { inFlight.value }
+    /// Set once, by the graceful shutdown (SIGTERM): the drain in `run()` begins.
+    let drainRequested = Watched(false)
+    public var isDraining: Bool { drainRequested.value }
     let outbox: EventOutbox
     let attempts: AttemptLedger
     let admission = RequestAdmission()
@@ -135,16 +137,21 @@ public final class RPCServer: Service, EventSink, Sendable {
         if case .connecting = client.status { try await start() }
         await withDiscardingTaskGroup { group in
             group.addTask { await self.outbox.run(client: self.client, logger: self.logger) }
+            group.addTask {
+                // Cancelled (nil) when the deliveries end without a drain: the client stopped on its own.
+                guard await self.drainRequested.wait(until: { $0 }) != nil else { return }
+                await self.drain()
+            }
             await withGracefulShutdownHandler {
                 for await delivery in client.deliveries {
-                    inFlight.withLock { $0 += 1 }
+                    inFlight.update { $0 += 1 }
                     group.addTask {
                         await self.process(delivery)
-                        self.inFlight.withLock { $0 -= 1 }
+                        self.inFlight.update { $0 -= 1 }
                     }
                 }
             } onGracefulShutdown: {
-                Task { await self.drain() }
+                self.drainRequested.update { $0 = true }
             }
             // The stream ended: the client stopped. Work still running past the grace period is cancelled;
             // its requests were not acked and go back to the queue.
@@ -154,30 +161,23 @@ public final class RPCServer: Service, EventSink, Sendable {
     }
 
     /// Stops taking requests, lets the ones in hand finish within the grace period, then closes the
-    /// connection, which hands anything unfinished back to the broker.
-    func drain() async {
-        let alreadyDraining = draining.withLock { state in
-            defer { state = true }
-            return state
-        }
-        guard !alreadyDraining else { return }
-        logger.info("draining", metadata: ["in_flight": "\(inFlight.withLock { $0 })"])
+    /// connection, which hands anything unfinished back to the broker. Part of `run()`, started by the
+    /// graceful shutdown.
+    private func drain() async {
+        logger.info("draining", metadata: ["in_flight": "\(inFlight.value)"])
         await client.cancelConsumers()
-        let deadline = ContinuousClock.now + configuration.gracePeriod
-        while inFlight.withLock({ $0 }) > 0, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
+        let idle = await withTimeLimit(configuration.gracePeriod) { [inFlight] in
+            await inFlight.wait { $0 == 0 }
         }
-        let left = inFlight.withLock { $0 }
-        if left > 0 {
-            logger.warning("grace period over; handing unfinished requests back to the broker", metadata: ["left": "\(left)"])
+        if idle == nil {
+            logger.warning(
+                "grace period over; handing unfinished requests back to the broker",
+                metadata: ["left": "\(inFlight.value)"])
         }
         // Events of the finished work go out before the connection closes (bounded: the broker may be away).
         outbox.close()
-        let flushDeadline = ContinuousClock.now + .seconds(5)
-        while outbox.pending > 0, ContinuousClock.now < flushDeadline {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        if outbox.pending > 0 {
+        let flushed = await withTimeLimit(.seconds(5)) { [outbox] in await outbox.flushed() }
+        if flushed == nil, outbox.pending > 0 {
             logger.warning("events not published before exit", metadata: ["count": "\(outbox.pending)"])
         }
         if topology.deletesFanoutQueueOnShutdown {

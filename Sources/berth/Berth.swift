@@ -123,10 +123,8 @@ struct BusOptions: ParsableArguments {
             throw ExitCode(3)
         }
         do {
-            try await body(client)
-            await client.stop()
+            try await client.serving { () async throws(RPCCallError) in try await body(client) }
         } catch {
-            await client.stop()
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             switch error {
             case .remote: throw ExitCode(1)
