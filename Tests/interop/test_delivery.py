@@ -14,6 +14,7 @@ import collections
 import concurrent.futures
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -28,6 +29,7 @@ from test_pool import Supervisor, catalog, crash_count, dead_letters_for_request
 
 LIBVIRT_URI = os.environ.get("BERTH_LIBVIRT_URI", "qemu:///system")
 CASTS = int(os.environ.get("BERTH_DELIVERY_CASTS", "500"))
+STARTED = re.compile(r"instance_uuid=([0-9a-f-]{36}) .*\] instance started$", re.MULTILINE)
 
 
 class EndCounter:
@@ -113,6 +115,21 @@ def test_every_cast_boot_gets_exactly_one_end_event_through_sigkills(
         # the worker recording that carries the first one's message_id and _unique_id.
         assert not twice, f"{len(twice)} instances got two different instance.create.end: {list(twice.items())[:3]}"
         assert recopied <= kills, f"{recopied} copies for {kills} kills: more than the kill window explains"
+        # No instance created twice on a host. The worker's libvirt is the in-process test driver, so each
+        # worker life is a fresh host: within one life no uuid is started twice (a redelivery finds its domain),
+        # and a uuid started again in a later life was in hand when the earlier life was killed (at most the
+        # requests a worker holds at once, --concurrency 8, per kill).
+        started_in_life = [collections.Counter(STARTED.findall(path.read_text(errors="replace")))
+                           for path in sorted(worker.log_dir.glob(f"worker-{worker.host}-*.log"),
+                                              key=lambda p: int(p.stem.rsplit("-", 1)[1]))]
+        twice_in_a_life = {u: n for life in started_in_life for u, n in life.items() if n > 1}
+        lives_per_uuid = collections.Counter(u for life in started_in_life for u in life)
+        restarted = sum(1 for n in lives_per_uuid.values() if n > 1)
+        print(f"[delivery figures] lives={len(started_in_life)} started={sum(map(len, started_in_life))} "
+              f"started_again_after_a_kill={restarted}")
+        assert not twice_in_a_life, f"instances started twice by one worker: {list(twice_in_a_life.items())[:3]}"
+        assert set(lives_per_uuid) == {i["uuid"] for i in instances}
+        assert restarted <= 8 * kills, f"{restarted} instances started again for {kills} kills"
         worker.wait_ready()
         assert worker.stop() == 0, worker.describe()
     finally:
