@@ -534,17 +534,22 @@ extension BerthError {
     }
 }
 
-/// Serialises work on one instance uuid: within this process with a task queue per uuid, and across worker
-/// processes on the same host with `flock` on one of `stripes` lock files, `locks/<nn>.lock`, chosen by a
-/// hash of the uuid. A fixed set of files rather than one per uuid: creating an inode for every boot cost
-/// ~0.5 ms of ext4 journal work (more on a busy disk) and left a file behind per instance ever booted. Two
-/// uuids that share a stripe only wait for each other; no caller holds two instance locks at once, so that
-/// cannot deadlock. Each acquisition opens its own descriptor, so flock excludes within this process too.
+/// Serialises work on one instance uuid: across worker processes on the same host with `flock` on one of
+/// `stripes` lock files, `locks/<nn>.lock`, chosen by a hash of the uuid, and within this process with a task
+/// queue per stripe in front of it. A fixed set of files rather than one per uuid: creating an inode for
+/// every boot cost ~0.5 ms of ext4 journal work (more on a busy disk) and left a file behind per instance ever
+/// booted. Two uuids that share a stripe only wait for each other; no caller holds two instance locks at once,
+/// so that cannot deadlock.
+///
+/// Nothing here blocks a thread. The queue per stripe means only another process can hold the file lock when
+/// this one asks for it, so it is tried without blocking (`LOCK_NB`) and, while another process holds it,
+/// tried again after a short sleep on the task's timer. (Queued per uuid, two uuids of one stripe each
+/// blocked a dispatch thread in `flock` until the pool grew, stalling boots for seconds: issue 23.)
 final class InstanceLocks: Sendable {
     static let stripes: UInt32 = 256
 
     let directory: String
-    private let waiting = Mutex<[String: [CheckedContinuation<Void, Never>]]>([:])
+    private let waiting = Mutex<[UInt32: [CheckedContinuation<Void, Never>]]>([:])
 
     init(directory: String) {
         self.directory = directory
@@ -553,9 +558,10 @@ final class InstanceLocks: Sendable {
     func withLock<T: Sendable>(
         _ uuid: String, _ body: () async throws(BerthError) -> T
     ) async throws(BerthError) -> T {
-        await acquire(uuid)
-        defer { release(uuid) }
-        let descriptor = try await fileLock(uuid)
+        let stripe = Self.stripe(uuid)
+        await acquire(stripe)
+        defer { release(stripe) }
+        let descriptor = try await fileLock(stripe)
         defer {
             flock(descriptor, LOCK_UN)
             close(descriptor)
@@ -563,53 +569,62 @@ final class InstanceLocks: Sendable {
         return try await body()
     }
 
-    private func acquire(_ uuid: String) async {
+    private func acquire(_ stripe: UInt32) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let mustWait = waiting.withLock { table in
-                if var queue = table[uuid] {
-                    queue.append(continuation)
-                    table[uuid] = queue
+                if table[stripe] != nil {
+                    table[stripe]!.append(continuation)
                     return true
                 }
-                table[uuid] = []
+                table[stripe] = []
                 return false
             }
             if !mustWait { continuation.resume() }
         }
     }
 
-    private func release(_ uuid: String) {
+    private func release(_ stripe: UInt32) {
         let next = waiting.withLock { table -> CheckedContinuation<Void, Never>? in
-            guard var queue = table[uuid], !queue.isEmpty else {
-                table[uuid] = nil
+            guard var queue = table[stripe], !queue.isEmpty else {
+                table[stripe] = nil
                 return nil
             }
             let first = queue.removeFirst()
-            table[uuid] = queue
+            table[stripe] = queue
             return first
         }
         next?.resume()
     }
 
-    /// Blocks on a dispatch thread, not the cooperative pool, while another process holds the lock.
-    private func fileLock(_ uuid: String) async throws(BerthError) -> Int32 {
-        let path = "\(directory)/\(String(Self.stripe(uuid), radix: 16)).lock"
-        let directory = self.directory
-        let result: Result<Int32, BerthError> = await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-                let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-                guard descriptor >= 0 else {
-                    continuation.resume(
-                        returning: .failure(
-                            .buildFailed("cannot open lock file \(path): \(String(cString: strerror(errno)))")))
-                    return
-                }
-                flock(descriptor, LOCK_EX)
-                continuation.resume(returning: .success(descriptor))
-            }
+    /// The stripe's file lock, which only another process can hold at this point: tried without blocking,
+    /// again after 1 ms, doubling to 50 ms between tries, until it is free or the task is cancelled.
+    private func fileLock(_ stripe: UInt32) async throws(BerthError) -> Int32 {
+        let path = "\(directory)/\(String(stripe, radix: 16)).lock"
+        var descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if descriptor < 0, errno == ENOENT {
+            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         }
-        return try result.get()
+        guard descriptor >= 0 else {
+            throw .buildFailed("cannot open lock file \(path): \(String(cString: strerror(errno)))")
+        }
+        var pause = Duration.milliseconds(1)
+        while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+            let code = errno
+            if code == EINTR { continue }
+            guard code == EWOULDBLOCK else {
+                close(descriptor)
+                throw .buildFailed("cannot lock \(path): \(String(cString: strerror(code)))")
+            }
+            do {
+                try await Task.sleep(for: pause)
+            } catch {
+                close(descriptor)
+                throw .buildFailed("stopped while another process held the instance lock \(path)")
+            }
+            pause = min(pause * 2, .milliseconds(50))
+        }
+        return descriptor
     }
 
     /// FNV-1a of the uuid's text: the same stripe in every process (Swift's `Hasher` is seeded per process).

@@ -42,6 +42,65 @@ import Testing
     }
 }
 
+extension InstanceLocksTests {
+    /// Another process holds the stripe's file (a second open file description, as another worker would): the
+    /// wait must not sit in `flock` on a thread, so it ends when its task is cancelled, and other stripes go on.
+    @Test(.timeLimit(.minutes(1)))
+    func aLockHeldByAnotherProcessIsWaitedForWithoutBlockingAThread() async throws {
+        let directory = NSTemporaryDirectory() + "berth-locks-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let locks = InstanceLocks(directory: directory)
+        let uuid = UUID().uuidString.lowercased()
+        let other = open("\(directory)/\(String(InstanceLocks.stripe(uuid), radix: 16)).lock", O_RDWR | O_CREAT, 0o600)
+        #expect(other >= 0)
+        defer { close(other) }
+        #expect(flock(other, LOCK_EX) == 0)
+
+        let held = Task { () async throws -> Void in
+            try await locks.withLock(uuid) { () async throws(BerthError) in }
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        var elsewhere = UUID().uuidString.lowercased()
+        while InstanceLocks.stripe(elsewhere) == InstanceLocks.stripe(uuid) { elsewhere = UUID().uuidString.lowercased() }
+        try await locks.withLock(elsewhere) { () async throws(BerthError) in }
+        held.cancel()
+        let outcome = await held.result
+        #expect(throws: BerthError.self) { try outcome.get() }
+
+        // Released by the other process: taken at once.
+        flock(other, LOCK_UN)
+        try await locks.withLock(uuid) { () async throws(BerthError) in }
+    }
+
+    /// Uuids that share a stripe queue in the process, so at most one of them is ever in `flock`.
+    @Test func uuidsOfOneStripeTakeTurns() async throws {
+        let directory = NSTemporaryDirectory() + "berth-locks-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let locks = InstanceLocks(directory: directory)
+        var sharing: [String] = []
+        let stripe = InstanceLocks.stripe("anchor")
+        while sharing.count < 16 {
+            let uuid = UUID().uuidString.lowercased()
+            if InstanceLocks.stripe(uuid) == stripe { sharing.append(uuid) }
+        }
+        let overlap = Overlap()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for uuid in sharing {
+                group.addTask {
+                    try await locks.withLock(uuid) { () async throws(BerthError) in
+                        overlap.enter()
+                        try? await Task.sleep(for: .milliseconds(2))
+                        overlap.leave()
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(overlap.most == 1)
+    }
+}
+
 /// How many holders were inside at once, at most.
 private final class Overlap: Sendable {
     private let state = Mutex((inside: 0, most: 0))
