@@ -27,6 +27,9 @@ let package = Package(
         .systemLibrary(
             name: "CCurl", pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(
+            name: "CZlib", pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]),
         // What Swift cannot call directly: variadic amqp_login, libvirt error capture.
         .target(name: "CBerthShims", dependencies: ["CRabbitMQ", "CLibvirt"]),
 
@@ -45,7 +48,7 @@ let package = Package(
         // Its byte loops (qcow2 conversion, inflate, zero detection, digests) run over whole disks: optimised even
         // in debug builds, or a test deploy of a few hundred MiB takes minutes instead of seconds.
         .target(
-            name: "BerthDiskImage", dependencies: ["BerthCore", "BerthJSON", "BerthDigest"],
+            name: "BerthDiskImage", dependencies: ["BerthCore", "BerthJSON", "BerthDigest", "CZlib"],
             swiftSettings: [.unsafeFlags(["-O"])]),
         .target(
             name: "BerthAMQP",

@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(
-    librabbitmq-dev libvirt-dev libjson-c-dev libcurl4-openssl-dev
+    librabbitmq-dev libvirt-dev libjson-c-dev libcurl4-openssl-dev zlib1g-dev libssl-dev
     rabbitmq-server libvirt-daemon-system libvirt-clients
     qemu-system-x86 qemu-utils
     libclang-rt-14-dev
