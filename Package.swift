@@ -28,6 +28,9 @@ let package = Package(
             name: "CCurl", pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(
+            name: "CCrypto", pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
         // What Swift cannot call directly: variadic amqp_login, libvirt error capture.
@@ -36,9 +39,9 @@ let package = Package(
         .target(name: "BerthJSON", dependencies: ["CJSONC"]),
         // Optimised even in debug builds: OsloEnvelopeScanner follows every byte of bodies up to the broker's limit.
         .target(name: "BerthWire", dependencies: ["BerthJSON"], swiftSettings: [.unsafeFlags(["-O"])]),
-        // Pure rules: properties, kernel command line, boot variants, domain XML. No C, no I/O.
-        // MD5, SHA-256, SHA-512: optimised even in debug builds, since whole images go through them.
-        .target(name: "BerthDigest", swiftSettings: [.unsafeFlags(["-O"])]),
+        // MD5, SHA-256, SHA-384, SHA-512 through libcrypto's EVP interface: the one owner of libcrypto.
+        .target(name: "BerthDigest", dependencies: ["CCrypto"]),
+        // Pure rules: properties, kernel command line, boot variants, domain XML. No I/O.
         .target(name: "BerthCore", dependencies: ["BerthJSON", "BerthDigest"]),
         // The image/volume catalog: the local directory catalog and Glance. Every image it takes or hands out goes
         // through BerthDiskImage's inspector.

@@ -56,7 +56,7 @@ max_len() {
     esac
 }
 
-SWIFT_FLAGS=(-O -g -swift-version 6 -parse-as-library "-sanitize=fuzzer,address" -I "$OUT/modules" -I Sources/CJSONC -I Sources/CZlib)
+SWIFT_FLAGS=(-O -g -swift-version 6 -parse-as-library "-sanitize=fuzzer,address" -I "$OUT/modules" -I Sources/CJSONC -I Sources/CZlib -I Sources/CCrypto)
 
 # newer OUTPUT INPUT...: true when OUTPUT is missing or older than any input.
 newer() {
@@ -93,7 +93,7 @@ build() {
         if newer "$binary" "Fuzz/Targets/$target.swift" "${support[@]}" "${objects[@]}"; then
             echo "fuzz.sh: linking fuzz-$target"
             swiftc "${SWIFT_FLAGS[@]}" -module-name "FuzzTarget" -use-ld=lld -o "$binary" \
-                "Fuzz/Targets/$target.swift" "${support[@]}" "${objects[@]}" -ljson-c -lz
+                "Fuzz/Targets/$target.swift" "${support[@]}" "${objects[@]}" -ljson-c -lz -lcrypto
         fi
     done
 }

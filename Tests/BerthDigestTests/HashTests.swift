@@ -90,3 +90,15 @@ func patternBytes(_ count: Int, seed: UInt64 = 1) -> [UInt8] {
         return UInt8(truncatingIfNeeded: state >> 33)
     }
 }
+
+/// The hashers are values: a copy taken midway hashes on by itself (the catalog keeps hashers in structs).
+@Suite struct HasherValueTests {
+    @Test func aCopyHashesOnIndependently() {
+        var first = SHA512Digest()
+        first.update(Array("abc".utf8))
+        var second = first
+        second.update(Array("def".utf8))
+        #expect(first.finalize() == SHA512Digest.hex(Array("abc".utf8)))
+        #expect(second.finalize() == SHA512Digest.hex(Array("abcdef".utf8)))
+    }
+}
