@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CONFIG=${BERTH_DEMO_CONFIG:-debug}
 HOST=demo-host
-TRANSPORT_URL=${BERTH_TRANSPORT_URL:-amqp://guest:guest@127.0.0.1:5672/}
+TRANSPORT_URL=${BERTH_TRANSPORT_URL:-rabbit://guest:guest@127.0.0.1:5672/}
 LIBVIRT_URI=qemu:///system
 RUN_DIR=run
 LOG=$RUN_DIR/worker-demo.log

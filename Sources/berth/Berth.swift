@@ -68,7 +68,7 @@ struct BusOptions: ParsableArguments {
         } else if let environment = ProcessInfo.processInfo.environment["BERTH_TRANSPORT_URL"], !environment.isEmpty {
             text = environment
         } else {
-            text = "amqp://guest:guest@127.0.0.1:5672/"
+            text = "rabbit://guest:guest@127.0.0.1:5672/"
         }
         do {
             // Shuffled once per process, as oslo.messaging does with a URL's hosts: a pool given the same URL
@@ -167,7 +167,7 @@ struct Worker: AsyncParsableCommand {
             finishing (or handing back) the requests in hand.
 
             Example:
-              BERTH_TRANSPORT_URL=amqp://berth:secret@127.0.0.1:5672/ berth worker --host compute-1 --libvirt-uri qemu:///system
+              BERTH_TRANSPORT_URL=rabbit://berth:secret@127.0.0.1:5672/ berth worker --host compute-1 --libvirt-uri qemu:///system
             """)
 
     @OptionGroup var bus: BusOptions
