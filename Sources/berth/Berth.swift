@@ -635,7 +635,7 @@ struct Boot: AsyncParsableCommand {
             booted = try await client.call(
                 "boot_instance", args: ["instance": .object(instance)], server: server, until: deadline,
                 waiting: "booting instance \(instanceUUID) from image \(image) on \(target); waiting up to "
-                    + "\(Int(timeout)) s for ACTIVE"
+                    + "\(String(format: "%g", timeout)) s for ACTIVE"
             ) { result in
                 "instance \(instanceUUID) is \(result["status"]?.stringValue ?? "?") on \(result["host"]?.stringValue ?? "?")"
             }
@@ -697,7 +697,7 @@ struct Snapshot: AsyncParsableCommand {
                 "snapshot_instance",
                 args: ["instance_uuid": .string(instance), "image_name": .string(name), "properties": .object(extra)],
                 server: server, until: deadline,
-                waiting: "snapshotting instance \(instance) to image \(name.debugDescription); waiting up to \(Int(timeout)) s"
+                waiting: "snapshotting instance \(instance) to image \(name.debugDescription); waiting up to \(String(format: "%g", timeout)) s"
             ) { result in "image \(result["image_id"]?.stringValue ?? "?") made" }
         }
         try output.show(snapshot)
