@@ -158,6 +158,14 @@ struct BusOptions: ParsableArguments {
         return logger
     }
 
+    /// The logger of a command that uses the bus and ends: errors only unless --log-level says otherwise. The
+    /// command reports its own failure in one line; a warning per connection retry would bury it.
+    func commandLogger(_ label: String) throws -> Logger {
+        var logger = try logger(label)
+        if logLevel == "info" { logger.logLevel = .error }
+        return logger
+    }
+
     /// Runs `body` with a started RPC client, stopping it afterwards. The broker is retried until
     /// `connectBy`, then the command fails with one line (status 3). Failures of `body` become
     /// `CommandFailure`s with the statuses of `ExitStatus`: 1 remote failure, 2 timeout, 3 not delivered.
@@ -165,17 +173,13 @@ struct BusOptions: ParsableArguments {
         _ label: String, connectBy deadline: ContinuousClock.Instant = .now + .seconds(30),
         _ body: (OsloRPCClient) async throws(RPCCallError) -> Void
     ) async throws {
-        var logger = try logger(label)
-        // A command reports its own failure in one line; a warning per connection retry would bury it.
-        if logLevel == "info" { logger.logLevel = .error }
-        let client = OsloRPCClient(urls: try urls(), options: try rabbitOptions(), topic: topic, logger: logger)
+        let client = OsloRPCClient(
+            urls: try urls(), options: try rabbitOptions(), topic: topic, logger: try commandLogger(label))
         do {
             try await client.start(connectTimeout: max(deadline - .now, .zero))
         } catch {
             await client.stop()
-            throw CommandFailure(
-                "BrokerUnreachable", "\(error); is RabbitMQ running, and is --transport-url right?",
-                status: ExitStatus.unreachable)
+            throw CommandFailure.brokerUnreachable(error)
         }
         do {
             try await client.serving { () async throws(RPCCallError) in try await body(client) }
@@ -531,9 +535,13 @@ struct Notify: AsyncParsableCommand {
     @Option(help: "Notification topic.")
     var notificationTopic = "notifications"
 
+    @Option(help: "Seconds to wait for the broker.")
+    var timeout = 30.0
+
+    func validate() throws { try validateTimeout(timeout) }
+
     func run() async throws {
-        var logger = try bus.logger("berth.notify")
-        if bus.logLevel == "info" { logger.logLevel = .warning }
+        let logger = try bus.commandLogger("berth.notify")
         guard let payloadValue = try? JSONCodec.parse(payload) else {
             throw ValidationError("--payload must be JSON")
         }
@@ -547,7 +555,12 @@ struct Notify: AsyncParsableCommand {
                 topology: Notifier.topology(options: options, topics: [notificationTopic])),
             logger: logger)
         do {
-            try await client.start()
+            try await client.start(connectTimeout: .seconds(timeout))
+        } catch {
+            await client.stop()
+            throw CommandFailure.brokerUnreachable(error)
+        }
+        do {
             let notifier = Notifier(
                 client: client, options: options, host: publisherHost ?? ProcessInfo.processInfo.hostName,
                 topics: [notificationTopic])
@@ -555,8 +568,7 @@ struct Notify: AsyncParsableCommand {
             await client.stop()
         } catch {
             await client.stop()
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            throw ExitCode(3)
+            throw CommandFailure("NotDelivered", "\(error)", status: ExitStatus.unreachable)
         }
     }
 }

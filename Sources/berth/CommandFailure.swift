@@ -76,6 +76,13 @@ struct CommandFailure: Error {
         }
     }
 
+    /// No broker connection by the command's deadline, or one refused for good (a bad login).
+    static func brokerUnreachable(_ error: any Error) -> CommandFailure {
+        CommandFailure(
+            "BrokerUnreachable", "\(error); is RabbitMQ running, and is --transport-url right?",
+            status: ExitStatus.unreachable)
+    }
+
     /// Writes the line and exits with the status.
     func exit() -> Never {
         FileHandle.standardError.write(Data("berth: error: \(className): \(message)\n".utf8))

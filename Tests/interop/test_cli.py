@@ -173,10 +173,11 @@ def test_exit_statuses_are_in_the_help(berth_bin):
             "delivered, 64 usage error.") in proc.stdout, proc.stdout
 
 
-def test_a_stopped_broker_fails_within_the_timeout_in_one_line(berth_bin):
+@pytest.mark.parametrize("command", [["call", "ping"], ["notify", "test.event"]])
+def test_a_stopped_broker_fails_within_the_timeout_in_one_line(berth_bin, command):
     # Nothing listens on port 1: what a client sees of a stopped broker (connection refused, retried).
     started = time.monotonic()
-    proc = berth(berth_bin, "call", "ping", "--timeout", "3", "--transport-url", "rabbit://guest:guest@127.0.0.1:1/")
+    proc = berth(berth_bin, *command, "--timeout", "3", "--transport-url", "rabbit://guest:guest@127.0.0.1:1/")
     elapsed = time.monotonic() - started
     message = one_error(proc, "BrokerUnreachable", 3)
     assert 2.5 <= elapsed < 6, f"took {elapsed:.1f}s\n{explain(proc)}"
