@@ -27,14 +27,14 @@ struct Berth: AsyncParsableCommand {
         subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self, Monitor.self, Deploy.self, Completion.self])
 
     /// ArgumentParser's own main, except for errors from `run`: those are runtime failures, reported in one
-    /// line with their class and exit status (`CommandFailure`), never followed by the usage. Errors while
-    /// parsing (and `--help`, `--version`) stay ArgumentParser's: a usage error shows the usage.
+    /// line with their class and exit status (`CommandFailure`), never followed by the usage. A usage error
+    /// while parsing has the same prefix and shows the usage; `--help` and `--version` stay ArgumentParser's.
     static func main() async {
         var command: any ParsableCommand
         do {
             command = try parseAsRoot()
         } catch {
-            exit(withError: error)
+            CommandFailure.exitForUsage(error)
         }
         do {
             if var asyncCommand = command as? any AsyncParsableCommand {

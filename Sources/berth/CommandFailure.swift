@@ -83,6 +83,17 @@ struct CommandFailure: Error {
             status: ExitStatus.unreachable)
     }
 
+    /// A usage error as ArgumentParser words it, usage included, under the same prefix as every other error.
+    /// Help and version requests (and anything else ArgumentParser reports) stay as ArgumentParser prints them.
+    static func exitForUsage(_ error: any Error) -> Never {
+        let text = Berth.fullMessage(for: error)
+        guard Berth.exitCode(for: error) == .validationFailure, text.hasPrefix("Error: ") else {
+            Berth.exit(withError: error)
+        }
+        FileHandle.standardError.write(Data("berth: error: InvalidArgument: \(text.dropFirst(7))\n".utf8))
+        Foundation.exit(ExitStatus.usage)
+    }
+
     /// Writes the line and exits with the status.
     func exit() -> Never {
         FileHandle.standardError.write(Data("berth: error: \(className): \(message)\n".utf8))

@@ -164,6 +164,7 @@ def test_a_runtime_validation_error_has_no_usage_dump(berth_bin):
 def test_a_usage_error_shows_the_usage_and_exits_64(berth_bin):
     proc = berth(berth_bin, "images", "show")
     assert proc.returncode == 64 and "Usage: berth images show" in proc.stderr, explain(proc)
+    assert proc.stderr.startswith("berth: error: InvalidArgument: Missing expected argument '<image>'\n"), explain(proc)
 
 
 def test_exit_statuses_are_in_the_help(berth_bin):
