@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shellcheck on every shell script in the repository (scripts/, Benchmarks/, Fuzz/, .ci/): the CI step
+# Runs shellcheck on every shell script in the repository (scripts/, Benchmarks/, Fuzz/, .ci/): the CI step
 # "shellcheck" of scripts/test.sh. A finding of any severity fails it; a deliberate exception is a
 # `# shellcheck disable=SCxxxx # why` on the line before.
 set -euo pipefail
