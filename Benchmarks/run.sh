@@ -32,9 +32,9 @@ swift build -c release --scratch-path "$SCRATCH" --product berth >&2
 BERTH=$(swift build -c release --scratch-path "$SCRATCH" --show-bin-path)/berth
 
 mkdir -p "$TOOLS" "$RESULTS"
+read -ra C_FLAGS <<<"$(pkg-config --cflags --libs librabbitmq json-c)"
 for tool in loadgen responder; do
-    gcc -O2 -Wall -Wextra -Werror -o "$TOOLS/$tool" "Benchmarks/c/$tool.c" \
-        $(pkg-config --cflags --libs librabbitmq json-c)
+    gcc -O2 -Wall -Wextra -Werror -o "$TOOLS/$tool" "Benchmarks/c/$tool.c" "${C_FLAGS[@]}"
 done
 
 uptime >&2

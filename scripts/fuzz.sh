@@ -124,8 +124,9 @@ report() {
         return
     fi
     printf '%-18s CRASH  %ss  (exit %s)  %s\n' "$target" "$elapsed" "$status" "${coverage:-cov: ?}"
-    grep -E 'ERROR: (libFuzzer|AddressSanitizer)|Fatal error|fuzz property|SUMMARY|^artifact_prefix|Test unit written' \
-        "$log" | head -n 12 | sed 's/^/    /'
+    # grep's own -m, not `| head`: under pipefail, head leaving early would kill grep and fail the report.
+    grep -m 12 -E 'ERROR: (libFuzzer|AddressSanitizer)|Fatal error|fuzz property|SUMMARY|^artifact_prefix|Test unit written' \
+        "$log" | sed 's/^/    /'
     echo "    log: $log"
 }
 

@@ -21,6 +21,8 @@ APT_PACKAGES=(
     # Benchmarks/run.sh: the oslo peer's libvirt binding (Debian's, for the system python the venv is made
     # from; the peer adds its path), GNU time for peak RSS, gcc for the C load generator and responder.
     python3-libvirt time gcc
+    # scripts/lint-shell.sh: every shell script is checked in CI.
+    shellcheck
     # Security and deploy tests: a CA and certificates for a TLS broker, `systemd-analyze verify` of the unit.
     openssl systemd
 )

@@ -170,6 +170,7 @@ export OS_GLANCE_CONFIG_DIR=$DIR/etc
 stop
 log "starting Glance at $URL (log: $DIR/glance-api.log, gunicorn: $DIR/gunicorn.log)"
 # gthread: a download may stream while other requests are answered. setsid: outlives this script.
+# shellcheck disable=SC2094 # gunicorn's error log and its own stderr append to one file; nothing reads it here
 PYTHONPATH=$ROOT/scripts/glance setsid "$VENV/bin/gunicorn" --bind "127.0.0.1:$PORT" --workers 1 \
     --worker-class gthread --threads 8 --timeout 600 --pid "$DIR/gunicorn.pid" \
     --error-logfile "$DIR/gunicorn.log" --access-logfile "$DIR/access.log" glance.wsgi.api:application >>"$DIR/gunicorn.log" 2>&1 </dev/null &

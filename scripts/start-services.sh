@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the services Berth's tests and demo talk to, on loopback only, without systemd:
-#   RabbitMQ  amqp://guest:guest@127.0.0.1:5672/   (node rabbit@localhost)
+#   RabbitMQ  rabbit://guest:guest@127.0.0.1:5672/   (node rabbit@localhost)
 #   libvirtd  qemu:///system                        (QEMU/TCG; KVM is not usable here)
 # Idempotent: a service that already answers is left alone. Run scripts/install-deps.sh first.
 set -euo pipefail
@@ -134,4 +134,4 @@ until virsh -c "$LIBVIRT_URI" version >/dev/null 2>&1; do
     sleep 1
 done
 log "libvirtd ready: $(virsh -c "$LIBVIRT_URI" version 2>/dev/null | grep -i 'running hypervisor' || echo "$LIBVIRT_URI")"
-log "services up: amqp://guest:guest@127.0.0.1:5672/ and $LIBVIRT_URI"
+log "services up: rabbit://guest:guest@127.0.0.1:5672/ and $LIBVIRT_URI"

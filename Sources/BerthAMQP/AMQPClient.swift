@@ -118,8 +118,15 @@ public final class AMQPClient: Sendable {
         case .connecting:
             throw AMQPError(
                 .connect,
-                "no broker connection after \(timeout): tried \(configuration.urls.map(\.description).joined(separator: ", "))")
+                "no broker connection within \(Self.seconds(timeout)): tried \(configuration.urls.map(\.description).joined(separator: ", "))")
         }
+    }
+
+    /// "3 s", "0.5 s": a wait as a person reads it.
+    private static func seconds(_ duration: Duration) -> String {
+        let milliseconds = duration / .milliseconds(1)
+        return milliseconds.truncatingRemainder(dividingBy: 1000) == 0
+            ? "\(Int(milliseconds / 1000)) s" : String(format: "%.1f s", milliseconds / 1000)
     }
 
     /// Closes the connection (unacked deliveries go back to their queues) and ends `deliveries`.

@@ -33,13 +33,13 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         self.connectTimeout = connectTimeout
     }
 
-    /// Parses one URL, or the first host of an oslo-style comma list (`amqp://u:p@h1:5672,u:p@h2:5672/`).
+    /// Parses one URL, or the first host of an oslo-style comma list (`rabbit://u:p@h1:5672,u:p@h2:5672/`).
     public static func parseList(_ text: String) throws(AMQPError) -> [AMQPURL] {
         guard let schemeEnd = text.range(of: "://") else {
             throw AMQPError(
                 .invalidURL,
                 "transport URL has no scheme ('://' not found; the text is not shown, as it may hold a password); "
-                    + "use amqp://user:password@host:5672/vhost")
+                    + "use rabbit://user:password@host:5672/vhost")
         }
         let scheme = String(text[..<schemeEnd.lowerBound])
         let rest = text[schemeEnd.upperBound...]
@@ -55,14 +55,14 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
             throw AMQPError(
                 .invalidURL,
                 "transport URL is not a URL (the text is not shown, as it may hold a password); "
-                    + "use amqp://user:password@host:5672/vhost, with %XX for any of :@/?# in the user or password")
+                    + "use rabbit://user:password@host:5672/vhost, with %XX for any of :@/?# in the user or password")
         }
         let tls: Bool
         switch scheme {
         case "amqp", "rabbit": tls = false
         case "amqps": tls = true
         default:
-            throw AMQPError(.invalidURL, "transport URL scheme '\(scheme)' is not supported; use amqp:// or amqps://")
+            throw AMQPError(.invalidURL, "transport URL scheme '\(scheme)' is not supported; use rabbit:// (oslo's spelling; amqp:// is accepted too) or amqps://")
         }
         guard let host = components.host, !host.isEmpty else {
             throw AMQPError(.invalidURL, "transport URL '\(scheme)://...' has no host; use \(scheme)://user:password@host:5672/vhost")

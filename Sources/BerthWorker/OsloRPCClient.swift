@@ -49,9 +49,9 @@ public final class OsloRPCClient: Sendable {
             configuration: .init(urls: urls, connectionName: "berth-client", topology: topology), logger: logger)
     }
 
-    /// Connects. Replies are read only inside `serving(_:)`.
-    public func start() async throws {
-        try await client.start()
+    /// Connects, retrying the broker for up to `connectTimeout`. Replies are read only inside `serving(_:)`.
+    public func start(connectTimeout: Duration = .seconds(30)) async throws {
+        try await client.start(connectTimeout: connectTimeout)
     }
 
     /// Runs `body` (calls and casts) with the replies read alongside it, then stops the client: the reply

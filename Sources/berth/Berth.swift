@@ -16,8 +16,58 @@ struct Berth: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "berth",
         abstract: "A message-queue driven compute worker that speaks oslo.messaging's RabbitMQ protocol.",
+        discussion: """
+            Commands that print records take -f/--format table|json|value and -c/--column FIELD: a table on a \
+            terminal, one JSON object per line otherwise. Errors are one line on stderr: \
+            berth: error: <Class>: <what happened and what to do>.
+
+            \(ExitStatus.summary)
+            """,
         version: BerthVersion.string,
-        subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self, Monitor.self, Deploy.self])
+        subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self, Monitor.self, Deploy.self, Completion.self])
+
+    /// ArgumentParser's own main, except for errors from `run`: those are runtime failures, reported in one
+    /// line with their class and exit status (`CommandFailure`), never followed by the usage. A usage error
+    /// while parsing has the same prefix and shows the usage; `--help` and `--version` stay ArgumentParser's.
+    static func main() async {
+        var command: any ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch {
+            CommandFailure.exitForUsage(error)
+        }
+        do {
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            CommandFailure(reporting: error)?.exit()
+            exit(withError: error)
+        }
+    }
+}
+
+/// `berth completion bash|zsh|fish`: the shell completion script ArgumentParser generates, under a name a user
+/// finds in `berth --help` (the generator's own flag is hidden).
+struct Completion: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a shell completion script.",
+        discussion: """
+            Examples:
+              berth completion bash > /etc/bash_completion.d/berth
+              berth completion zsh > "${fpath[1]}/_berth"
+              berth completion fish > ~/.config/fish/completions/berth.fish
+            """)
+
+    enum Shell: String, ExpressibleByArgument, CaseIterable { case bash, zsh, fish }
+
+    @Argument(help: "bash, zsh or fish.") var shell: Shell
+
+    func run() {
+        print(Berth.completionScript(for: CompletionShell(rawValue: shell.rawValue)!))
+    }
 }
 
 /// Broker options shared by every command that talks to RabbitMQ.
@@ -68,7 +118,7 @@ struct BusOptions: ParsableArguments {
         } else if let environment = ProcessInfo.processInfo.environment["BERTH_TRANSPORT_URL"], !environment.isEmpty {
             text = environment
         } else {
-            text = "amqp://guest:guest@127.0.0.1:5672/"
+            text = "rabbit://guest:guest@127.0.0.1:5672/"
         }
         do {
             // Shuffled once per process, as oslo.messaging does with a URL's hosts: a pool given the same URL
@@ -108,29 +158,33 @@ struct BusOptions: ParsableArguments {
         return logger
     }
 
-    /// Runs `body` with a started RPC client, stopping it afterwards, and maps failures to the exit
-    /// statuses every bus command shares: 1 remote failure, 2 timeout, 3 not delivered or no broker.
-    func withRPCClient(
-        _ label: String, _ body: (OsloRPCClient) async throws(RPCCallError) -> Void
-    ) async throws {
+    /// The logger of a command that uses the bus and ends: errors only unless --log-level says otherwise. The
+    /// command reports its own failure in one line; a warning per connection retry would bury it.
+    func commandLogger(_ label: String) throws -> Logger {
         var logger = try logger(label)
-        if logLevel == "info" { logger.logLevel = .warning }
-        let client = OsloRPCClient(urls: try urls(), options: try rabbitOptions(), topic: topic, logger: logger)
+        if logLevel == "info" { logger.logLevel = .error }
+        return logger
+    }
+
+    /// Runs `body` with a started RPC client, stopping it afterwards. The broker is retried until
+    /// `connectBy`, then the command fails with one line (status 3). Failures of `body` become
+    /// `CommandFailure`s with the statuses of `ExitStatus`: 1 remote failure, 2 timeout, 3 not delivered.
+    func withRPCClient(
+        _ label: String, connectBy deadline: ContinuousClock.Instant = .now + .seconds(30),
+        _ body: (OsloRPCClient) async throws(RPCCallError) -> Void
+    ) async throws {
+        let client = OsloRPCClient(
+            urls: try urls(), options: try rabbitOptions(), topic: topic, logger: try commandLogger(label))
         do {
-            try await client.start()
+            try await client.start(connectTimeout: max(deadline - .now, .zero))
         } catch {
-            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
-            throw ExitCode(3)
+            await client.stop()
+            throw CommandFailure.brokerUnreachable(error)
         }
         do {
             try await client.serving { () async throws(RPCCallError) in try await body(client) }
         } catch {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            switch error {
-            case .remote: throw ExitCode(1)
-            case .timeout: throw ExitCode(2)
-            case .notDelivered: throw ExitCode(3)
-            }
+            throw CommandFailure(error)
         }
     }
 
@@ -162,12 +216,12 @@ struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Consume compute RPCs and run them.",
         discussion: """
-            Consumes <topic> (shared by the pool), <topic>.<host> and the fanout queue on the control exchange,
-            declared exactly as oslo.messaging declares them for the same options. Stops on SIGTERM after
+            Consumes <topic> (shared by the pool), <topic>.<host> and the fanout queue on the control exchange, \
+            declared exactly as oslo.messaging declares them for the same options. Stops on SIGTERM after \
             finishing (or handing back) the requests in hand.
 
             Example:
-              BERTH_TRANSPORT_URL=amqp://berth:secret@127.0.0.1:5672/ berth worker --host compute-1 --libvirt-uri qemu:///system
+              BERTH_TRANSPORT_URL=rabbit://berth:secret@127.0.0.1:5672/ berth worker --host compute-1 --libvirt-uri qemu:///system
             """)
 
     @OptionGroup var bus: BusOptions
@@ -368,12 +422,26 @@ enum HostName {
     }
 }
 
+/// `--timeout` of the commands that wait for the bus: positive, and at most a day.
+func validateTimeout(_ seconds: Double) throws {
+    guard seconds > 0, seconds <= 86400 else { throw ValidationError("--timeout must be more than 0 and at most 86400 s") }
+}
+
+/// What is left of a command's `--timeout` once the broker is connected; never zero, so a call that got the
+/// broker at the last moment still goes out and times out the way oslo's would.
+func remaining(until deadline: ContinuousClock.Instant) -> Duration {
+    max(deadline - .now, .milliseconds(100))
+}
+
 struct Call: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Call or cast an RPC method, as an oslo.messaging RPCClient would.",
         discussion: """
-            Prints the result as JSON. Exit status: 0 success, 1 remote failure (printed as <class>: <message>
-            on stderr), 2 timeout, 3 not delivered.
+            Prints the result as JSON. A remote failure is printed as berth: error: <class>: <message>. \
+            --timeout bounds the whole command, the broker connection included: a broker that is down fails \
+            it within that time, with one line and exit status 3.
+
+            \(ExitStatus.summary)
 
             Examples:
               berth call ping
@@ -398,7 +466,7 @@ struct Call: AsyncParsableCommand {
     @Flag(help: "Cast to every server of the topic (implies --cast).")
     var fanout = false
 
-    @Option(help: "Seconds to wait for the result.")
+    @Option(help: "Seconds to wait for the broker and the result.")
     var timeout = 60.0
 
     @Option(help: "Call-monitor timeout in seconds (_timeout): the server heartbeats while it works.")
@@ -419,6 +487,7 @@ struct Call: AsyncParsableCommand {
         if misplacedVersion != nil {
             throw ValidationError("the RPC API version is --api-version (e.g. --api-version 1.0); berth --version prints Berth's")
         }
+        try validateTimeout(timeout)
     }
 
     func run() async throws {
@@ -426,7 +495,8 @@ struct Call: AsyncParsableCommand {
             throw ValidationError("--args must be a JSON object, e.g. --args '{\"instance_uuid\": \"...\"}'")
         }
         guard let requestedVersion = RPCVersion(apiVersion) else { throw ValidationError("--api-version must look like 1.0") }
-        try await bus.withRPCClient("berth.call") { client throws(RPCCallError) in
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        try await bus.withRPCClient("berth.call", connectBy: deadline) { client throws(RPCCallError) in
             if cast || fanout {
                 try await client.cast(
                     method, args: arguments, server: server, fanout: fanout, namespace: namespace, version: requestedVersion)
@@ -434,7 +504,7 @@ struct Call: AsyncParsableCommand {
             }
             let result = try await client.call(
                 method, args: arguments, server: server, namespace: namespace, version: requestedVersion,
-                timeout: .milliseconds(Int(timeout * 1000)), callMonitorTimeout: callMonitorTimeout)
+                timeout: remaining(until: deadline), callMonitorTimeout: callMonitorTimeout)
             print(JSONCodec.serializeString(result))
         }
     }
@@ -465,9 +535,13 @@ struct Notify: AsyncParsableCommand {
     @Option(help: "Notification topic.")
     var notificationTopic = "notifications"
 
+    @Option(help: "Seconds to wait for the broker.")
+    var timeout = 30.0
+
+    func validate() throws { try validateTimeout(timeout) }
+
     func run() async throws {
-        var logger = try bus.logger("berth.notify")
-        if bus.logLevel == "info" { logger.logLevel = .warning }
+        let logger = try bus.commandLogger("berth.notify")
         guard let payloadValue = try? JSONCodec.parse(payload) else {
             throw ValidationError("--payload must be JSON")
         }
@@ -481,7 +555,12 @@ struct Notify: AsyncParsableCommand {
                 topology: Notifier.topology(options: options, topics: [notificationTopic])),
             logger: logger)
         do {
-            try await client.start()
+            try await client.start(connectTimeout: .seconds(timeout))
+        } catch {
+            await client.stop()
+            throw CommandFailure.brokerUnreachable(error)
+        }
+        do {
             let notifier = Notifier(
                 client: client, options: options, host: publisherHost ?? ProcessInfo.processInfo.hostName,
                 topics: [notificationTopic])
@@ -489,8 +568,7 @@ struct Notify: AsyncParsableCommand {
             await client.stop()
         } catch {
             await client.stop()
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            throw ExitCode(3)
+            throw CommandFailure("NotDelivered", "\(error)", status: ExitStatus.unreachable)
         }
     }
 }
@@ -499,6 +577,12 @@ struct Boot: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send boot_instance over the bus, as a scheduler would, and print the result.",
         discussion: """
+            With --wait (the default) the command calls boot_instance and waits up to --timeout for the \
+            instance to be ACTIVE, saying on stderr what it waits for and how long it took, then prints the \
+            instance. With --no-wait it casts boot_instance and prints the instance's uuid at once; follow \
+            the boot with `berth call get_instance --args '{"instance_uuid": "<uuid>"}' --server <host>` or \
+            the instance.create.end event.
+
             Example:
               berth boot --image <id> --flavor tiny:1:256:1 --meta kernel_extra_args=quiet --meta timezone=Europe/Paris
             """)
@@ -511,12 +595,18 @@ struct Boot: AsyncParsableCommand {
     @Option(help: "Instance name.") var name = "berth-instance"
     @Option(help: "Instance uuid (default: a new one). Repeating a uuid repeats the boot.") var uuid: String?
     @Option(help: "Send to one worker (compute.<server>).") var server: String?
-    @Option(help: "Seconds to wait.") var timeout = 300.0
+    @Option(help: "Seconds to wait for the broker and, with --wait, for the instance to be ACTIVE.")
+    var timeout = 300.0
+    @Flag(inversion: .prefixedNo, help: "Wait until the instance is ACTIVE (a call), or only send the boot (a cast).")
+    var wait = true
     @Flag(help: "Attach a config drive (needed for --user-data and --key on a VM).") var configDrive = false
     @Option(help: ArgumentHelp("A file whose content is the guest's user data.", valueName: "path"))
     var userData: String?
     @Option(name: .customLong("key"), help: "A public key as name=key (repeatable), e.g. mykey=\"ssh-ed25519 AAAA...\".")
     var keys: [String] = []
+    @OptionGroup var output: OutputOptions
+
+    func validate() throws { try validateTimeout(timeout) }
 
     func run() async throws {
         let parts = flavor.split(separator: ":")
@@ -525,8 +615,9 @@ struct Boot: AsyncParsableCommand {
         }
         var meta = JSONObject()
         for (key, value) in try parseProperties(metadata) { meta[key] = .string(value) }
+        let instanceUUID = uuid ?? UUID().uuidString.lowercased()
         var instance: JSONObject = [
-            "uuid": .string(uuid ?? UUID().uuidString.lowercased()), "name": .string(name), "image_id": .string(image),
+            "uuid": .string(instanceUUID), "name": .string(name), "image_id": .string(image),
             "flavor": [
                 "name": .string(String(parts[0])), "vcpus": .int(vcpus), "memory_mb": .int(memory), "root_gb": .int(root),
             ],
@@ -544,22 +635,35 @@ struct Boot: AsyncParsableCommand {
             for (name, key) in try parseProperties(keys) { publicKeys[name] = .string(key) }
             instance["public_keys"] = .object(publicKeys)
         }
-        try await bus.withRPCClient("berth.boot") { client throws(RPCCallError) in
-            let result = try await client.call(
-                "boot_instance", args: ["instance": .object(instance)], server: server,
-                timeout: .milliseconds(Int(timeout * 1000)))
-            print(JSONCodec.serializeString(result))
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        let target = server.map { "worker \($0)" } ?? "the \(bus.topic) pool"
+        var booted: JSONObject = ["uuid": .string(instanceUUID), "status": "BUILD", "image_id": .string(image)]
+        try await bus.withRPCClient("berth.boot", connectBy: deadline) { client throws(RPCCallError) in
+            guard wait else {
+                try await client.cast("boot_instance", args: ["instance": .object(instance)], server: server)
+                FileHandle.standardError.write(Data("berth: boot of instance \(instanceUUID) sent to \(target)\n".utf8))
+                return
+            }
+            booted = try await client.call(
+                "boot_instance", args: ["instance": .object(instance)], server: server, until: deadline,
+                waiting: "booting instance \(instanceUUID) from image \(image) on \(target); waiting up to "
+                    + "\(String(format: "%g", timeout)) s for ACTIVE"
+            ) { result in
+                "instance \(instanceUUID) is \(result["status"]?.stringValue ?? "?") on \(result["host"]?.stringValue ?? "?")"
+            }
         }
+        try output.show(booted)
     }
 }
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List this host's Berth instances from libvirt (JSON lines).")
+        abstract: "List this host's Berth instances from libvirt.")
 
     @Option(help: "libvirt connection URI.") var libvirtURI = "qemu:///system"
     @OptionGroup var catalog: CatalogOptions
     @Option(help: "The worker's state directory.") var stateDir = "/var/lib/berth"
+    @OptionGroup var output: OutputOptions
 
     func run() async throws {
         let libvirt = LibvirtHost(uri: libvirtURI)
@@ -568,7 +672,7 @@ struct Status: AsyncParsableCommand {
             libvirt: libvirt,
             configuration: ComputeConfiguration(
                 stateDirectory: stateDir, domainType: ComputeConfiguration.defaultDomainType(libvirtURI: libvirtURI)))
-        for instance in try await compute.list() { Output.print(.object(instance)) }
+        try output.list(try await compute.list(), defaultColumns: ["uuid", "name", "status", "image_id", "domain"])
     }
 }
 
@@ -576,8 +680,9 @@ struct Snapshot: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send snapshot_instance over the bus and print the new image id.",
         discussion: """
-            An image-backed instance becomes a new image inheriting its image's boot properties; a volume-backed
+            An image-backed instance becomes a new image inheriting its image's boot properties; a volume-backed \
             one becomes a volume snapshot and a placeholder image naming it.
+
             Example:
               berth snapshot <instance uuid> --name my-snapshot --server compute-1
             """)
@@ -589,17 +694,24 @@ struct Snapshot: AsyncParsableCommand {
     @Option(name: .customLong("property"), help: "An extra image property key=value (repeatable).")
     var properties: [String] = []
     @Option(help: "The worker that runs the instance (compute.<server>).") var server: String?
-    @Option(help: "Seconds to wait.") var timeout = 600.0
+    @Option(help: "Seconds to wait for the broker and the new image.") var timeout = 600.0
+    @OptionGroup var output: OutputOptions
+
+    func validate() throws { try validateTimeout(timeout) }
 
     func run() async throws {
         var extra = JSONObject()
         for (key, value) in try parseProperties(properties) { extra[key] = .string(value) }
-        try await bus.withRPCClient("berth.snapshot") { client throws(RPCCallError) in
-            let result = try await client.call(
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        var snapshot = JSONObject()
+        try await bus.withRPCClient("berth.snapshot", connectBy: deadline) { client throws(RPCCallError) in
+            snapshot = try await client.call(
                 "snapshot_instance",
                 args: ["instance_uuid": .string(instance), "image_name": .string(name), "properties": .object(extra)],
-                server: server, timeout: .milliseconds(Int(timeout * 1000)))
-            print(JSONCodec.serializeString(result))
+                server: server, until: deadline,
+                waiting: "snapshotting instance \(instance) to image \(name.debugDescription); waiting up to \(String(format: "%g", timeout)) s"
+            ) { result in "image \(result["image_id"]?.stringValue ?? "?") made" }
         }
+        try output.show(snapshot)
     }
 }

@@ -88,28 +88,53 @@ struct CatalogOptions: ParsableArguments {
     }
 }
 
-/// Prints a value as JSON on one line, for scripts, or as an indented block.
-enum Output {
-    static func print(_ value: JSONValue) {
-        Swift.print(JSONCodec.serializeString(value))
+/// Catalog records as the CLI prints them: JSON objects the way their files hold them and Glance shows them.
+enum CatalogRecord {
+    static func json<T: Encodable>(_ record: T) throws -> JSONObject {
+        try RecordCoding.json(record).objectValue ?? [:]
     }
 
-    /// A catalog record, timestamps as ISO 8601 text (as in its file and in Glance).
-    static func print<T: Encodable>(_ value: T) throws {
-        print(try RecordCoding.json(value))
+    /// The columns of `images list` and `volumes list` as a table, as `openstack image list` shows them.
+    static let imageColumns = ["id", "name", "status", "disk_format", "size"]
+    static let volumeColumns = ["id", "name", "status", "size", "bootable"]
+}
+
+/// Where the CLI takes an image or volume, it takes its id or its name, as the openstack CLI does. An id is
+/// used as it is; anything else must name exactly one record, or the command fails listing the matches.
+enum CatalogLookup {
+    static func image(_ reference: String, in catalog: any Catalog) async throws -> CatalogImage {
+        try await find(
+            reference, kind: "image", notFound: .imageNotFound, byID: { try await catalog.image(id: reference) },
+            all: { try await catalog.images() }, id: \.id, name: \.name)
     }
 
-    /// Runs a catalog or rules call and turns its errors into a message and exit status 1.
-    static func run<T>(_ body: () async throws -> T) async throws -> T {
+    static func volume(_ reference: String, in catalog: any Catalog) async throws -> CatalogVolume {
+        try await find(
+            reference, kind: "volume", notFound: .volumeNotFound, byID: { try await catalog.volume(id: reference) },
+            all: { try await catalog.volumes() }, id: \.id, name: \.name)
+    }
+
+    private static func find<Record>(
+        _ reference: String, kind: String, notFound: CatalogError.Kind, byID: () async throws -> Record,
+        all: () async throws -> [Record], id: (Record) -> String, name: (Record) -> String
+    ) async throws -> Record {
         do {
-            return try await body()
-        } catch let error as CatalogError {
-            let label = error.kind == .unauthorized ? "Unauthorized" : error.rpcClassName
-            FileHandle.standardError.write(Data("error: \(label): \(error.message)\n".utf8))
-            throw ExitCode(1)
-        } catch let error as BerthError {
-            FileHandle.standardError.write(Data("error: \(error.className): \(error.message)\n".utf8))
-            throw ExitCode(1)
+            return try await byID()
+        } catch let failure as CatalogError where failure.kind == notFound {
+            let named = try await all().filter { name($0) == reference }
+            switch named.count {
+            case 0:
+                throw CatalogError(
+                    kind: notFound,
+                    message: "no \(kind) has the id or name \(reference.debugDescription); "
+                        + "list them with `berth \(kind)s list`")
+            case 1: return named[0]
+            default:
+                throw CommandFailure(
+                    "AmbiguousName",
+                    "\(named.count) \(kind)s are named \(reference.debugDescription): "
+                        + "\(named.map(id).sorted().joined(separator: ", ")); give the id of the one you mean")
+            }
         }
     }
 }
@@ -128,6 +153,7 @@ func parseProperties(_ arguments: [String]) throws -> [String: String] {
 struct Images: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "images", abstract: "Manage images in the catalog (local or Glance).",
+        discussion: "Wherever an image is named, its id or its name will do; a name must be unique.",
         subcommands: [Create.self, List.self, Show.self, Update.self, Delete.self, Check.self, Verify.self])
 
     struct Create: AsyncParsableCommand {
@@ -146,37 +172,36 @@ struct Images: AsyncParsableCommand {
         @Option(help: "The image data; omit for an image without data (queued).") var file: String?
         @Option(name: .customLong("property"), help: "An image property key=value (repeatable).")
         var properties: [String] = []
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
             let properties = try parseProperties(self.properties)
-            let catalog = try catalog.open()
-            let image = try await Output.run {
-                try await catalog.createImage(
-                    name: name, diskFormat: diskFormat, containerFormat: containerFormat, properties: properties,
-                    data: file.map(ImageDataSource.file))
-            }
-            try Output.print(image)
+            let image = try await catalog.open().createImage(
+                name: name, diskFormat: diskFormat, containerFormat: containerFormat, properties: properties,
+                data: file.map(ImageDataSource.file))
+            try output.show(try CatalogRecord.json(image))
         }
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List images (JSON lines).")
+        static let configuration = CommandConfiguration(abstract: "List images.")
         @OptionGroup var catalog: CatalogOptions
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
-            let catalog = try catalog.open()
-            for image in try await Output.run({ try await catalog.images() }) { try Output.print(image) }
+            let images = try await catalog.open().images()
+            try output.list(images.map(CatalogRecord.json), defaultColumns: CatalogRecord.imageColumns)
         }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one image.")
         @OptionGroup var catalog: CatalogOptions
-        @Argument(help: "Image id.") var id: String
+        @Argument(help: "Image id or name.") var image: String
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
-            let catalog = try catalog.open()
-            try Output.print(try await Output.run { try await catalog.image(id: id) })
+            try output.show(try CatalogRecord.json(try await CatalogLookup.image(image, in: catalog.open())))
         }
     }
 
@@ -189,43 +214,42 @@ struct Images: AsyncParsableCommand {
                 that does not match fails with InvalidImage and loses its stamp.
                 """)
         @OptionGroup var catalog: CatalogOptions
-        @Argument(help: "Image id.") var id: String
+        @Argument(help: "Image id or name.") var image: String
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
             let catalog = try catalog.open()
-            let answer: JSONValue = try await Output.run {
-                try await catalog.verifyImageData(id: id)
-                return ["image_id": .string(id), "verified": true]
-            }
-            Output.print(answer)
+            let id = try await CatalogLookup.image(image, in: catalog).id
+            try await catalog.verifyImageData(id: id)
+            try output.show(["image_id": .string(id), "verified": true])
         }
     }
 
     struct Update: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Set or remove image properties.")
         @OptionGroup var catalog: CatalogOptions
-        @Argument(help: "Image id.") var id: String
+        @Argument(help: "Image id or name.") var image: String
         @Option(name: .customLong("property"), help: "Set key=value (repeatable).") var properties: [String] = []
         @Option(name: .customLong("remove-property"), help: "Remove a property (repeatable).") var remove: [String] = []
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
             let properties = try parseProperties(self.properties)
             let catalog = try catalog.open()
-            let image = try await Output.run {
-                try await catalog.updateImage(id: id, setProperties: properties, removeProperties: Set(remove))
-            }
-            try Output.print(image)
+            let id = try await CatalogLookup.image(image, in: catalog).id
+            let updated = try await catalog.updateImage(id: id, setProperties: properties, removeProperties: Set(remove))
+            try output.show(try CatalogRecord.json(updated))
         }
     }
 
     struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete an image and its data.")
         @OptionGroup var catalog: CatalogOptions
-        @Argument(help: "Image id.") var id: String
+        @Argument(help: "Image id or name.") var image: String
 
         func run() async throws {
             let catalog = try catalog.open()
-            try await Output.run { try await catalog.deleteImage(id: id) }
+            try await catalog.deleteImage(id: try await CatalogLookup.image(image, in: catalog).id)
         }
     }
 
@@ -234,28 +258,26 @@ struct Images: AsyncParsableCommand {
             abstract: "Can this host boot the image? The answer boot_instance would give, without booting.",
             discussion: "Prints the chosen boot variant and kernel command line, or every reason it cannot run.")
         @OptionGroup var catalog: CatalogOptions
-        @Argument(help: "Image id.") var id: String
+        @Argument(help: "Image id or name.") var image: String
         @Option(help: "libvirt connection URI.") var libvirtURI = "qemu:///system"
         @Option(name: .customLong("meta"), help: "Per-VM metadata key=value, as in boot (repeatable).")
         var metadata: [String] = []
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
             let metadata = try parseProperties(self.metadata)
             let catalog = try catalog.open()
             let libvirt = LibvirtHost(uri: libvirtURI)
             let capabilities = try await libvirt.capabilities()
-            let answer: JSONValue = try await Output.run {
-                let image = try await catalog.image(id: id)
-                let overrides = try VMOverrides(metadata: metadata)
-                let resolved = try ResolvedBoot.resolve(image: image, overrides: overrides, host: capabilities)
-                return [
-                    "image_id": .string(image.id), "runnable": true,
-                    "boot_variant": resolved.selection.summary.map(JSONValue.string) ?? .null,
-                    "kernel_cmdline": resolved.kernelCommandLine.map { .string($0.text) } ?? .null,
-                    "disk_bus": .string(resolved.diskBus.rawValue), "vm_mode": .string(resolved.vmMode.rawValue),
-                ]
-            }
-            Output.print(answer)
+            let image = try await CatalogLookup.image(self.image, in: catalog)
+            let overrides = try VMOverrides(metadata: metadata)
+            let resolved = try ResolvedBoot.resolve(image: image, overrides: overrides, host: capabilities)
+            try output.show([
+                "image_id": .string(image.id), "runnable": true,
+                "boot_variant": resolved.selection.summary.map(JSONValue.string) ?? .null,
+                "kernel_cmdline": resolved.kernelCommandLine.map { .string($0.text) } ?? .null,
+                "disk_bus": .string(resolved.diskBus.rawValue), "vm_mode": .string(resolved.vmMode.rawValue),
+            ])
         }
     }
 }
@@ -263,47 +285,50 @@ struct Images: AsyncParsableCommand {
 struct Volumes: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "volumes", abstract: "Manage volumes and volume snapshots in the local catalog.",
+        discussion: "Wherever a volume is named, its id or its name will do; a name must be unique.",
         subcommands: [Create.self, List.self, Show.self, Snapshot.self, Image.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a volume: blank, from an image, or from a snapshot.",
-            discussion: "Example: berth volumes create --name root --size 1 --image <image id> --bootable")
+            discussion: "Example: berth volumes create --name root --size 1 --image <image id or name> --bootable")
         @OptionGroup var catalog: CatalogOptions
         @Option(help: "Volume name.") var name: String
         @Option(help: "Size in GiB.") var size: Int
-        @Option(help: "Copy this image's data and properties.") var image: String?
+        @Option(help: "Copy this image's data and properties (id or name).") var image: String?
         @Option(help: "Copy this snapshot.") var snapshot: String?
         @Flag(help: "Mark bootable.") var bootable = false
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
             let catalog = try catalog.open()
-            let volume = try await Output.run {
-                try await catalog.createVolume(
-                    name: name, sizeGB: size, fromImage: image, fromSnapshot: snapshot, bootable: bootable)
-            }
-            try Output.print(volume)
+            var imageID: String?
+            if let image { imageID = try await CatalogLookup.image(image, in: catalog).id }
+            let volume = try await catalog.createVolume(
+                name: name, sizeGB: size, fromImage: imageID, fromSnapshot: snapshot, bootable: bootable)
+            try output.show(try CatalogRecord.json(volume))
         }
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List volumes (JSON lines).")
+        static let configuration = CommandConfiguration(abstract: "List volumes.")
         @OptionGroup var catalog: CatalogOptions
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
-            let catalog = try catalog.open()
-            for volume in try await Output.run({ try await catalog.volumes() }) { try Output.print(volume) }
+            let volumes = try await catalog.open().volumes()
+            try output.list(volumes.map(CatalogRecord.json), defaultColumns: CatalogRecord.volumeColumns)
         }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one volume.")
         @OptionGroup var catalog: CatalogOptions
-        @Argument(help: "Volume id.") var id: String
+        @Argument(help: "Volume id or name.") var volume: String
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
-            let catalog = try catalog.open()
-            try Output.print(try await Output.run { try await catalog.volume(id: id) })
+            try output.show(try CatalogRecord.json(try await CatalogLookup.volume(volume, in: catalog.open())))
         }
     }
 
@@ -311,40 +336,43 @@ struct Volumes: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a placeholder image for a volume or a volume snapshot (create_placeholder_image).",
             discussion: """
-                A placeholder has no data; its block_device_mapping names the volume or snapshot, so booting it
+                A placeholder has no data; its block_device_mapping names the volume or snapshot, so booting it \
                 boots from the volume and the instance still has an image_id.
+
                 Examples:
                   berth volumes image <volume id> --name root-image
                   berth volumes image <snapshot id> --snapshot --name root-image
                 """)
         @OptionGroup var catalog: CatalogOptions
-        @Argument(help: "Volume id (or snapshot id with --snapshot).") var id: String
+        @Argument(help: "Volume id or name (or snapshot id with --snapshot).") var id: String
         @Flag(help: "The id is a volume snapshot's.") var snapshot = false
         @Option(help: "Image name.") var name: String
         @Option(name: .customLong("property"), help: "An image property key=value (repeatable).")
         var properties: [String] = []
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
             let properties = try parseProperties(self.properties)
             let catalog = try catalog.open()
-            let image = try await Output.run {
-                try await ComputeService.mintPlaceholder(
-                    catalog: catalog, volumeID: snapshot ? nil : id, snapshotID: snapshot ? id : nil, name: name,
-                    properties: properties)
-            }
-            try Output.print(image)
+            let volumeID = snapshot ? nil : try await CatalogLookup.volume(id, in: catalog).id
+            let image = try await ComputeService.mintPlaceholder(
+                catalog: catalog, volumeID: volumeID, snapshotID: snapshot ? id : nil, name: name,
+                properties: properties)
+            try output.show(try CatalogRecord.json(image))
         }
     }
 
     struct Snapshot: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Snapshot a volume.")
         @OptionGroup var catalog: CatalogOptions
-        @Argument(help: "Volume id.") var id: String
+        @Argument(help: "Volume id or name.") var volume: String
         @Option(help: "Snapshot name.") var name: String
+        @OptionGroup var output: OutputOptions
 
         func run() async throws {
             let catalog = try catalog.open()
-            try Output.print(try await Output.run { try await catalog.snapshotVolume(id: id, name: name) })
+            let id = try await CatalogLookup.volume(volume, in: catalog).id
+            try output.show(try CatalogRecord.json(try await catalog.snapshotVolume(id: id, name: name)))
         }
     }
 }

@@ -11,10 +11,11 @@ struct Deploy: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write an image and a config drive to a bare-metal disk on this host, with a progress bar.",
         discussion: """
-            The same deploy a worker runs for boot_instance with target "baremetal": the image is checked
-            (format, qcow2 features, size, checksum) before a byte is written, streamed to the disk, and a
-            config drive (config-2) is written to the config partition, which is created at the end of the
+            The same deploy a worker runs for boot_instance with target "baremetal": the image is checked \
+            (format, qcow2 features, size, checksum) before a byte is written, streamed to the disk, and a \
+            config drive (config-2) is written to the config partition, which is created at the end of the \
             disk when the image has none. The deploy is recorded in --state-dir like a worker's.
+
             Example:
               berth deploy --image <id> --node node1=/dev/sdb --user-data cloud-config.yaml --key mykey="ssh-ed25519 AAAA..."
             """)
@@ -32,6 +33,7 @@ struct Deploy: AsyncParsableCommand {
     var keys: [String] = []
     @Option(help: "Where deploy records are kept (a worker's --state-dir).") var stateDir = "/var/lib/berth"
     @Flag(help: "No progress bar.") var quiet = false
+    @OptionGroup var output: OutputOptions
 
     func run() async throws {
         var inventory = NodeInventory()
@@ -58,13 +60,11 @@ struct Deploy: AsyncParsableCommand {
         let service = BareMetalService(
             host: ProcessInfo.processInfo.hostName, catalog: catalog, inventory: inventory, stateDirectory: stateDir)
         let bar = ProgressBar(enabled: !quiet && isatty(STDERR_FILENO) != 0)
-        let result = try await Output.run { () async throws -> JSONObject in
-            let request = try BootRequest.decode(.object(instance))
-            return try await service.deploy(
-                request, requestID: nil, logger: Logger(label: "berth.deploy"), progress: bar.update)
-        }
+        let request = try BootRequest.decode(.object(instance))
+        let result = try await service.deploy(
+            request, requestID: nil, logger: Logger(label: "berth.deploy"), progress: bar.update)
         bar.finish()
-        Output.print(.object(result))
+        try output.show(result)
     }
 }
 

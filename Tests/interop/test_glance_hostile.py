@@ -184,3 +184,16 @@ def test_a_worker_refuses_a_flooding_download_and_keeps_serving(glance, worker_f
         assert call(rpc_transport, worker, "ping", timeout=10) is not None
     finally:
         assert worker.stop() == 0, worker.describe()
+
+
+def test_control_characters_in_a_name_do_not_reach_the_terminal(berth_bin, glance, tmp_path):
+    """A name is anyone's with a Glance account: a table or value line shows its escapes, never sends them."""
+    record = image_record(b"x")
+    record["name"] = "evil\x1b[2J\x1b[31mred\nsecond line"
+    glance.answers[f"/v2/images/{IMAGE_ID}"] = Answer(body=json.dumps(record).encode(),
+                                                      headers={"Content-Type": "application/json"})
+    for fmt in ("table", "value"):
+        proc, _, _ = run_cli(berth_bin, glance.url, tmp_path / "cache", "images", "show", IMAGE_ID, "-f", fmt)
+        assert proc.returncode == 0, proc.stderr
+        assert "\x1b" not in proc.stdout, proc.stdout
+        assert "evil\\u{1b}[2J\\u{1b}[31mred\\nsecond line" in proc.stdout, proc.stdout

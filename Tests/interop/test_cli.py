@@ -1,0 +1,257 @@
+"""The `berth` command line as openstack and virsh users expect it (issue 22): names wherever an id is
+taken, `-f/--format table|json|value` and `-c/--column`, a table on a terminal and JSON lines in a pipe,
+one error style without a usage dump after a runtime error, documented exit statuses, a timeout that
+holds when the broker is down, `boot --wait`/`--no-wait` with progress, help wrapped by the terminal,
+and shell completion that can be found.
+
+Catalog commands run on a local catalog of this module's own; `boot` against a worker on the
+in-process libvirt test driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import subprocess
+import time
+
+import oslo_messaging
+import pytest
+
+from conftest import request_context, rpc_client
+
+ERROR_LINE = re.compile(r"^berth: error: (\w+): (.+)$")
+
+
+def berth(berth_bin, *args, env=None, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([berth_bin, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def explain(proc) -> str:
+    return f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]!r}\nstderr: {proc.stderr[-2000:]!r}"
+
+
+def one_error(proc, class_name: str, status: int) -> str:
+    """The runtime error style: exactly one line on stderr, no usage, and the exit status."""
+    assert proc.returncode == status, explain(proc)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, explain(proc)
+    match = ERROR_LINE.match(lines[0])
+    assert match and match.group(1) == class_name, explain(proc)
+    assert "Usage:" not in proc.stderr and "USAGE:" not in proc.stderr
+    return match.group(2)
+
+
+class Catalog:
+    def __init__(self, berth_bin, root):
+        self.berth_bin, self.root = berth_bin, root
+
+    def run(self, *args, **kwargs) -> subprocess.CompletedProcess:
+        return berth(self.berth_bin, *args, "--catalog", f"local:{self.root}", **kwargs)
+
+    def json(self, *args) -> dict:
+        proc = self.run(*args)
+        assert proc.returncode == 0, explain(proc)
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def catalog(berth_bin, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-catalog")
+    disk = root.parent / "cli-disk.raw"
+    disk.write_bytes(b"\0" * 65536)
+    cat = Catalog(berth_bin, root)
+    made = lambda name: cat.json("images", "create", "--name", name, "--disk-format", "raw", "--file", str(disk))
+    cat.unique = made("cli-unique")
+    cat.twins = [made("cli-twin"), made("cli-twin")]
+    return cat
+
+
+# --- names wherever an id is taken ---------------------------------------------------------------
+
+
+def test_images_show_takes_a_unique_name(catalog):
+    assert catalog.json("images", "show", "cli-unique")["id"] == catalog.unique["id"]
+    assert catalog.json("images", "show", catalog.unique["id"])["name"] == "cli-unique"
+
+
+def test_an_ambiguous_name_is_an_error_listing_the_matches(catalog):
+    message = one_error(catalog.run("images", "show", "cli-twin"), "AmbiguousName", 1)
+    for twin in catalog.twins:
+        assert twin["id"] in message, message
+
+
+def test_an_unknown_name_says_so(catalog):
+    message = one_error(catalog.run("images", "update", "no-such-image", "--property", "a=b"), "ImageNotFound", 1)
+    assert '"no-such-image"' in message and "berth images list" in message, message
+
+
+# --- formats and columns ---------------------------------------------------------------------------
+
+
+def test_list_formats_and_columns(catalog):
+    # JSON lines when the output is a pipe: what scripts (and the rest of these tests) parse.
+    lines = catalog.run("images", "list").stdout.splitlines()
+    assert {json.loads(line)["id"] for line in lines} == {catalog.unique["id"], *(t["id"] for t in catalog.twins)}
+
+    table = catalog.run("images", "list", "-f", "table")
+    assert table.returncode == 0, explain(table)
+    rows = table.stdout.splitlines()
+    assert rows[0].startswith("+-") and rows[-1].startswith("+-"), table.stdout
+    assert [cell.strip() for cell in rows[1].strip("|").split("|")] == ["id", "name", "status", "disk_format", "size"]
+    assert any(catalog.unique["id"] in row and "cli-unique" in row for row in rows), table.stdout
+
+    values = catalog.run("images", "list", "--format", "value", "-c", "name", "--column", "id").stdout.splitlines()
+    assert f"cli-unique {catalog.unique['id']}" in values, values
+
+    picked = catalog.run("images", "list", "-f", "json", "-c", "id").stdout.splitlines()
+    assert all(set(json.loads(line)) == {"id"} for line in picked), picked
+
+
+def test_show_formats_and_columns(catalog):
+    table = catalog.run("images", "show", "cli-unique", "-f", "table").stdout.splitlines()
+    assert [cell.strip() for cell in table[1].strip("|").split("|")] == ["Field", "Value"], table
+    assert any(re.fullmatch(rf"\| id\s+\| {catalog.unique['id']}\s+\|", row) for row in table), table
+    assert catalog.run("images", "show", "cli-unique", "-f", "value", "-c", "status").stdout == "active\n"
+
+
+def test_an_unknown_column_is_a_usage_error_naming_the_fields(catalog):
+    message = one_error(catalog.run("images", "list", "-c", "colour"), "InvalidArgument", 64)
+    assert "disk_format" in message, message
+
+
+def test_a_table_by_default_on_a_terminal(catalog):
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.run([catalog.berth_bin, "images", "list", "--catalog", f"local:{catalog.root}"],
+                              stdout=terminal, stderr=subprocess.PIPE, timeout=60)
+        os.close(terminal)
+        terminal = None
+        out = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        if terminal is not None:
+            os.close(terminal)
+        os.close(controller)
+    assert proc.returncode == 0, proc.stderr
+    assert out.startswith(b"+-") and b"cli-unique" in out, out[:500]
+
+
+# --- one error style, exit statuses ---------------------------------------------------------------
+
+
+def test_catalog_errors_name_their_class_not_build_failed(berth_bin, tmp_path):
+    proc = berth(berth_bin, "images", "list", "--catalog", f"local:{tmp_path / 'missing'}")
+    message = one_error(proc, "CatalogUnavailable", 1)
+    assert "BuildFailed" not in proc.stderr and "missing" in message, explain(proc)
+
+
+def test_a_runtime_validation_error_has_no_usage_dump(berth_bin):
+    one_error(berth(berth_bin, "call", "ping", "--args", "[1]", "--transport-url", "rabbit://127.0.0.1:1/"),
+              "InvalidArgument", 64)
+
+
+def test_a_usage_error_shows_the_usage_and_exits_64(berth_bin):
+    proc = berth(berth_bin, "images", "show")
+    assert proc.returncode == 64 and "Usage: berth images show" in proc.stderr, explain(proc)
+    assert proc.stderr.startswith("berth: error: InvalidArgument: Missing expected argument '<image>'\n"), explain(proc)
+
+
+def test_exit_statuses_are_in_the_help(berth_bin):
+    proc = berth(berth_bin, "--help", env={"COLUMNS": "300"})
+    assert proc.returncode == 0, explain(proc)
+    assert ("Exit status: 0 success, 1 the operation failed, 2 timeout, 3 broker unreachable or request not "
+            "delivered, 64 usage error.") in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("command", [["call", "ping"], ["notify", "test.event"]])
+def test_a_stopped_broker_fails_within_the_timeout_in_one_line(berth_bin, command):
+    # Nothing listens on port 1: what a client sees of a stopped broker (connection refused, retried).
+    started = time.monotonic()
+    proc = berth(berth_bin, *command, "--timeout", "3", "--transport-url", "rabbit://guest:guest@127.0.0.1:1/")
+    elapsed = time.monotonic() - started
+    message = one_error(proc, "BrokerUnreachable", 3)
+    assert 2.5 <= elapsed < 6, f"took {elapsed:.1f}s\n{explain(proc)}"
+    assert "127.0.0.1:1" in message and "guest:guest" not in message, message
+
+
+# --- help, completion ------------------------------------------------------------------------------
+
+
+def test_help_is_wrapped_by_the_terminal_not_in_the_source(berth_bin):
+    wide = berth(berth_bin, "worker", "--help", env={"COLUMNS": "300"}).stdout
+    assert ("Consumes <topic> (shared by the pool), <topic>.<host> and the fanout queue on the control exchange, "
+            "declared exactly as oslo.messaging declares them") in wide, wide[:800]
+
+
+def test_completion_is_a_documented_command(berth_bin):
+    assert re.search(r"^\s+completion\s+Print a shell completion script", berth(berth_bin, "--help").stdout, re.M)
+    for shell, marker in (("bash", "-F _berth berth"), ("zsh", "#compdef berth"), ("fish", "complete -c 'berth'")):
+        proc = berth(berth_bin, "completion", shell)
+        assert proc.returncode == 0 and marker in proc.stdout, (shell, explain(proc))
+
+
+# --- boot --wait / --no-wait ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def boot_worker(worker_factory, catalog, tmp_path_factory):
+    w = worker_factory(extra_args=["--catalog", f"local:{catalog.root}",
+                                   "--state-dir", str(tmp_path_factory.mktemp("cli-state"))])
+    w.start()
+    yield w
+    assert w.stop() == 0, w.describe()
+
+
+def boot_args(berth_cli, *extra):
+    return ["boot", "--transport-url", berth_cli.url, "--control-exchange", berth_cli.names.exchange,
+            "--topic", berth_cli.names.topic, *extra]
+
+
+def test_boot_waits_with_progress_and_prints_the_instance(berth_cli, boot_worker, catalog):
+    image = catalog.unique["id"]
+    proc = berth_cli.run(*boot_args(berth_cli, "--image", image, "--server", boot_worker.host))
+    assert proc.returncode == 0, explain(proc)
+    instance = json.loads(proc.stdout)
+    assert instance["status"] == "ACTIVE" and instance["image_id"] == image, instance
+    lines = proc.stderr.splitlines()
+    assert re.fullmatch(rf"berth: booting instance {instance['uuid']} from image {image} on worker "
+                        rf"{re.escape(boot_worker.host)}; waiting up to 300 s for ACTIVE", lines[0]), explain(proc)
+    assert re.fullmatch(rf"berth: instance {instance['uuid']} is ACTIVE on {re.escape(boot_worker.host)} "
+                        r"after [0-9.]+ s", lines[-1]), explain(proc)
+
+
+def test_boot_no_wait_returns_at_once(berth_cli, boot_worker, catalog, rpc_transport):
+    proc = berth_cli.run(*boot_args(berth_cli, "--image", catalog.unique["id"], "--server", boot_worker.host,
+                                    "--no-wait", "-f", "value", "-c", "uuid", "-c", "status"))
+    assert proc.returncode == 0, explain(proc)
+    uuid_, status = proc.stdout.split()
+    assert status == "BUILD", explain(proc)
+    client = rpc_client(rpc_transport, boot_worker.topic).prepare(server=boot_worker.host, timeout=10)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert client.call(request_context(), "get_instance", instance_uuid=uuid_)["status"] == "ACTIVE"
+            break
+        except oslo_messaging.RemoteError as error:
+            assert error.exc_type == "InstanceNotFound" and time.monotonic() < deadline, error
+            time.sleep(0.2)
+
+
+def test_boot_of_a_missing_image_is_one_error_line(berth_cli, boot_worker):
+    proc = berth_cli.run(*boot_args(berth_cli, "--image", "00000000-0000-4000-8000-000000000000",
+                                    "--server", boot_worker.host))
+    assert proc.returncode == 1, explain(proc)
+    *progress, last = proc.stderr.splitlines()
+    assert [line.startswith("berth: booting instance") for line in progress] == [True], explain(proc)
+    assert ERROR_LINE.match(last) and ERROR_LINE.match(last).group(1) == "ImageNotFound", explain(proc)
