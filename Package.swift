@@ -37,6 +37,8 @@ let package = Package(
         // MD5, SHA-256, SHA-512: optimised even in debug builds, since whole images go through them.
         .target(name: "BerthDigest", swiftSettings: [.unsafeFlags(["-O"])]),
         .target(name: "BerthCore", dependencies: ["BerthJSON", "BerthDigest"]),
+        // Pure: the worker's settings from oslo.config-style files, the environment and the command line.
+        .target(name: "BerthConfig"),
         // The image/volume catalog: the local directory catalog and Glance. Every image it takes or hands out goes
         // through BerthDiskImage's inspector.
         .target(
@@ -64,7 +66,7 @@ let package = Package(
         .executableTarget(
             name: "berth",
             dependencies: [
-                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt", "BerthWorker",
+                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt", "BerthWorker", "BerthConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -76,6 +78,7 @@ let package = Package(
             name: "BerthWorkerTests", dependencies: ["BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP", "BerthDiskImage"]),
         .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON"]),
         .testTarget(name: "BerthDigestTests", dependencies: ["BerthDigest"]),
+        .testTarget(name: "BerthConfigTests", dependencies: ["BerthConfig"]),
         .testTarget(name: "BerthDiskImageTests", dependencies: ["BerthDiskImage", "BerthCore", "BerthJSON", "BerthDigest"]),
         .testTarget(
             name: "BerthCatalogTests", dependencies: ["BerthCatalog", "BerthCore", "BerthJSON", "BerthDigest", "BerthDiskImage"]),
