@@ -34,7 +34,9 @@ public struct INIFile: Sendable, Equatable {
         var pending: Assignment?
         var number = 0
         // Python reads text files with universal newlines: \n, \r\n and \r all end a line.
-        for raw in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" }) {
+        for raw in text.split(
+            omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" })
+        {
             number += 1
             let line = Self.trimmingTrailing(raw)
             if line.isEmpty {
@@ -44,7 +46,8 @@ public struct INIFile: Sendable, Equatable {
             }
             if line.first == " " || line.first == "\t" {
                 guard pending != nil else {
-                    throw ConfigError(at: path, line: number, "a continuation line (it starts with a space) follows no option")
+                    throw ConfigError(
+                        at: path, line: number, "a continuation line (it starts with a space) follows no option")
                 }
                 pending?.value += "\n" + line.drop(while: { $0 == " " || $0 == "\t" })
                 continue
@@ -52,7 +55,9 @@ public struct INIFile: Sendable, Equatable {
             if let done = pending { assignments.append(done) }
             pending = nil
             if line.first == "[" {
-                guard line.last == "]" else { throw ConfigError(at: path, line: number, "a section header must end with ]") }
+                guard line.last == "]" else {
+                    throw ConfigError(at: path, line: number, "a section header must end with ]")
+                }
                 guard line.count > 2 else { throw ConfigError(at: path, line: number, "the section name is empty") }
                 let name = String(line.dropFirst().dropLast())
                 section = name
@@ -70,7 +75,8 @@ public struct INIFile: Sendable, Equatable {
         if let done = pending { assignments.append(done) }
     }
 
-    private static func split(_ line: Substring, path: String, line number: Int) throws(ConfigError) -> (String, String) {
+    private static func split(_ line: Substring, path: String, line number: Int) throws(ConfigError) -> (String, String)
+    {
         let colon = line.firstIndex(of: ":")
         let equals = line.firstIndex(of: "=")
         let separator: Substring.Index

@@ -56,20 +56,25 @@ public struct WorkerConfiguration: Sendable {
         files: [INIFile] = [], environment: [String: String] = [:], commandLine: [WorkerOption: CommandLineValue] = [:]
     ) throws(ConfigError) {
         for option in WorkerOption.allCases {
-            if let value = option.descriptor.defaultValue { settings[option] = Setting(value: value, source: .defaultValue) }
+            if let value = option.descriptor.defaultValue {
+                settings[option] = Setting(value: value, source: .defaultValue)
+            }
         }
         for file in files {
-            for section in file.sections where !WorkerOption.sections.contains(where: { Self.sameSection($0, section.name) }) {
+            for section in file.sections
+            where !WorkerOption.sections.contains(where: { Self.sameSection($0, section.name) }) {
                 throw ConfigError(
                     at: file.path, line: section.line,
-                    "unknown section [\(section.name)]; Berth reads \(WorkerOption.sections.map { "[\($0)]" }.joined(separator: ", "))")
+                    "unknown section [\(section.name)]; Berth reads \(WorkerOption.sections.map { "[\($0)]" }.joined(separator: ", "))"
+                )
             }
             for assignment in file.assignments {
                 let source = ConfigSource.file(path: file.path, line: assignment.line)
                 guard let option = WorkerOption.named(section: assignment.section, name: assignment.key) else {
                     throw ConfigError(
                         at: file.path, line: assignment.line,
-                        "unknown option '\(assignment.key)' in [\(assignment.section)]\(Self.suggestion(for: assignment.key))")
+                        "unknown option '\(assignment.key)' in [\(assignment.section)]\(Self.suggestion(for: assignment.key))"
+                    )
                 }
                 let text = try Self.substituting(assignment.value, option: option, source: source)
                 settings[option] = Setting(value: try Self.parse(text, option: option, source: source), source: source)
@@ -114,17 +119,23 @@ public struct WorkerConfiguration: Sendable {
     }
 
     public func integer(_ option: WorkerOption) -> Int {
-        guard case .integer(let value) = settings[option]?.value else { preconditionFailure("\(option) is not an integer") }
+        guard case .integer(let value) = settings[option]?.value else {
+            preconditionFailure("\(option) is not an integer")
+        }
         return value
     }
 
     public func number(_ option: WorkerOption) -> Double {
-        guard case .number(let value) = settings[option]?.value else { preconditionFailure("\(option) is not a number") }
+        guard case .number(let value) = settings[option]?.value else {
+            preconditionFailure("\(option) is not a number")
+        }
         return value
     }
 
     public func boolean(_ option: WorkerOption) -> Bool {
-        guard case .boolean(let value) = settings[option]?.value else { preconditionFailure("\(option) is not a boolean") }
+        guard case .boolean(let value) = settings[option]?.value else {
+            preconditionFailure("\(option) is not a boolean")
+        }
         return value
     }
 
@@ -171,15 +182,21 @@ public struct WorkerConfiguration: Sendable {
     public var display: [(option: WorkerOption, value: String?, source: ConfigSource)] {
         WorkerOption.allCases.map { option in
             guard let setting = settings[option] else { return (option, nil, .defaultValue) }
-            let text: String
-            switch setting.value {
-            case .string(let value): text = option.descriptor.secret ? Self.maskingPasswords(value) : value
-            case .integer(let value): text = String(value)
-            case .number(let value): text = Self.formatted(value)
-            case .boolean(let value): text = value ? "true" : "false"
-            case .list(let values): text = values.joined(separator: ",")
+            if case .string(let value) = setting.value, option.descriptor.secret {
+                return (option, Self.maskingPasswords(value), setting.source)
             }
-            return (option, text, setting.source)
+            return (option, Self.fileText(setting.value), setting.source)
+        }
+    }
+
+    /// A value as a configuration file writes it.
+    public static func fileText(_ value: ConfigValue) -> String {
+        switch value {
+        case .string(let text): text
+        case .integer(let number): String(number)
+        case .number(let number): formatted(number)
+        case .boolean(let flag): flag ? "true" : "false"
+        case .list(let items): items.joined(separator: ",")
         }
     }
 
@@ -210,7 +227,8 @@ public struct WorkerConfiguration: Sendable {
             value = .string(text)
         case .integer(let range):
             guard let number = Int(text.trimmingSpaces), range.contains(number) else {
-                throw invalid(text, option, source, expected: "a whole number from \(range.lowerBound) to \(range.upperBound)")
+                throw invalid(
+                    text, option, source, expected: "a whole number from \(range.lowerBound) to \(range.upperBound)")
             }
             value = .integer(number)
         case .number(let range, let zeroMeans):
@@ -220,7 +238,9 @@ public struct WorkerConfiguration: Sendable {
                 let zero = zeroMeans.map { "0 (\($0)) or " } ?? ""
                 throw invalid(
                     text, option, source,
-                    expected: "\(zero)a number of seconds from \(formatted(range.lowerBound)) to \(formatted(range.upperBound))")
+                    expected:
+                        "\(zero)a number of seconds from \(formatted(range.lowerBound)) to \(formatted(range.upperBound))"
+                )
             }
             value = .number(number)
         case .boolean:
@@ -231,11 +251,15 @@ public struct WorkerConfiguration: Sendable {
             default: throw invalid(text, option, source, expected: "true or false (also yes/no, on/off, 1/0)")
             }
         case .choice(let choices):
-            guard choices.contains(text) else { throw invalid(text, option, source, expected: "one of \(choices.joined(separator: ", "))") }
+            guard choices.contains(text) else {
+                throw invalid(text, option, source, expected: "one of \(choices.joined(separator: ", "))")
+            }
             value = .string(text)
         case .list:
             // oslo.config's List type: comma-separated, each item trimmed; an empty value is an empty list.
-            let items = text.trimmingSpaces.isEmpty ? [] : text.split(separator: ",", omittingEmptySubsequences: false).map { String($0).trimmingSpaces }
+            let items =
+                text.trimmingSpaces.isEmpty
+                ? [] : text.split(separator: ",", omittingEmptySubsequences: false).map { String($0).trimmingSpaces }
             for item in items { try check(item, option: option, source: source) }
             return .list(items)
         }
@@ -256,7 +280,9 @@ public struct WorkerConfiguration: Sendable {
         case .nonEmpty:
             guard !text.isEmpty else { throw invalid(text, option, source, expected: "a value that is not empty") }
         case .hostName:
-            guard HostNameRule.isValid(text) else { throw invalid(text, option, source, expected: HostNameRule.expectation) }
+            guard HostNameRule.isValid(text) else {
+                throw invalid(text, option, source, expected: HostNameRule.expectation)
+            }
         case .queueName:
             guard !text.isEmpty, text.utf8.count <= 255, !text.hasPrefix("amq."),
                 text.allSatisfy({ !$0.isWhitespace && !$0.isNewline })
@@ -266,11 +292,14 @@ public struct WorkerConfiguration: Sendable {
         }
     }
 
-    static func invalid(_ text: String, _ option: WorkerOption, _ source: ConfigSource, expected: String) -> ConfigError {
+    static func invalid(_ text: String, _ option: WorkerOption, _ source: ConfigSource, expected: String) -> ConfigError
+    {
         let shown = option.descriptor.secret ? "(not shown)" : "'\(ConfigText.printable(text))'"
         let name: String
         switch source {
-        case .file(let path, let line): return ConfigError(at: path, line: line, "[\(option.section)] \(option.name) = \(shown): expected \(expected)")
+        case .file(let path, let line):
+            return ConfigError(
+                at: path, line: line, "[\(option.section)] \(option.name) = \(shown): expected \(expected)")
         case .environment(let variable): name = variable
         case .commandLine(let flag): name = "--\(flag)"
         case .defaultValue: name = "the default of \(option.name)"
@@ -320,14 +349,18 @@ public enum HostNameRule {
 
     public static func isValid(_ name: String) -> Bool {
         !name.isEmpty && name.count <= 128
-            && name.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || ".-_:".unicodeScalars.contains($0)) }
+            && name.unicodeScalars.allSatisfy {
+                $0.isASCII
+                    && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || ".-_:".unicodeScalars.contains($0))
+            }
     }
 }
 
 /// Text from a file or the environment, made safe to print in a message.
 enum ConfigText {
     static func printable(_ text: String) -> String {
-        let cleaned = String(text.unicodeScalars.prefix(64).map { $0.value >= 0x20 && $0.value != 0x7f ? Character($0) : "?" })
+        let cleaned = String(
+            text.unicodeScalars.prefix(64).map { $0.value >= 0x20 && $0.value != 0x7f ? Character($0) : "?" })
         return text.unicodeScalars.count > 64 ? cleaned + "..." : cleaned
     }
 }

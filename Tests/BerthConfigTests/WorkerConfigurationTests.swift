@@ -72,25 +72,50 @@ import Testing
     }
 
     @Test(arguments: [
-        ("[nova]\nhost = a\n", "berth.conf:1: unknown section [nova]; Berth reads [DEFAULT], [oslo_messaging_rabbit], "
-            + "[oslo_messaging_notifications], [libvirt], [berth], [glance], [baremetal]"),
+        (
+            "[nova]\nhost = a\n",
+            "berth.conf:1: unknown section [nova]; Berth reads [DEFAULT], [oslo_messaging_rabbit], "
+                + "[oslo_messaging_notifications], [libvirt], [berth], [glance], [baremetal]"
+        ),
         ("[berth]\n\nconcurency = 4\n", "berth.conf:3: unknown option 'concurency' in [berth]"),
-        ("[DEFAULT]\nconcurrency = 4\n", "berth.conf:2: unknown option 'concurrency' in [DEFAULT]; it belongs in [berth]"),
-        ("[berth]\nconcurrency = 0\n", "berth.conf:2: [berth] concurrency = '0': expected a whole number from 1 to 256"),
-        ("[berth]\nconcurrency = four\n", "berth.conf:2: [berth] concurrency = 'four': expected a whole number from 1 to 256"),
-        ("[oslo_messaging_rabbit]\nssl = maybe\n",
-            "berth.conf:2: [oslo_messaging_rabbit] ssl = 'maybe': expected true or false (also yes/no, on/off, 1/0)"),
+        (
+            "[DEFAULT]\nconcurrency = 4\n",
+            "berth.conf:2: unknown option 'concurrency' in [DEFAULT]; it belongs in [berth]"
+        ),
+        (
+            "[berth]\nconcurrency = 0\n",
+            "berth.conf:2: [berth] concurrency = '0': expected a whole number from 1 to 256"
+        ),
+        (
+            "[berth]\nconcurrency = four\n",
+            "berth.conf:2: [berth] concurrency = 'four': expected a whole number from 1 to 256"
+        ),
+        (
+            "[oslo_messaging_rabbit]\nssl = maybe\n",
+            "berth.conf:2: [oslo_messaging_rabbit] ssl = 'maybe': expected true or false (also yes/no, on/off, 1/0)"
+        ),
         ("[libvirt]\nvirt_type = xen\n", "berth.conf:2: [libvirt] virt_type = 'xen': expected one of kvm, qemu, test"),
-        ("[berth]\nmetrics_interval = 0.01\n",
-            "berth.conf:2: [berth] metrics_interval = '0.01': expected 0 (no poller) or a number of seconds from 0.1 to 3600"),
-        ("[DEFAULT]\nhost = a b\n", "berth.conf:2: [DEFAULT] host = 'a b': expected 1-128 characters of letters, digits, '.', '-', '_', ':'"),
-        ("[berth]\ndead_letter_queue = amq.x\n",
-            "berth.conf:2: [berth] dead_letter_queue = 'amq.x': expected 1-255 bytes, no spaces, not starting with 'amq.'"),
-        ("[DEFAULT]\ntransport_url = rabbit://u:pa$word@h/\n",
+        (
+            "[berth]\nmetrics_interval = 0.01\n",
+            "berth.conf:2: [berth] metrics_interval = '0.01': expected 0 (no poller) or a number of seconds from 0.1 to 3600"
+        ),
+        (
+            "[DEFAULT]\nhost = a b\n",
+            "berth.conf:2: [DEFAULT] host = 'a b': expected 1-128 characters of letters, digits, '.', '-', '_', ':'"
+        ),
+        (
+            "[berth]\ndead_letter_queue = amq.x\n",
+            "berth.conf:2: [berth] dead_letter_queue = 'amq.x': expected 1-255 bytes, no spaces, not starting with 'amq.'"
+        ),
+        (
+            "[DEFAULT]\ntransport_url = rabbit://u:pa$word@h/\n",
             "berth.conf:2: [DEFAULT] transport_url = (not shown): expected no $ substitution (Berth does not expand "
-            + "oslo's $name; write a literal $ as $$)"),
-        ("[oslo_messaging_notifications]\ntopics = a,,b\n",
-            "berth.conf:2: [oslo_messaging_notifications] topics = '': expected a value that is not empty"),
+                + "oslo's $name; write a literal $ as $$)"
+        ),
+        (
+            "[oslo_messaging_notifications]\ntopics = a,,b\n",
+            "berth.conf:2: [oslo_messaging_notifications] topics = '': expected a value that is not empty"
+        ),
     ])
     func badFilesNameFileLineOptionAndWhatIsExpected(text: String, message: String) {
         #expect(throws: ConfigError(message)) { try WorkerConfiguration(files: [try file(text)]) }
@@ -106,7 +131,9 @@ import Testing
     }
 
     @Test func doubledDollarIsALiteralDollar() throws {
-        let configuration = try WorkerConfiguration(files: [try file("[DEFAULT]\ntransport_url = rabbit://u:pa$$word@h/\n")])
+        let configuration = try WorkerConfiguration(files: [
+            try file("[DEFAULT]\ntransport_url = rabbit://u:pa$$word@h/\n")
+        ])
         #expect(configuration.string(.transportURL) == "rabbit://u:pa$word@h/")
     }
 
