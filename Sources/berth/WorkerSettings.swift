@@ -67,7 +67,18 @@ struct ConfigurationSources: Sendable {
         guard let text = String(data: data, encoding: .utf8) else {
             throw ConfigError("\(flag) \(path): not UTF-8 text")
         }
-        return try INIFile(path: path, text: text)
+        let file = try INIFile(path: path, text: text)
+        // A transport URL carries the broker password: a file holding one must not be readable by everyone
+        // (root:berth 0640, as nova.conf is root:nova 0640).
+        var status = stat()
+        if file.assignments.contains(where: { $0.section == "DEFAULT" && $0.key == WorkerOption.transportURL.name }),
+            fstat(handle.fileDescriptor, &status) == 0, status.st_mode & 0o007 != 0
+        {
+            throw ConfigError(
+                "\(flag) \(path): it sets transport_url (with the broker password) but others can read it; "
+                    + "chmod o-rwx \(path) (e.g. root:berth 0640)")
+        }
+        return file
     }
 }
 

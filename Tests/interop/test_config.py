@@ -18,7 +18,7 @@ import subprocess
 import pytest
 from oslo_config import cfg
 
-from conftest import WorkerProcess, oslo_transport_url, request_context, rpc_client
+from conftest import REPO_ROOT, WorkerProcess, oslo_transport_url, request_context, rpc_client
 
 
 def print_config(berth_bin: str, *args: str, env: dict | None = None) -> dict:
@@ -162,6 +162,7 @@ def mask(url: str) -> str:
 def test_oslo_config_reads_the_file_as_berth_does(berth_bin, tmp_path):
     path = tmp_path / "same.conf"
     path.write_text(SAME_FILE)
+    path.chmod(0o640)
     conf = cfg.ConfigOpts()
     for group, opts in OSLO_OPTIONS.items():
         conf.register_opts(opts, group=None if group == "DEFAULT" else group)
@@ -211,7 +212,33 @@ def test_precedence_and_sources(berth_bin, tmp_path):
 def test_bad_files_are_refused_with_file_and_line(berth_bin, tmp_path, text, message):
     path = tmp_path / "bad.conf"
     path.write_text(text)
+    path.chmod(0o600)
     proc = subprocess.run([berth_bin, "worker", "--config-file", str(path)], capture_output=True, text=True,
                           timeout=30, env=clean_env())
     assert proc.returncode != 0 and f"{path}{message}" in proc.stderr, proc.stderr
     assert "secret" not in proc.stderr
+
+
+def test_a_file_with_the_broker_password_must_not_be_world_readable(berth_bin, tmp_path):
+    path = tmp_path / "open.conf"
+    path.write_text("[DEFAULT]\ntransport_url = rabbit://berth:hunter2@h/\n")
+    path.chmod(0o644)
+    proc = subprocess.run([berth_bin, "worker", "--config-file", str(path), "--print-config"], capture_output=True,
+                          text=True, timeout=30, env=clean_env())
+    assert proc.returncode != 0 and "others can read it; chmod o-rwx" in proc.stderr, proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout
+    path.chmod(0o640)
+    assert print_config(berth_bin, "--config-file", str(path))["DEFAULT"]["transport_url"]["value"] == \
+        "rabbit://berth:***@h/"
+
+
+def test_the_sample_file_is_what_berth_generates(berth_bin):
+    """deploy/berth.conf.sample documents every option; regenerate it with the command below when one changes."""
+    proc = subprocess.run([berth_bin, "worker", "--print-config", "--print-format", "sample"], capture_output=True,
+                          text=True, timeout=30, env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    sample = REPO_ROOT / "deploy" / "berth.conf.sample"
+    assert sample.read_text() == proc.stdout, (
+        "deploy/berth.conf.sample is stale: berth worker --print-config --print-format sample > deploy/berth.conf.sample")
+    # And it is a valid configuration: every option commented out, so the defaults.
+    assert print_config(berth_bin, "--config-file", str(sample))["berth"]["concurrency"]["source"] == "default"
