@@ -276,7 +276,6 @@ public struct WorkerConfiguration: Sendable {
         default: return
         }
         switch rule {
-        case .any: return
         case .nonEmpty:
             guard !text.isEmpty else { throw invalid(text, option, source, expected: "a value that is not empty") }
         case .hostName:

@@ -30,7 +30,7 @@ public enum WorkerOption: String, CaseIterable, Sendable {
     }
 
     public enum StringRule: Sendable, Equatable {
-        case any, nonEmpty, hostName, queueName
+        case nonEmpty, hostName, queueName
     }
 
     public struct Descriptor: Sendable {
