@@ -13,7 +13,8 @@ public enum WorkerOption: String, CaseIterable, Sendable {
     case virtType, libvirtURI, forceConfigDrive, storagePool
     case logLevel, logFormat, concurrency, maxMessageBytes, gracePeriod, debugRPC, stateDir, deadLetterQueue
     case maxHandOffs, maxAttempts, handlerTimeout, metricsInterval
-    // Options added by other commands' work go here, each with its row in `descriptor` (e.g. metrics_listen).
+    // New worker options go here, each with its row in `descriptor`: e.g. `[berth] metrics_listen` for
+    // --metrics-listen (then one line in Worker.commandLine, and regenerate deploy/berth.conf.sample).
     case catalog, glanceTokenFile, glanceCacheDir, volumeCatalog
     case nodes
 
@@ -58,7 +59,9 @@ public enum WorkerOption: String, CaseIterable, Sendable {
     public var kind: Kind { descriptor.kind }
     public var help: String { descriptor.help }
 
-    public static let sections = ["DEFAULT", "oslo_messaging_rabbit", "oslo_messaging_notifications", "libvirt", "berth", "glance", "baremetal"]
+    public static let sections = [
+        "DEFAULT", "oslo_messaging_rabbit", "oslo_messaging_notifications", "libvirt", "berth", "glance", "baremetal",
+    ]
 
     // swift-format-ignore
     public var descriptor: Descriptor {

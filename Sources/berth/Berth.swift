@@ -368,7 +368,11 @@ struct Worker: AsyncParsableCommand {
         compute.metrics = metricsInterval > 0 ? metricsRecorder : nil
         var inventory = NodeInventory()
         for node in settings.list(.nodes) {
-            do { try inventory.add(node) } catch { throw ValidationError("\(settings.origin(of: .nodes)): \(error.message)") }
+            do {
+                try inventory.add(node)
+            } catch {
+                throw ValidationError("\(settings.origin(of: .nodes)): \(error.message)")
+            }
         }
         let bareMetal = BareMetalService(
             host: hostName, catalog: compute.catalog, inventory: inventory, stateDirectory: stateDir)
