@@ -118,8 +118,6 @@ struct BusOptions: ParsableArguments {
 
     func rabbitOptions() throws -> RabbitOptions { try Self.rabbitOptions(settings()) }
 
-    func logger(_ label: String) throws -> Logger { try Self.logger(label, settings()) }
-
     /// The transport URL's brokers, with `[oslo_messaging_rabbit]`'s heartbeat and TLS options for what the
     /// URL does not say.
     static func urls(_ settings: WorkerConfiguration) throws -> [AMQPURL] {
@@ -160,7 +158,7 @@ struct BusOptions: ParsableArguments {
 
     /// The log handler (bootstrapped once) and a logger at the configured level. A command that prints its
     /// result is quieter unless asked (`quiet`): warnings and worse, when no level was given anywhere.
-    static func logger(_ label: String, _ settings: WorkerConfiguration, quiet: Bool = false) throws -> Logger {
+    static func logger(_ label: String, _ settings: WorkerConfiguration, quiet: Bool = false) -> Logger {
         let format = BerthLogHandler.Format(rawValue: settings.string(.logFormat) ?? "") ?? .text
         Bootstrap.logging(format: format)
         var logger = Logger(label: label)
@@ -175,7 +173,7 @@ struct BusOptions: ParsableArguments {
         _ label: String, _ body: (OsloRPCClient) async throws(RPCCallError) -> Void
     ) async throws {
         let settings = try settings()
-        let logger = try Self.logger(label, settings, quiet: true)
+        let logger = Self.logger(label, settings, quiet: true)
         let client = OsloRPCClient(
             urls: try Self.urls(settings), options: try Self.rabbitOptions(settings),
             topic: settings.string(.topic) ?? "compute", logger: logger)
@@ -325,7 +323,7 @@ struct Worker: AsyncParsableCommand {
             ConfigurationPrinter(format: printFormat).print(settings)
             return
         }
-        let logger = try BusOptions.logger("berth.worker", settings)
+        let logger = BusOptions.logger("berth.worker", settings)
         let hostName = settings.string(.host) ?? ProcessInfo.processInfo.hostName
         try HostName.validate(hostName)
         let stateDir = settings.string(.stateDir) ?? "/var/lib/berth"
@@ -531,7 +529,7 @@ struct Notify: AsyncParsableCommand {
     var notificationTopic = "notifications"
 
     func run() async throws {
-        let logger = try BusOptions.logger("berth.notify", try bus.settings(), quiet: true)
+        let logger = BusOptions.logger("berth.notify", try bus.settings(), quiet: true)
         guard let payloadValue = try? JSONCodec.parse(payload) else {
             throw ValidationError("--payload must be JSON")
         }

@@ -62,7 +62,7 @@ struct Monitor: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let logger = try BusOptions.logger("berth.monitor", try bus.settings(), quiet: true)
+        let logger = BusOptions.logger("berth.monitor", try bus.settings(), quiet: true)
         let options = try bus.rabbitOptions()
         let queue = MetricsMonitorTopology.queueName()
         let client = AMQPClient(
