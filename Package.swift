@@ -43,6 +43,8 @@ let package = Package(
         .target(name: "BerthDigest", dependencies: ["CCrypto"]),
         // Pure rules: properties, kernel command line, boot variants, domain XML. No I/O.
         .target(name: "BerthCore", dependencies: ["BerthJSON", "BerthDigest"]),
+        // Pure: the worker's settings from oslo.config-style files, the environment and the command line.
+        .target(name: "BerthConfig"),
         // The image/volume catalog: the local directory catalog and Glance. Every image it takes or hands out goes
         // through BerthDiskImage's inspector.
         .target(
@@ -70,7 +72,7 @@ let package = Package(
         .executableTarget(
             name: "berth",
             dependencies: [
-                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt", "BerthWorker",
+                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt", "BerthWorker", "BerthConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -82,6 +84,7 @@ let package = Package(
             name: "BerthWorkerTests", dependencies: ["BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP", "BerthDiskImage"]),
         .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON"]),
         .testTarget(name: "BerthDigestTests", dependencies: ["BerthDigest"]),
+        .testTarget(name: "BerthConfigTests", dependencies: ["BerthConfig"]),
         .testTarget(name: "BerthDiskImageTests", dependencies: ["BerthDiskImage", "BerthCore", "BerthJSON", "BerthDigest"]),
         .testTarget(
             name: "BerthCatalogTests", dependencies: ["BerthCatalog", "BerthCore", "BerthJSON", "BerthDigest", "BerthDiskImage"]),

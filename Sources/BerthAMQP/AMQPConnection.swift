@@ -74,6 +74,12 @@ final class AMQPConnection: AMQPCommandChannel {
                 let status = amqp_ssl_socket_set_cacert(socket, arena.cString(ca))
                 guard status == AMQP_STATUS_OK.rawValue else { throw AMQPError.tls(.unreadableCABundle, url: url) }
             }
+            if let certificate = url.clientCertificatePath, let key = url.clientKeyPath {
+                let status = amqp_ssl_socket_set_key(socket, arena.cString(certificate), arena.cString(key))
+                guard status == AMQP_STATUS_OK.rawValue else {
+                    throw AMQPError.tls(.unreadableClientCertificate, url: url)
+                }
+            }
         } else {
             socket = amqp_tcp_socket_new(state)
         }

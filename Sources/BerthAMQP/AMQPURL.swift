@@ -13,8 +13,12 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
     /// Seconds; 0 turns heartbeats off. oslo's default is 60 (`heartbeat_timeout_threshold`).
     public var heartbeat: Int
     public var tls: Bool
-    /// CA bundle for `amqps://` (query `cacert=`); certificate and host-name checks are always on.
+    /// CA bundle for `amqps://` (query `cacert=` or `ssl_ca_file=`); certificate and host-name checks are
+    /// always on.
     public var caCertificatePath: String?
+    /// Client certificate and its key (PEM), for brokers that ask for one (`ssl_cert_file=`, `ssl_key_file=`).
+    public var clientCertificatePath: String?
+    public var clientKeyPath: String?
     public var connectTimeout: Double
 
     public init(
@@ -33,8 +37,29 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         self.connectTimeout = connectTimeout
     }
 
-    /// Parses one URL, or the first host of an oslo-style comma list (`rabbit://u:p@h1:5672,u:p@h2:5672/`).
-    public static func parseList(_ text: String) throws(AMQPError) -> [AMQPURL] {
+    /// What a URL does not say for itself: oslo's `[oslo_messaging_rabbit]` options (`heartbeat_timeout_threshold`,
+    /// `ssl`, `ssl_ca_file`, `ssl_cert_file`, `ssl_key_file`). The URL's own query options win.
+    public struct Defaults: Sendable, Equatable {
+        public var heartbeat = 60
+        public var tls = false
+        public var caCertificatePath: String?
+        public var clientCertificatePath: String?
+        public var clientKeyPath: String?
+
+        public init(
+            heartbeat: Int = 60, tls: Bool = false, caCertificatePath: String? = nil,
+            clientCertificatePath: String? = nil, clientKeyPath: String? = nil
+        ) {
+            self.heartbeat = heartbeat
+            self.tls = tls
+            self.caCertificatePath = caCertificatePath
+            self.clientCertificatePath = clientCertificatePath
+            self.clientKeyPath = clientKeyPath
+        }
+    }
+
+    /// Parses every host of an oslo-style comma list (`rabbit://u:p@h1:5672,u:p@h2:5672/`).
+    public static func parseList(_ text: String, defaults: Defaults = Defaults()) throws(AMQPError) -> [AMQPURL] {
         guard let schemeEnd = text.range(of: "://") else {
             throw AMQPError(
                 .invalidURL,
@@ -47,10 +72,10 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         let pathStart = rest.firstIndex(of: "/") ?? rest.endIndex
         let hosts = rest[..<pathStart].split(separator: ",", omittingEmptySubsequences: false)
         let tail = rest[pathStart...]
-        return try hosts.map { host throws(AMQPError) in try parse("\(scheme)://\(host)\(tail)") }
+        return try hosts.map { host throws(AMQPError) in try parse("\(scheme)://\(host)\(tail)", defaults: defaults) }
     }
 
-    public static func parse(_ text: String) throws(AMQPError) -> AMQPURL {
+    public static func parse(_ text: String, defaults: Defaults = Defaults()) throws(AMQPError) -> AMQPURL {
         guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased() else {
             throw AMQPError(
                 .invalidURL,
@@ -59,7 +84,7 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         }
         let tls: Bool
         switch scheme {
-        case "amqp", "rabbit": tls = false
+        case "amqp", "rabbit": tls = defaults.tls
         case "amqps": tls = true
         default:
             throw AMQPError(.invalidURL, "transport URL scheme '\(scheme)' is not supported; use rabbit:// (oslo's spelling; amqp:// is accepted too) or amqps://")
@@ -70,7 +95,10 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         let credentials = try Credentials(of: text)
         var url = AMQPURL(
             host: host, port: components.port, user: credentials.user ?? "guest",
-            password: credentials.password ?? "guest", tls: tls)
+            password: credentials.password ?? "guest", heartbeat: defaults.heartbeat, tls: tls,
+            caCertificatePath: defaults.caCertificatePath)
+        url.clientCertificatePath = defaults.clientCertificatePath
+        url.clientKeyPath = defaults.clientKeyPath
         // RabbitMQ's URI spec: an empty path is the default vhost "/", otherwise the path minus its slash,
         // percent-decoded ("/%2F" is "/").
         let path = components.percentEncodedPath
@@ -88,6 +116,17 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
                 url.heartbeat = value
             case "cacert", "ssl_ca_file":
                 url.caCertificatePath = item.value
+            case "ssl_cert_file":
+                url.clientCertificatePath = item.value
+            case "ssl_key_file":
+                url.clientKeyPath = item.value
+            case "ssl":
+                // oslo's rabbit driver reads the query's ssl as a boolean, as oslo.config does.
+                switch item.value?.lowercased() {
+                case "1", "true", "yes", "on": url.tls = true
+                case "0", "false", "no", "off": url.tls = false
+                default: throw AMQPError(.invalidURL, "ssl must be 1 or 0 (true/false), got '\(item.value ?? "")'")
+                }
             case "connection_timeout":
                 guard let value = item.value.flatMap(Double.init), value > 0 else {
                     throw AMQPError(.invalidURL, "connection_timeout must be a positive number of seconds")
@@ -95,8 +134,15 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
                 url.connectTimeout = value
             default:
                 throw AMQPError(
-                    .invalidURL, "unknown transport URL option '\(item.name)'; known: heartbeat, cacert, connection_timeout")
+                    .invalidURL,
+                    "unknown transport URL option '\(item.name)'; known: heartbeat, ssl, ssl_ca_file (or cacert), "
+                        + "ssl_cert_file, ssl_key_file, connection_timeout")
             }
+        }
+        // The port follows TLS when the URL gives none: ?ssl=1 makes rabbit://host mean host:5671.
+        if components.port == nil { url.port = url.tls ? 5671 : 5672 }
+        guard (url.clientCertificatePath == nil) == (url.clientKeyPath == nil) else {
+            throw AMQPError(.invalidURL, "ssl_cert_file and ssl_key_file go together: give both, or neither")
         }
         return url
     }

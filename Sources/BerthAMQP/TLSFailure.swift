@@ -3,6 +3,9 @@
 public enum TLSFailure: Sendable, Equatable {
     /// The CA bundle named by `cacert=` is missing, unreadable or not PEM.
     case unreadableCABundle
+    /// The client certificate or key (`ssl_cert_file=`, `ssl_key_file=`) is missing, unreadable, not PEM or
+    /// not a pair.
+    case unreadableClientCertificate
     /// The broker's certificate chain does not lead to a CA in the bundle.
     case untrustedCertificate
     /// The certificate verifies but is not for the URL's host.
@@ -18,6 +21,11 @@ extension AMQPError {
             return AMQPError(
                 .tls,
                 "cannot load the CA bundle '\(url.caCertificatePath ?? "")' named by cacert= in the transport URL: it is missing, unreadable or not PEM"
+            )
+        case .unreadableClientCertificate:
+            return AMQPError(
+                .tls,
+                "cannot load the client certificate '\(url.clientCertificatePath ?? "")' with its key '\(url.clientKeyPath ?? "")' (ssl_cert_file, ssl_key_file): one is missing, unreadable or not PEM, or the key is not the certificate's"
             )
         case .untrustedCertificate:
             guard let ca = url.caCertificatePath else {

@@ -33,7 +33,12 @@ public final class GlanceCatalog: Catalog {
     /// Images per listing request.
     static let pageSize = 100
 
-    public init(endpoint: GlanceEndpoint, token: String?, cacheDirectory: String, volumes: LocalCatalog) {
+    public convenience init(endpoint: GlanceEndpoint, token: String?, cacheDirectory: String, volumes: LocalCatalog) {
+        self.init(endpoint: endpoint, token: GlanceToken(token), cacheDirectory: cacheDirectory, volumes: volumes)
+    }
+
+    /// `token`: shared with whoever replaces it (the worker, on SIGHUP).
+    public init(endpoint: GlanceEndpoint, token: GlanceToken, cacheDirectory: String, volumes: LocalCatalog) {
         self.endpoint = endpoint
         let directory = URL(fileURLWithPath: cacheDirectory).standardizedFileURL.path
         self.cacheDirectory = directory

@@ -21,7 +21,7 @@ import Foundation
 /// server gets Berth's memory, disk or token.
 final class GlanceTransport: Sendable {
     let endpoint: GlanceEndpoint
-    private let token: String?
+    private let token: GlanceToken
     private let requestTimeout: Int
 
     /// Bytes of an error body kept for the message; the rest is not read.
@@ -31,7 +31,7 @@ final class GlanceTransport: Sendable {
     /// Redirects followed on the endpoint's origin before the answer counts as a loop.
     static let redirectLimit = 5
 
-    init(endpoint: GlanceEndpoint, token: String?, requestTimeout: Int = 60) {
+    init(endpoint: GlanceEndpoint, token: GlanceToken, requestTimeout: Int = 60) {
         self.endpoint = endpoint
         self.token = token
         self.requestTimeout = requestTimeout
@@ -133,7 +133,7 @@ final class GlanceTransport: Sendable {
     private func headers(accept: String, contentType: String?) -> [String] {
         var headers = ["Accept: \(accept)"]
         if let contentType { headers.append("Content-Type: \(contentType)") }
-        if let token { headers.append("X-Auth-Token: \(token)") }
+        if let token = token.current { headers.append("X-Auth-Token: \(token)") }
         // libcurl waits up to a second for "100 Continue" before a body; Glance never sends one.
         headers.append("Expect:")
         return headers

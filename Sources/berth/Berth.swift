@@ -1,6 +1,7 @@
 import ArgumentParser
 import BerthAMQP
 import BerthCatalog
+import BerthConfig
 import BerthCore
 import BerthJSON
 import BerthLibvirt
@@ -70,73 +71,133 @@ struct Completion: ParsableCommand {
     }
 }
 
-/// Broker options shared by every command that talks to RabbitMQ.
+/// Broker options shared by every command that talks to RabbitMQ. Unset flags fall back to the `BERTH_*`
+/// environment variables and then to the defaults of `WorkerOption`; the worker also reads its files.
 struct BusOptions: ParsableArguments {
-    @Option(
-        name: .customLong("transport-url"),
-        help: ArgumentHelp(
-            "Broker URL, oslo style: rabbit://user:password@host:5672/vhost (amqp:// is accepted too; several hosts: h1:5672,h2:5672, taken in a random order per process, as oslo does). Prefer the BERTH_TRANSPORT_URL environment variable or --transport-url-file, which keep the password out of process listings.",
-            valueName: "url"))
+    @Option(name: .customLong("transport-url"), help: ArgumentHelp(.transportURL, valueName: "url"))
     var transportURL: String?
 
-    @Option(help: ArgumentHelp("File holding the transport URL; must not be readable by group or others (0600).", valueName: "path"))
+    @Option(help: ArgumentHelp(.transportURLFile, valueName: "path"))
     var transportURLFile: String?
 
-    @Option(help: "oslo's control_exchange.")
-    var controlExchange = "berth"
+    @Option(help: ArgumentHelp(.controlExchange, valueName: "name"))
+    var controlExchange: String?
 
-    @Option(help: "RPC topic.")
-    var topic = "compute"
+    @Option(help: ArgumentHelp(.topic, valueName: "topic"))
+    var topic: String?
 
-    @Flag(help: "oslo amqp_durable_queues: durable control exchange and topic queues.")
-    var amqpDurableQueues = false
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(.amqpDurableQueues))
+    var amqpDurableQueues: Bool?
 
-    @Flag(help: "oslo rabbit_quorum_queue: topic queues are quorum queues.")
-    var rabbitQuorumQueue = false
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(.rabbitQuorumQueue))
+    var rabbitQuorumQueue: Bool?
 
-    @Flag(help: "oslo rabbit_transient_quorum_queue: reply and fanout queues are quorum queues.")
-    var rabbitTransientQuorumQueue = false
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(.rabbitTransientQuorumQueue))
+    var rabbitTransientQuorumQueue: Bool?
 
-    @Option(help: "oslo rabbit_transient_queues_ttl in seconds (x-expires of reply and fanout queues; 0: none).")
-    var transientQueuesTTL = 1800
+    @Option(help: ArgumentHelp(.transientQueuesTTL, valueName: "seconds"))
+    var transientQueuesTTL: String?
 
-    @Option(help: "oslo rabbit_quorum_delivery_limit (0: none).")
-    var quorumDeliveryLimit = 0
+    @Option(help: ArgumentHelp(.quorumDeliveryLimit, valueName: "count"))
+    var quorumDeliveryLimit: String?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel = "info"
+    @Option(help: ArgumentHelp(.heartbeatTimeoutThreshold, valueName: "seconds"))
+    var heartbeatTimeoutThreshold: String?
 
-    @Option(help: "Log format on stderr: text or json (one object per line). Under systemd each line carries its syslog priority.")
-    var logFormat = "text"
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(.ssl))
+    var ssl: Bool?
 
-    func urls() throws -> [AMQPURL] {
-        let text: String
-        if let transportURL {
-            text = transportURL
-        } else if let transportURLFile {
-            text = try Self.readSecretFile(transportURLFile)
-        } else if let environment = ProcessInfo.processInfo.environment["BERTH_TRANSPORT_URL"], !environment.isEmpty {
-            text = environment
-        } else {
-            text = "rabbit://guest:guest@127.0.0.1:5672/"
-        }
+    @Option(help: ArgumentHelp(.sslCAFile, valueName: "path"))
+    var sslCAFile: String?
+
+    @Option(help: ArgumentHelp(.sslCertFile, valueName: "path"))
+    var sslCertFile: String?
+
+    @Option(help: ArgumentHelp(.sslKeyFile, valueName: "path"))
+    var sslKeyFile: String?
+
+    @Option(help: ArgumentHelp(.logLevel, valueName: "level"))
+    var logLevel: String?
+
+    @Option(help: ArgumentHelp(.logFormat, valueName: "format"))
+    var logFormat: String?
+
+    /// The options given on the command line, as a configuration layer.
+    var commandLine: [WorkerOption: WorkerConfiguration.CommandLineValue] {
+        var given: [WorkerOption: WorkerConfiguration.CommandLineValue] = [:]
+        given[.transportURL] = transportURL.map { .text($0) }
+        given[.transportURLFile] = transportURLFile.map { .text($0) }
+        given[.controlExchange] = controlExchange.map { .text($0) }
+        given[.topic] = topic.map { .text($0) }
+        given[.amqpDurableQueues] = amqpDurableQueues.map { .boolean($0) }
+        given[.rabbitQuorumQueue] = rabbitQuorumQueue.map { .boolean($0) }
+        given[.rabbitTransientQuorumQueue] = rabbitTransientQuorumQueue.map { .boolean($0) }
+        given[.transientQueuesTTL] = transientQueuesTTL.map { .text($0) }
+        given[.quorumDeliveryLimit] = quorumDeliveryLimit.map { .text($0) }
+        given[.heartbeatTimeoutThreshold] = heartbeatTimeoutThreshold.map { .text($0) }
+        given[.ssl] = ssl.map { .boolean($0) }
+        given[.sslCAFile] = sslCAFile.map { .text($0) }
+        given[.sslCertFile] = sslCertFile.map { .text($0) }
+        given[.sslKeyFile] = sslKeyFile.map { .text($0) }
+        given[.logLevel] = logLevel.map { .text($0) }
+        given[.logFormat] = logFormat.map { .text($0) }
+        return given
+    }
+
+    /// The bus settings of a command other than the worker: flags, then the environment variables of these
+    /// options (and only these: a worker's BERTH_CONCURRENCY is no business of `berth call`), then defaults.
+    func settings() throws -> WorkerConfiguration {
+        let given = commandLine
+        let environment = ProcessInfo.processInfo.environment
+        let names = Set(Self.options.map(\.environmentVariable))
         do {
-            // Shuffled once per process, as oslo.messaging does with a URL's hosts: a pool given the same URL
-            // spreads over the brokers instead of piling onto the first. On a failure the next one is tried.
-            return try AMQPURL.parseList(text.trimmingCharacters(in: .whitespacesAndNewlines)).shuffled()
+            return try WorkerConfiguration(
+                environment: environment.filter { names.contains($0.key) }, commandLine: given)
         } catch {
             throw ValidationError(error.message)
         }
     }
 
-    func rabbitOptions() throws -> RabbitOptions {
+    static let options: [WorkerOption] = [
+        .transportURL, .transportURLFile, .controlExchange, .topic, .amqpDurableQueues, .rabbitQuorumQueue,
+        .rabbitTransientQuorumQueue, .transientQueuesTTL, .quorumDeliveryLimit, .heartbeatTimeoutThreshold, .ssl,
+        .sslCAFile, .sslCertFile, .sslKeyFile, .logLevel, .logFormat,
+    ]
+
+    func urls() throws -> [AMQPURL] { try Self.urls(settings()) }
+
+    func rabbitOptions() throws -> RabbitOptions { try Self.rabbitOptions(settings()) }
+
+    /// The transport URL's brokers, with `[oslo_messaging_rabbit]`'s heartbeat and TLS options for what the
+    /// URL does not say.
+    static func urls(_ settings: WorkerConfiguration) throws -> [AMQPURL] {
+        let text: String
+        switch settings.transportURLSource {
+        case .text(let url): text = url
+        case .file(let path): text = try readSecretFile(path)
+        }
+        let defaults = AMQPURL.Defaults(
+            heartbeat: settings.integer(.heartbeatTimeoutThreshold), tls: settings.boolean(.ssl),
+            caCertificatePath: settings.string(.sslCAFile), clientCertificatePath: settings.string(.sslCertFile),
+            clientKeyPath: settings.string(.sslKeyFile))
+        do {
+            // Shuffled once per process, as oslo.messaging does with a URL's hosts: a pool given the same URL
+            // spreads over the brokers instead of piling onto the first. On a failure the next one is tried.
+            return try AMQPURL.parseList(text.trimmingCharacters(in: .whitespacesAndNewlines), defaults: defaults)
+                .shuffled()
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+
+    static func rabbitOptions(_ settings: WorkerConfiguration) throws -> RabbitOptions {
         var options = RabbitOptions()
-        options.controlExchange = controlExchange
-        options.amqpDurableQueues = amqpDurableQueues
-        options.rabbitQuorumQueue = rabbitQuorumQueue
-        options.rabbitTransientQuorumQueue = rabbitTransientQuorumQueue
-        options.transientQueuesTTL = transientQueuesTTL
-        options.quorumDeliveryLimit = quorumDeliveryLimit
+        options.controlExchange = settings.string(.controlExchange) ?? options.controlExchange
+        options.amqpDurableQueues = settings.boolean(.amqpDurableQueues)
+        options.rabbitQuorumQueue = settings.boolean(.rabbitQuorumQueue)
+        options.rabbitTransientQuorumQueue = settings.boolean(.rabbitTransientQuorumQueue)
+        options.transientQueuesTTL = settings.integer(.transientQueuesTTL)
+        options.quorumDeliveryLimit = settings.integer(.quorumDeliveryLimit)
         do {
             try options.validate()
         } catch {
@@ -145,24 +206,15 @@ struct BusOptions: ParsableArguments {
         return options
     }
 
-    func logger(_ label: String) throws -> Logger {
-        guard let format = BerthLogHandler.Format(rawValue: logFormat) else {
-            throw ValidationError("--log-format must be text or json")
-        }
+    /// The log handler (bootstrapped once) and a logger at the configured level. A command that uses the bus and
+    /// reports its own failure in one line is quieter unless asked (`quiet`): errors only when no level was given
+    /// anywhere, since a warning per connection retry would bury that line.
+    static func logger(_ label: String, _ settings: WorkerConfiguration, quiet: Bool = false) -> Logger {
+        let format = BerthLogHandler.Format(rawValue: settings.string(.logFormat) ?? "") ?? .text
         Bootstrap.logging(format: format)
-        guard let level = Logger.Level(rawValue: logLevel) else {
-            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
         var logger = Logger(label: label)
-        logger.logLevel = level
-        return logger
-    }
-
-    /// The logger of a command that uses the bus and ends: errors only unless --log-level says otherwise. The
-    /// command reports its own failure in one line; a warning per connection retry would bury it.
-    func commandLogger(_ label: String) throws -> Logger {
-        var logger = try logger(label)
-        if logLevel == "info" { logger.logLevel = .error }
+        let level = Logger.Level(rawValue: settings.string(.logLevel) ?? "") ?? .info
+        logger.logLevel = quiet && settings[.logLevel]?.source == .defaultValue ? .error : level
         return logger
     }
 
@@ -173,8 +225,11 @@ struct BusOptions: ParsableArguments {
         _ label: String, connectBy deadline: ContinuousClock.Instant = .now + .seconds(30),
         _ body: (OsloRPCClient) async throws(RPCCallError) -> Void
     ) async throws {
+        let settings = try settings()
+        let logger = Self.logger(label, settings, quiet: true)
         let client = OsloRPCClient(
-            urls: try urls(), options: try rabbitOptions(), topic: topic, logger: try commandLogger(label))
+            urls: try Self.urls(settings), options: try Self.rabbitOptions(settings),
+            topic: settings.string(.topic) ?? "compute", logger: logger)
         do {
             try await client.start(connectTimeout: max(deadline - .now, .zero))
         } catch {
@@ -199,13 +254,14 @@ struct BusOptions: ParsableArguments {
 }
 
 enum Bootstrap {
-    /// The log handler every command writes through; the first call's format wins (swift-log bootstraps once).
+    /// The log handler every command writes through (swift-log bootstraps once), in `format`.
     static func logging(format: BerthLogHandler.Format = .text) {
+        LogSettings.shared.format = format
         once.withLock { done in
             guard !done else { return }
             done = true
             let journal = BerthLogHandler.stderrIsJournal()
-            LoggingSystem.bootstrap { label in BerthLogHandler(label: label, format: format, journal: journal) }
+            LoggingSystem.bootstrap { label in BerthLogHandler(label: label, journal: journal) }
         }
     }
 
@@ -218,120 +274,116 @@ struct Worker: AsyncParsableCommand {
         discussion: """
             Consumes <topic> (shared by the pool), <topic>.<host> and the fanout queue on the control exchange, \
             declared exactly as oslo.messaging declares them for the same options. Stops on SIGTERM after \
-            finishing (or handing back) the requests in hand.
+            finishing (or handing back) the requests in hand; SIGHUP reads the configuration files and the \
+            Glance token file again.
 
-            Example:
-              BERTH_TRANSPORT_URL=rabbit://berth:secret@127.0.0.1:5672/ berth worker --host compute-1 --libvirt-uri qemu:///system
+            Every option can also be set in an oslo.config-style file (--config-file, --config-dir; each \
+            option's help names its section and name) and in a BERTH_* environment variable. Precedence: \
+            command line, environment, files (a later one wins), default. --print-config shows the result and \
+            where each value came from.
+
+            Examples:
+              berth worker --config-file /etc/berth/berth.conf --host compute-1
+              BERTH_TRANSPORT_URL=rabbit://berth:secret@127.0.0.1:5672/ berth worker --host compute-1
             """)
+
+    @Option(
+        help: ArgumentHelp(
+            "An INI file of options, read as oslo.config reads it (repeatable; a later file wins).",
+            valueName: "path"))
+    var configFile: [String] = []
+
+    @Option(
+        help: ArgumentHelp(
+            "A directory whose *.conf files are read in name order, after the --config-file ones (repeatable).",
+            valueName: "path"))
+    var configDir: [String] = []
+
+    @Flag(help: "Print the settings (passwords masked) and where each came from, then exit.")
+    var printConfig = false
+
+    @Option(help: ArgumentHelp("With --print-config: text or json.", valueName: "format"))
+    var printFormat: ConfigurationPrinter.Format = .text
 
     @OptionGroup var bus: BusOptions
 
-    @Option(help: "Server name: the worker serves <topic>.<host>. Default: this machine's host name.")
-    var host: String?
-
-    @Option(help: "Requests worked on at once (also the basic.qos prefetch).")
-    var concurrency = 8
-
-    @Option(help: "libvirt connection URI (test:///default for the in-process test driver).")
-    var libvirtURI = "qemu:///system"
-
-    @Option(help: "Notification topic for status events (oslo's [oslo_messaging_notifications] topics).")
-    var notificationTopic = "notifications"
-
-    @Option(help: "Largest accepted message body in bytes; larger ones are dead-lettered.")
-    var maxMessageBytes = 1 << 20
-
-    @Option(help: "Seconds to finish in-flight requests after SIGTERM before handing them back.")
-    var gracePeriod = 30.0
-
-    @Flag(help: "Also serve the berth.debug namespace (sleep, fail, record), for tests.")
-    var debugRPC = false
+    @Option(help: ArgumentHelp(.host, valueName: "name")) var host: String?
+    @Option(help: ArgumentHelp(.concurrency, valueName: "count")) var concurrency: String?
+    @Option(help: ArgumentHelp(.libvirtURI, valueName: "uri")) var libvirtURI: String?
+    @Option(help: ArgumentHelp(.virtType, valueName: "type")) var virtType: String?
+    @Option(name: .customLong("notification-topic"), help: ArgumentHelp(.notificationTopics, valueName: "topic"))
+    var notificationTopics: [String] = []
+    @Option(help: ArgumentHelp(.maxMessageBytes, valueName: "bytes")) var maxMessageBytes: String?
+    @Option(help: ArgumentHelp(.gracePeriod, valueName: "seconds")) var gracePeriod: String?
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(.debugRPC)) var debugRPC: Bool?
 
     @OptionGroup var catalog: CatalogOptions
 
-    @Option(help: "Where the worker keeps its image cache, root disks (a libvirt storage pool), consoles and locks.")
-    var stateDir = "/var/lib/berth"
+    @Option(help: ArgumentHelp(.stateDir, valueName: "path")) var stateDir: String?
+    @Option(name: .customLong("node"), help: ArgumentHelp(.nodes, valueName: "node")) var nodes: [String] = []
+    @Option(help: ArgumentHelp(.storagePool, valueName: "pool")) var storagePool: String?
+    @Option(help: ArgumentHelp(.deadLetterQueue, valueName: "queue")) var deadLetterQueue: String?
+    @Option(name: .customLong("max-handoffs"), help: ArgumentHelp(.maxHandOffs, valueName: "count"))
+    var maxHandOffs: String?
+    @Option(help: ArgumentHelp(.maxAttempts, valueName: "count")) var maxAttempts: String?
+    @Option(help: ArgumentHelp(.handlerTimeout, valueName: "seconds")) var handlerTimeout: String?
+    @Option(help: ArgumentHelp(.metricsInterval, valueName: "seconds")) var metricsInterval: String?
+    @Option(help: ArgumentHelp(.meteringTopic, valueName: "topic")) var meteringTopic: String?
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(.forceConfigDrive)) var forceConfigDrive: Bool?
 
-    @Option(
-        name: .customLong("node"),
-        help: ArgumentHelp(
-            "A bare-metal node this worker deploys to: NAME=PATH[:SECTOR_SIZE] (a block device or disk file; repeatable).",
-            valueName: "node"))
-    var nodes: [String] = []
-
-    @Option(help: "libvirt storage pool (a dir pool under --state-dir/instances) for root disks.")
-    var storagePool = "berth"
-
-    @Option(
-        help: ArgumentHelp(
-            "Queue that keeps dead letters (bound to exchange berth.dlx). A quorum queue with --rabbit-quorum-queue, "
-                + "so every worker of a vhost must agree on that option, as for the RPC queues.",
-            valueName: "queue"))
-    var deadLetterQueue = "berth.dead-letter"
-
-    @Option(
-        name: .customLong("max-handoffs"),
-        help: "Times a boot sent to the pool that this host cannot run is passed on to other workers before the caller gets HostIncompatible; 0: answer at once.")
-    var maxHandOffs = 16
-
-    @Option(help: "Starts a request gets (the worker crashed or the handler timed out) before it is dead-lettered.")
-    var maxAttempts = 3
-
-    @Option(help: "Seconds a handler may run before it is abandoned and the request retried; 0: no limit.")
-    var handlerTimeout = 3600.0
-
-    @Option(help: "Seconds between metrics polls (berth.metrics samples on <metering-topic>.sample); 0: no poller.")
-    var metricsInterval = 10.0
-
-    @Option(help: "Notification topic for berth.metrics samples (Ceilometer's metering topic).")
-    var meteringTopic = "metering"
-
-    @Flag(
-        help: ArgumentHelp(
-            "Attach a config drive to every VM (Nova's force_config_drive); without it, a VM gets one when its boot "
-                + "asks with config_drive: true."))
-    var forceConfigDrive = false
-
-    @Option(help: "libvirt domain type: kvm, qemu (TCG) or test. Default: test for test:// URIs, else qemu; say kvm where guests run under KVM.")
-    var virtType: String?
-
-    func validate() throws {
-        guard (1...256).contains(concurrency) else { throw ValidationError("--concurrency must be 1-256") }
-        guard (1024...(64 << 20)).contains(maxMessageBytes) else {
-            throw ValidationError("--max-message-bytes must be between 1024 and 67108864")
-        }
-        guard gracePeriod >= 0, gracePeriod <= 3600 else { throw ValidationError("--grace-period must be 0-3600 s") }
-        if let host { try HostName.validate(host) }
-        guard !deadLetterQueue.isEmpty, deadLetterQueue.utf8.count <= 255,
-            !deadLetterQueue.hasPrefix("amq."), deadLetterQueue.allSatisfy({ !$0.isWhitespace && !$0.isNewline })
-        else {
-            throw ValidationError("--dead-letter-queue must be 1-255 bytes, no spaces, not starting with 'amq.'")
-        }
-        guard (0...100).contains(maxHandOffs) else { throw ValidationError("--max-handoffs must be 0-100") }
-        guard (1...100).contains(maxAttempts) else { throw ValidationError("--max-attempts must be 1-100") }
-        guard handlerTimeout >= 0, handlerTimeout <= 86400 else {
-            throw ValidationError("--handler-timeout must be 0 (no limit) to 86400 s")
-        }
-        guard metricsInterval == 0 || (0.1...3600).contains(metricsInterval) else {
-            throw ValidationError("--metrics-interval must be 0 (off) or 0.1-3600 s")
-        }
+    /// Every option given on the command line, as the top configuration layer.
+    var commandLine: [WorkerOption: WorkerConfiguration.CommandLineValue] {
+        var given = bus.commandLine.merging(catalog.commandLine) { _, new in new }
+        given[.host] = host.map { .text($0) }
+        given[.concurrency] = concurrency.map { .text($0) }
+        given[.libvirtURI] = libvirtURI.map { .text($0) }
+        given[.virtType] = virtType.map { .text($0) }
+        given[.notificationTopics] = notificationTopics.isEmpty ? nil : .list(notificationTopics)
+        given[.maxMessageBytes] = maxMessageBytes.map { .text($0) }
+        given[.gracePeriod] = gracePeriod.map { .text($0) }
+        given[.debugRPC] = debugRPC.map { .boolean($0) }
+        given[.stateDir] = stateDir.map { .text($0) }
+        given[.nodes] = nodes.isEmpty ? nil : .list(nodes)
+        given[.storagePool] = storagePool.map { .text($0) }
+        given[.deadLetterQueue] = deadLetterQueue.map { .text($0) }
+        given[.maxHandOffs] = maxHandOffs.map { .text($0) }
+        given[.maxAttempts] = maxAttempts.map { .text($0) }
+        given[.handlerTimeout] = handlerTimeout.map { .text($0) }
+        given[.metricsInterval] = metricsInterval.map { .text($0) }
+        given[.meteringTopic] = meteringTopic.map { .text($0) }
+        given[.forceConfigDrive] = forceConfigDrive.map { .boolean($0) }
+        return given
     }
 
     func run() async throws {
-        let logger = try bus.logger("berth.worker")
-        let hostName = host ?? ProcessInfo.processInfo.hostName
+        let sources = ConfigurationSources(files: configFile, directories: configDir, commandLine: commandLine)
+        let settings: WorkerConfiguration
+        do {
+            settings = try sources.load()
+        } catch {
+            throw ValidationError(error.message)
+        }
+        if printConfig {
+            ConfigurationPrinter(format: printFormat).print(settings)
+            return
+        }
+        let logger = BusOptions.logger("berth.worker", settings)
+        let hostName = settings.string(.host) ?? ProcessInfo.processInfo.hostName
         try HostName.validate(hostName)
+        let stateDir = settings.string(.stateDir) ?? "/var/lib/berth"
+        let libvirtURI = settings.string(.libvirtURI) ?? "qemu:///system"
 
-        var configuration = RPCServerConfiguration(urls: try bus.urls(), host: hostName)
-        configuration.topic = bus.topic
-        configuration.options = try bus.rabbitOptions()
-        configuration.concurrency = concurrency
-        configuration.limits = JSONLimits(maxBytes: maxMessageBytes, maxDepth: 32)
-        configuration.gracePeriod = .milliseconds(Int(gracePeriod * 1000))
-        configuration.notificationTopics = [notificationTopic]
-        configuration.maxAttempts = maxAttempts
-        configuration.maxHandOffs = maxHandOffs
-        configuration.deadLetter = DeadLetterRoute(queue: deadLetterQueue)
+        var configuration = RPCServerConfiguration(urls: try BusOptions.urls(settings), host: hostName)
+        configuration.topic = settings.string(.topic) ?? configuration.topic
+        configuration.options = try BusOptions.rabbitOptions(settings)
+        configuration.concurrency = settings.integer(.concurrency)
+        configuration.limits = JSONLimits(maxBytes: settings.integer(.maxMessageBytes), maxDepth: 32)
+        configuration.gracePeriod = .milliseconds(Int(settings.number(.gracePeriod) * 1000))
+        configuration.notificationTopics = settings.list(.notificationTopics)
+        configuration.maxAttempts = settings.integer(.maxAttempts)
+        configuration.maxHandOffs = settings.integer(.maxHandOffs)
+        configuration.deadLetter = DeadLetterRoute(queue: settings.string(.deadLetterQueue) ?? "berth.dead-letter")
+        let handlerTimeout = settings.number(.handlerTimeout)
         configuration.handlerTimeout = handlerTimeout > 0 ? .milliseconds(Int(handlerTimeout * 1000)) : nil
         configuration.attemptsDirectory = stateDir + "/attempts"
 
@@ -341,32 +393,33 @@ struct Worker: AsyncParsableCommand {
         } catch {
             logger.warning("libvirt is not reachable yet; methods that need it will fail until it is", metadata: ["error": "\(error)"])
         }
-        let domainType: DomainSpec.DomainType
-        if let virtType {
-            guard let chosen = DomainSpec.DomainType(rawValue: virtType) else {
-                throw ValidationError("--virt-type must be one of kvm, qemu, test")
-            }
-            domainType = chosen
-        } else {
-            domainType = ComputeConfiguration.defaultDomainType(libvirtURI: libvirtURI)
-        }
+        let domainType =
+            settings.string(.virtType).flatMap(DomainSpec.DomainType.init(rawValue:))
+            ?? ComputeConfiguration.defaultDomainType(libvirtURI: libvirtURI)
         var computeConfiguration = ComputeConfiguration(stateDirectory: stateDir, domainType: domainType)
-        computeConfiguration.poolName = storagePool
-        computeConfiguration.forceConfigDrive = forceConfigDrive
+        computeConfiguration.poolName = settings.string(.storagePool) ?? computeConfiguration.poolName
+        computeConfiguration.forceConfigDrive = settings.boolean(.forceConfigDrive)
+        let catalogSettings = CatalogSettings(settings)
+        let glanceToken = GlanceToken(try catalogSettings.glanceToken())
         var compute = ComputeService(
-            host: hostName, catalog: try catalog.open(stateDirectory: stateDir), libvirt: libvirt,
-            configuration: computeConfiguration)
+            host: hostName, catalog: try catalogSettings.open(stateDirectory: stateDir, token: glanceToken),
+            libvirt: libvirt, configuration: computeConfiguration)
         let metricsRecorder = MetricsRecorder(host: hostName)
+        let metricsInterval = settings.number(.metricsInterval)
         // Without a poller nobody drains the recorder: boot durations would pile up to its cap.
         compute.metrics = metricsInterval > 0 ? metricsRecorder : nil
         var inventory = NodeInventory()
-        for node in nodes {
-            do { try inventory.add(node) } catch { throw ValidationError(error.message) }
+        for node in settings.list(.nodes) {
+            do {
+                try inventory.add(node)
+            } catch {
+                throw ValidationError("\(settings.origin(of: .nodes)): \(error.message)")
+            }
         }
         let bareMetal = BareMetalService(
             host: hostName, catalog: compute.catalog, inventory: inventory, stateDirectory: stateDir)
         var endpoints = [ComputeEndpoints(compute: compute, bareMetal: bareMetal).endpoint]
-        if debugRPC { endpoints.append(DebugEndpoints.endpoint) }
+        if settings.boolean(.debugRPC) { endpoints.append(DebugEndpoints.endpoint) }
 
         let server = try RPCServer(configuration: configuration, endpoints: endpoints, logger: logger)
         do {
@@ -383,8 +436,8 @@ struct Worker: AsyncParsableCommand {
             let poller = MetricsPoller(
                 configuration: metricsConfiguration, source: libvirt,
                 publisher: MeteringNotifier(
-                    urls: configuration.urls, options: configuration.options, host: hostName, topics: [meteringTopic],
-                    logger: logger),
+                    urls: configuration.urls, options: configuration.options, host: hostName,
+                    topics: [settings.string(.meteringTopic) ?? "metering"], logger: logger),
                 recorder: metricsRecorder, logger: logger)
             do {
                 try await poller.start()
@@ -402,9 +455,10 @@ struct Worker: AsyncParsableCommand {
                 successTerminationBehavior: .ignore))
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        // SIGHUP is systemd's reload (ExecReload=): it must not end the worker. What a reload re-reads is
-        // logged; the worker keeps serving.
-        let reload = ReloadSignal(logger: logger)
+        // SIGHUP is systemd's reload (ExecReload=): it reads the files and the token file again and applies what
+        // can change while running; it never ends the worker or touches the requests in hand.
+        let reloader = WorkerReload(sources: sources, running: settings, glanceToken: glanceToken, logger: logger)
+        let reload = ReloadSignal(logger: logger) { reloader.reload() }
         systemd.notify("READY=1", "STATUS=consuming \(configuration.topic) as \(hostName)", "MAINPID=\(getpid())")
         try await group.run()
         withExtendedLifetime(reload) {}
@@ -415,9 +469,8 @@ struct Worker: AsyncParsableCommand {
 enum HostName {
     /// Host names become queue names and routing keys; keep them to what both accept unescaped.
     static func validate(_ name: String) throws {
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:")
-        guard !name.isEmpty, name.count <= 128, name.allSatisfy(allowed.contains) else {
-            throw ValidationError("host name '\(name.prefix(64))' must be 1-128 characters of letters, digits, '.', '-', '_', ':'")
+        guard HostNameRule.isValid(name) else {
+            throw ValidationError("host name '\(name.prefix(64))' must be \(HostNameRule.expectation)")
         }
     }
 }
@@ -541,7 +594,7 @@ struct Notify: AsyncParsableCommand {
     func validate() throws { try validateTimeout(timeout) }
 
     func run() async throws {
-        let logger = try bus.commandLogger("berth.notify")
+        let logger = BusOptions.logger("berth.notify", try bus.settings(), quiet: true)
         guard let payloadValue = try? JSONCodec.parse(payload) else {
             throw ValidationError("--payload must be JSON")
         }

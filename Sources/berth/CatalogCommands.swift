@@ -1,5 +1,6 @@
 import ArgumentParser
 import BerthCatalog
+import BerthConfig
 import BerthCore
 import BerthJSON
 import BerthLibvirt
@@ -8,33 +9,60 @@ import Foundation
 
 /// Where the catalog is: `local:PATH` (the default, `local:/var/lib/berth/catalog`) or `glance:URL` (images in
 /// Glance v2; volumes and volume snapshots stay in the local catalog at `--volume-catalog`). docs/glance.md.
+/// The worker also takes these from its configuration files and environment (`CatalogSettings`).
 struct CatalogOptions: ParsableArguments {
-    @Option(
-        help: ArgumentHelp(
-            "Image catalog: local:PATH, or glance:URL (e.g. glance:http://127.0.0.1:9292).", valueName: "catalog"))
-    var catalog = "local:/var/lib/berth/catalog"
+    @Option(help: ArgumentHelp(.catalog, valueName: "catalog"))
+    var catalog: String?
 
-    @Option(
-        help: ArgumentHelp(
-            "With glance:URL: a file (mode 0600) holding the Glance token sent as X-Auth-Token; else the "
-                + "BERTH_GLANCE_TOKEN, then OS_AUTH_TOKEN, from the environment.", valueName: "path"))
+    @Option(help: ArgumentHelp(.glanceTokenFile, valueName: "path"))
     var glanceTokenFile: String?
 
-    @Option(
-        help: ArgumentHelp(
-            "With glance:URL: this host's download cache of Glance image data (default: cache/glance under the "
-                + "command's --state-dir, /var/lib/berth/cache/glance without one).", valueName: "path"))
+    @Option(help: ArgumentHelp(.glanceCacheDir, valueName: "path"))
     var glanceCacheDir: String?
 
-    @Option(
-        help: ArgumentHelp(
-            "With glance:URL: the local catalog directory that holds volumes and volume snapshots.",
-            valueName: "path"))
-    var volumeCatalog = "/var/lib/berth/catalog"
+    @Option(help: ArgumentHelp(.volumeCatalog, valueName: "path"))
+    var volumeCatalog: String?
+
+    /// The options given on the command line, as a configuration layer.
+    var commandLine: [WorkerOption: WorkerConfiguration.CommandLineValue] {
+        var given: [WorkerOption: WorkerConfiguration.CommandLineValue] = [:]
+        given[.catalog] = catalog.map { .text($0) }
+        given[.glanceTokenFile] = glanceTokenFile.map { .text($0) }
+        given[.glanceCacheDir] = glanceCacheDir.map { .text($0) }
+        given[.volumeCatalog] = volumeCatalog.map { .text($0) }
+        return given
+    }
 
     /// `stateDirectory`: the command's `--state-dir`, under which the Glance cache goes unless
     /// `--glance-cache-dir` says otherwise (the worker's image cache hard-links it, so they share a file system).
     func open(stateDirectory: String = "/var/lib/berth") throws -> any Catalog {
+        let configuration: WorkerConfiguration
+        do {
+            configuration = try WorkerConfiguration(commandLine: commandLine)
+        } catch {
+            throw ValidationError(error.message)
+        }
+        let settings = CatalogSettings(configuration)
+        return try settings.open(stateDirectory: stateDirectory, token: GlanceToken(try settings.glanceToken()))
+    }
+}
+
+/// The catalog's settings, from the command line or the worker's configuration.
+struct CatalogSettings {
+    var catalog: String
+    var glanceTokenFile: String?
+    var glanceCacheDir: String?
+    var volumeCatalog: String
+
+    init(_ configuration: WorkerConfiguration) {
+        catalog = configuration.string(.catalog) ?? ""
+        glanceTokenFile = configuration.string(.glanceTokenFile)
+        glanceCacheDir = configuration.string(.glanceCacheDir)
+        volumeCatalog = configuration.string(.volumeCatalog) ?? ""
+    }
+
+    /// `token`: what a Glance catalog sends, shared with whoever replaces it (the worker's reload).
+    func open(stateDirectory: String, token: GlanceToken) throws -> any Catalog {
         if catalog.hasPrefix("local:"), catalog.count > 6 {
             return LocalCatalog(root: String(catalog.dropFirst(6)))
         }
@@ -46,8 +74,7 @@ struct CatalogOptions: ParsableArguments {
                 throw ValidationError("--catalog: \(error.message)")
             }
             return GlanceCatalog(
-                endpoint: endpoint, token: try glanceToken(),
-                cacheDirectory: glanceCacheDir ?? "\(stateDirectory)/cache/glance",
+                endpoint: endpoint, token: token, cacheDirectory: glanceCacheDir ?? "\(stateDirectory)/cache/glance",
                 volumes: LocalCatalog(root: volumeCatalog))
         }
         throw ValidationError(

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -14,10 +15,14 @@ struct BerthLogHandler: LogHandler {
     }
 
     let label: String
-    let format: Format
     let journal: Bool
-    var logLevel: Logger.Level = .trace
     var metadata: Logger.Metadata = [:]
+
+    /// Shared by every handler of the process, so a reload (SIGHUP) changes them for all loggers at once.
+    var logLevel: Logger.Level {
+        get { LogSettings.shared.level }
+        set { LogSettings.shared.level = newValue }
+    }
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
@@ -39,7 +44,7 @@ struct BerthLogHandler: LogHandler {
         var merged = metadata
         if let explicit = event.metadata { merged.merge(explicit) { _, new in new } }
         var text = journal ? "<\(Self.syslogPriority(level))>" : ""
-        switch format {
+        switch LogSettings.shared.format {
         case .text:
             let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
             text += "\(Self.timestamp()) \(level) \(label):\(fields.isEmpty ? "" : " " + fields) [\(source)] \(message)"
@@ -83,5 +88,22 @@ struct BerthLogHandler: LogHandler {
         var buffer = [Int8](repeating: 0, count: 64)
         let count = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%S%z", &parts)
         return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// The level and format of every `BerthLogHandler` in the process: set at start, changed by a reload.
+final class LogSettings: Sendable {
+    static let shared = LogSettings()
+
+    private let state = Mutex<(level: Logger.Level, format: BerthLogHandler.Format)>((.info, .text))
+
+    var level: Logger.Level {
+        get { state.withLock { $0.level } }
+        set { state.withLock { $0.level = newValue } }
+    }
+
+    var format: BerthLogHandler.Format {
+        get { state.withLock { $0.format } }
+        set { state.withLock { $0.format = newValue } }
     }
 }

@@ -62,8 +62,7 @@ struct Monitor: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var logger = try bus.logger("berth.monitor")
-        if bus.logLevel == "info" { logger.logLevel = .warning }
+        let logger = BusOptions.logger("berth.monitor", try bus.settings(), quiet: true)
         let options = try bus.rabbitOptions()
         let queue = MetricsMonitorTopology.queueName()
         let client = AMQPClient(

@@ -45,6 +45,8 @@ from test_security import broker_address, process_title, rabbitmqctl
 DEPLOY = REPO_ROOT / "deploy"
 UNIT = DEPLOY / "berth-worker@.service"
 ENV_FILE = DEPLOY / "worker.env"
+SAMPLE_CONFIG = DEPLOY / "berth.conf.sample"
+CONFIG_PATH = "/etc/berth/berth.conf"  # where the unit reads it; the tests give it the sample
 DROP_IN = DEPLOY / "berth-worker@.service.d" / "baremetal.conf"
 DEFINITIONS = DEPLOY / "rabbitmq-definitions.json"
 INSTANCE = "compute-1"
@@ -131,22 +133,28 @@ def test_unit_exposure_is_low(systemd_root):
     assert proc.returncode == 0 and float(match.group(1)) <= EXPOSURE_THRESHOLD, proc.stdout
 
 
-def test_env_file_defines_what_the_unit_uses():
+def test_env_file_defines_what_the_unit_uses(berth_bin):
     unit = unit_directives(UNIT.read_text())
     env = env_file(ENV_FILE.read_text())
     (exec_start,) = unit["ExecStart"]
     used = set(re.findall(r"\$\{(\w+)\}|\$(\w+)", exec_start))
     used = {a or b for a, b in used}
-    assert used, exec_start
     missing = sorted(name for name in used if not env.get(name))
     assert not missing, f"ExecStart uses {missing}, which {ENV_FILE.name} does not define"
     assert env.get("BERTH_TRANSPORT_URL"), "the env file must carry the transport URL"
-    # Credentials never on the command line; the unit reads them from the env file.
+    # Credentials never on the command line; the unit reads them from the env file, the rest from berth.conf.
     assert "transport-url" not in exec_start and "BERTH_TRANSPORT_URL" not in exec_start
+    assert f"--config-file {CONFIG_PATH}" in exec_start
     assert unit["EnvironmentFile"] == ["/etc/berth/worker.env"]
-    # systemd must not SIGKILL a worker that is still within its grace period.
+    # systemd must not SIGKILL a worker that is still within its grace period: the one the worker would use,
+    # from the sample configuration and the env file.
+    proc = subprocess.run([berth_bin, "worker", "--config-file", str(SAMPLE_CONFIG), "--print-config",
+                           "--print-format", "json"], capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env})
+    assert proc.returncode == 0, proc.stderr
+    grace = json.loads(proc.stdout)["berth"]["grace_period"]["value"]
     stop_timeout = float(unit["TimeoutStopSec"][0].rstrip("s"))
-    assert stop_timeout > float(env["BERTH_GRACE_PERIOD"]), (stop_timeout, env["BERTH_GRACE_PERIOD"])
+    assert stop_timeout > grace, (stop_timeout, grace)
     assert unit["KillSignal"] == ["SIGTERM"] and unit["User"] == ["berth"]
 
 
@@ -273,7 +281,7 @@ def unit_argv(binary: str, env: dict[str, str]) -> list[str]:
     """ExecStart as systemd runs it for instance INSTANCE: %i, ${VAR} (one argument each), the binary."""
     (exec_start,) = unit_directives(UNIT.read_text())["ExecStart"]
     argv = []
-    for word in shlex.split(exec_start.replace("%i", INSTANCE)):
+    for word in shlex.split(exec_start.replace("%i", INSTANCE).replace(CONFIG_PATH, str(SAMPLE_CONFIG))):
         argv.append(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word))
     assert argv[0] == "/usr/local/bin/berth", argv
     return [binary, *argv[1:]]

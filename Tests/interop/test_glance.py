@@ -17,8 +17,10 @@ import hashlib
 import json
 import os
 import pathlib
+import signal
 import sqlite3
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -465,3 +467,94 @@ def test_a_worker_cache_copy_from_before_the_inspector_is_inspected_at_boot(rpc_
     assert "qcow2 overlay with a backing file" in str(caught.value.value), caught.value
     assert_gone(glance_worker, inst["uuid"])
     cached.unlink()
+
+
+# --- SIGHUP: the token file and the configuration read again --------------------------------------------
+
+
+def test_sighup_rereads_the_token_file_and_config_while_a_boot_is_in_flight(rpc_transport, worker_factory, cli,
+                                                                            glance, tmp_path):
+    """The token file and the log level come from a configuration file; SIGHUP while a boot is in flight
+    changes both without touching the boot, and later boots use whatever token the file then holds."""
+    token = tmp_path / "token"
+
+    def write_token(text: str):
+        # Replaced, not rewritten in place, as a token refresher (or a Kubernetes secret) does.
+        fresh = tmp_path / "token.new"
+        fresh.write_text(text + "\n")
+        fresh.chmod(0o600)
+        fresh.replace(token)
+
+    config = tmp_path / "berth.conf"
+
+    def write_config(level: str, concurrency: int = 8):
+        config.write_text(f"[berth]\nlog_level = {level}\nconcurrency = {concurrency}\n"
+                          f"[glance]\ntoken_file = {token}\n")
+
+    write_token(glance.token)
+    write_config("info")
+    state, pool = tmp_path / "state", f"berth-test-{uuid.uuid4().hex[:8]}"
+    w = worker_factory(extra_args=[
+        "--config-file", str(config), "--libvirt-uri", LIBVIRT_URI, "--state-dir", str(state),
+        "--storage-pool", pool, "--catalog", f"glance:{GLANCE_URL}", "--volume-catalog", str(cli.volumes),
+    ])
+    w.state, w.pool = state, pool
+    w.glance_cache = state / "cache" / "glance"
+    w.start()
+
+    def reloads() -> int:
+        return w.log_text().count("SIGHUP: configuration reloaded")
+
+    def sighup(expected: int):
+        w.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while reloads() < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert reloads() == expected, w.describe()
+
+    booted = []
+    try:
+        # A boot in flight (this worker's cache is empty: it downloads three images, then starts QEMU) while the
+        # token file is replaced and the configuration changed.
+        first = instance(cli.image_id)
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(boot(rpc_transport, w, first)))
+        thread.start()
+        time.sleep(0.3)
+        write_token(glance.token)
+        write_config("debug", concurrency=3)
+        assert thread.is_alive(), "the boot ended before the reload: nothing was in flight"
+        sighup(1)
+        thread.join(timeout=200)
+        assert result.get("status") == "ACTIVE", (result, w.describe())
+        booted.append(first["uuid"])
+        log = w.log_text()
+        assert "log_level=debug" in log, w.describe()
+        assert "[berth] concurrency" in log and "take effect at the next start" in log, w.describe()
+
+        # A token the file now holds that Glance refuses: the next boot that needs Glance is refused with 401.
+        disk = tmp_path / "after.raw"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "8M"], check=True)
+        image_id = cli.image("after-reload", "raw", disk, kernel_id=cli.kernel_id, ramdisk_id=cli.ramdisk_id,
+                             kernel_args=IMAGE_ARGS)
+        write_token("revoked-" + uuid.uuid4().hex)
+        sighup(2)
+        refused = instance(image_id)
+        with pytest.raises(oslo_messaging.RemoteError) as caught:
+            boot(rpc_transport, w, refused)
+        assert "token is missing, wrong or expired" in str(caught.value.value), caught.value
+        assert_no_cache_file(w, image_id)
+
+        # The valid token back in the file: the same boot works, without a restart.
+        write_token(glance.token)
+        sighup(3)
+        second = instance(image_id)
+        assert boot(rpc_transport, w, second)["status"] == "ACTIVE"
+        booted.append(second["uuid"])
+        assert w.proc.poll() is None, w.describe()
+    finally:
+        for uuid_ in booted:
+            delete(rpc_transport, w, uuid_)
+        assert w.stop() == 0, w.describe()
+        virsh("pool-destroy", pool, check=False)
+        virsh("pool-undefine", pool, check=False)

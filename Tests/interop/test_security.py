@@ -398,6 +398,29 @@ def test_worker_serves_over_verified_tls(tls_broker, tls_transport, credential_w
           f"protocol {protocol}; `berth call ping` over TLS took {cli_seconds:.2f}s")
 
 
+def test_oslo_tls_options_reach_the_tls_listener(tls_broker, tls_transport, credential_workers, berth_bin, names,
+                                                tmp_path):
+    """TLS the oslo way: a rabbit:// URL with [oslo_messaging_rabbit] ssl and ssl_ca_file from a configuration
+    file (the worker), and ?ssl=1&ssl_ca_file= in the URL (the CLI)."""
+    config = tmp_path / "tls.conf"
+    config.write_text(f"[oslo_messaging_rabbit]\nssl = true\nssl_ca_file = {tls_broker.ca}\n")
+    url = f"rabbit://guest:guest@localhost:{tls_broker.tls_port}/"
+    w = credential_workers(url=url, transport=tls_transport, extra_args=["--config-file", str(config)]).start()
+    client = rpc_client(tls_transport, names.topic)
+    assert client.prepare(server=w.host, timeout=15).call(request_context(), "ping")["host"] == w.host
+    rows = rabbitmqctl("list_connections", "ssl", "client_properties", "-q", "--no-table-headers",
+                       node=tls_broker.node).stdout.splitlines()
+    assert any(row.startswith("true") and w.host in row for row in rows), rows
+
+    proc = subprocess.run(
+        [berth_bin, "call", "ping", "--server", w.host, "--control-exchange", names.exchange, "--topic", names.topic,
+         "--timeout", "15"],
+        capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, BERTH_TRANSPORT_URL=f"{url}?ssl=1&ssl_ca_file={tls_broker.ca}"))
+    assert proc.returncode == 0 and w.host in proc.stdout, proc.stderr
+    assert w.stop() == 0, w.describe()
+
+
 TLS_REFUSALS = {
     # label: (URL host, query given the broker, words the error must contain)
     "wrong-ca": ("localhost", lambda b: f"cacert={b.wrong_ca}", ["is not signed by a CA in", "other-ca.pem",
