@@ -26,7 +26,8 @@ public final class MetricsRecorder: Sendable {
     /// Past this many waiting samples (the broker away for long) the oldest are dropped.
     public let capacity: Int
     private let pending = Mutex<[MetricsSample]>([])
-    private let bootTimer = Metrics.Timer(label: "berth_boot_duration_seconds")
+    private let bootTimer = Metrics.Timer(label: WorkerMetrics.bootDuration)
+    private let deployThroughput = Recorder(label: WorkerMetrics.deployThroughput)
     private let dropped = Counter(label: "berth_metrics_samples_dropped_total")
 
     public init(host: String, capacity: Int = 10_000) {
@@ -54,6 +55,7 @@ public final class MetricsRecorder: Sendable {
         uuid: String, imageID: String, flavor: String, bytes: UInt64, seconds: Double, at date: Date = Date()
     ) {
         guard seconds > 0 else { return }
+        deployThroughput.record(Double(bytes) / seconds)
         enqueue([
             Meters.deployThroughputSample(
                 bytesPerSecond: Double(bytes) / seconds,
@@ -205,6 +207,8 @@ public final class MetricsPoller: Service, Sendable {
     public let recorder: MetricsRecorder
     let source: any DomainStatsSource
     let publisher: any MetricsPublisher
+    /// The `/metrics` endpoint's per-instance series, set from every poll; nil without `--metrics-listen`.
+    let series: InstanceSeries?
     let logger: Logger
     private let collector = Mutex(MetricsCollector())
     private let stats = Mutex(Statistics())
@@ -221,11 +225,12 @@ public final class MetricsPoller: Service, Sendable {
 
     public init(
         configuration: MetricsPollerConfiguration, source: any DomainStatsSource, publisher: any MetricsPublisher,
-        recorder: MetricsRecorder? = nil, logger: Logger
+        recorder: MetricsRecorder? = nil, series: InstanceSeries? = nil, logger: Logger
     ) {
         self.configuration = configuration
         self.source = source
         self.publisher = publisher
+        self.series = series
         self.recorder = recorder ?? MetricsRecorder(host: configuration.host)
         var logger = logger
         logger[metadataKey: "component"] = "metrics"
@@ -302,6 +307,7 @@ public final class MetricsPoller: Service, Sendable {
                 stats.withLock { $0.domainsSkipped += skipped }
             }
             domainsGauge.record(records.count - skipped)
+            series?.update(samples, present: Set(records.map(\.uuid)))
             pollTimer.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - began))
             return samples
         } catch {

@@ -232,6 +232,13 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Notification topic for berth.metrics samples (Ceilometer's metering topic).")
     var meteringTopic = "metering"
 
+    @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus /metrics and /healthz on this address (IPv4 or [IPv6] literal and port, e.g. "
+                + "127.0.0.1:9180). Off by default; keep it on loopback or a management network.",
+            valueName: "host:port"))
+    var metricsListen: String?
+
     @Flag(
         help: ArgumentHelp(
             "Attach a config drive to every VM (Nova's force_config_drive); without it, a VM gets one when its boot "
@@ -261,10 +268,22 @@ struct Worker: AsyncParsableCommand {
         guard metricsInterval == 0 || (0.1...3600).contains(metricsInterval) else {
             throw ValidationError("--metrics-interval must be 0 (off) or 0.1-3600 s")
         }
+        _ = try listenAddress()
+    }
+
+    func listenAddress() throws -> MetricsListenAddress? {
+        do {
+            return try metricsListen.map(MetricsListenAddress.init(parsing:))
+        } catch {
+            throw ValidationError(error.description)
+        }
     }
 
     func run() async throws {
         let logger = try bus.logger("berth.worker")
+        let metricsAddress = try listenAddress()
+        // Before anything makes a metric: swift-metrics binds each one to the backend of the moment.
+        let registry = metricsAddress.map { _ in MetricsEndpoint.bootstrapMetrics() }
         let hostName = host ?? ProcessInfo.processInfo.hostName
         try HostName.validate(hostName)
 
@@ -315,6 +334,21 @@ struct Worker: AsyncParsableCommand {
         if debugRPC { endpoints.append(DebugEndpoints.endpoint) }
 
         let server = try RPCServer(configuration: configuration, endpoints: endpoints, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let metricsAddress, let registry {
+            // Before connecting, so a bad address fails at once; first in the group, so it is stopped last and
+            // /healthz answers 503 throughout the drain.
+            let endpoint = try MetricsEndpoint(
+                address: metricsAddress, registry: registry, health: { server.health },
+                refresh: { server.recordGauges() }, logger: logger)
+            do {
+                try await endpoint.start()
+            } catch {
+                logger.critical("cannot start", metadata: ["error": "\(error)"])
+                throw ExitCode(1)
+            }
+            services.append(.init(service: endpoint))
+        }
         do {
             try await server.start()
         } catch {
@@ -322,7 +356,7 @@ struct Worker: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let systemd = SystemdNotifier()
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
+        services.append(.init(service: server))
         if metricsInterval > 0 {
             var metricsConfiguration = MetricsPollerConfiguration(host: hostName)
             metricsConfiguration.interval = .milliseconds(Int(metricsInterval * 1000))
@@ -331,7 +365,7 @@ struct Worker: AsyncParsableCommand {
                 publisher: MeteringNotifier(
                     urls: configuration.urls, options: configuration.options, host: hostName, topics: [meteringTopic],
                     logger: logger),
-                recorder: metricsRecorder, logger: logger)
+                recorder: metricsRecorder, series: registry.map(InstanceSeries.init), logger: logger)
             do {
                 try await poller.start()
             } catch {
