@@ -36,30 +36,22 @@ public final class MetricsRecorder: Sendable {
     }
 
     /// A VM boot finished: `seconds` from accepting the request to the domain running.
-    public func bootFinished(uuid: String, imageID: String, flavor: String, seconds: Double, at date: Date = Date()) {
+    public func bootFinished(_ tags: InstanceTags, seconds: Double, at date: Date = Date()) {
         bootTimer.recordSeconds(seconds)
-        enqueue([
-            Meters.bootDurationSample(
-                seconds: seconds, tags: InstanceTags(instanceUUID: uuid, imageID: imageID, flavor: flavor), host: host,
-                at: date)
-        ])
+        enqueue([Meters.bootDurationSample(seconds: seconds, tags: tags, host: host, at: date)])
     }
 
     /// A VM boot that began at `start` (when the request was accepted) has its domain running now.
-    public func bootFinished(uuid: String, imageID: String, flavor: String, since start: ContinuousClock.Instant) {
-        bootFinished(uuid: uuid, imageID: imageID, flavor: flavor, seconds: (ContinuousClock.now - start).seconds)
+    public func bootFinished(_ tags: InstanceTags, since start: ContinuousClock.Instant) {
+        bootFinished(tags, seconds: (ContinuousClock.now - start).seconds)
     }
 
     /// A bare-metal deploy finished writing `bytes` in `seconds`.
-    public func deployFinished(
-        uuid: String, imageID: String, flavor: String, bytes: UInt64, seconds: Double, at date: Date = Date()
-    ) {
+    public func deployFinished(_ tags: InstanceTags, bytes: UInt64, seconds: Double, at date: Date = Date()) {
         guard seconds > 0 else { return }
         deployThroughput.record(Double(bytes) / seconds)
         enqueue([
-            Meters.deployThroughputSample(
-                bytesPerSecond: Double(bytes) / seconds,
-                tags: InstanceTags(instanceUUID: uuid, imageID: imageID, flavor: flavor), host: host, at: date)
+            Meters.deployThroughputSample(bytesPerSecond: Double(bytes) / seconds, tags: tags, host: host, at: date)
         ])
     }
 
@@ -137,8 +129,7 @@ struct MetricsCollector {
             if let xml = definitions[uuid] {
                 do {
                     if let parsed = try DomainMetadata.parse(xml: xml), !parsed.imageID.isEmpty {
-                        known[uuid] = .tagged(
-                            InstanceTags(instanceUUID: uuid, imageID: parsed.imageID, flavor: parsed.flavor.name))
+                        known[uuid] = .tagged(InstanceTags(parsed, uuid: uuid))
                         continue
                     }
                     reason = "it has no Berth metadata with an image_id"

@@ -16,6 +16,13 @@ public struct RPCCall: Sendable {
 
     public var args: JSONObject { request.args }
     public var requestID: String? { request.context["request_id"]?.stringValue }
+    /// The oslo context's project and user (`project_id`/`user_id`; older contexts say `tenant`/`user`).
+    public var projectID: String? { contextText("project_id") ?? contextText("tenant") }
+    public var userID: String? { contextText("user_id") ?? contextText("user") }
+
+    private func contextText(_ key: String) -> String? {
+        request.context[key]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+    }
 }
 
 public typealias RPCMethod = @Sendable (RPCCall) async throws -> JSONValue

@@ -59,12 +59,12 @@ final class FakePublisher: MetricsPublisher {
 }
 
 /// A domain definition with Berth's metadata, as `virDomainGetXMLDesc` returns it.
-func berthMetadata(image: String, flavor: String = "tiny") -> String {
+func berthMetadata(image: String, flavor: String = "tiny", owner: String = "") -> String {
     """
     <domain type="test"><name>berth-x</name><metadata>\
     <berth:instance xmlns:berth="https://berth.example/xmlns/instance/1.0">\
     <berth:name>vm</berth:name><berth:image_id>\(image)</berth:image_id>\
-    <berth:flavor name="\(flavor)" vcpus="1" memory_mb="256" root_gb="1"/></berth:instance>\
+    <berth:flavor name="\(flavor)" vcpus="1" memory_mb="256" root_gb="1"/>\(owner)</berth:instance>\
     </metadata></domain>
     """
 }
@@ -124,6 +124,21 @@ struct MetricsPollerTests {
         #expect(source.state.withLock { $0.metadataAsks.last } == ["u4"])
     }
 
+    @Test func samplesCarryTheProjectAndUserTheDomainRecords() async {
+        let source = FakeStatsSource()
+        source.state.withLock {
+            $0.records = [Self.record("u1"), Self.record("u2")]
+            $0.metadata = [
+                "u1": berthMetadata(
+                    image: "img-1", owner: "<berth:project_id>p-1</berth:project_id><berth:user_id>u-9</berth:user_id>"),
+                "u2": berthMetadata(image: "img-2"),
+            ]
+        }
+        let samples = await poller(source, FakePublisher()).pollAndPublish()
+        #expect(samples.filter { $0.instanceUUID == "u1" }.allSatisfy { $0.projectID == "p-1" && $0.userID == "u-9" })
+        #expect(samples.filter { $0.instanceUUID == "u2" }.allSatisfy { $0.projectID == nil && $0.userID == nil })
+    }
+
     @Test func bootDurationsGoWithTheNextBatchAndSurviveAFailedPublish() async {
         let source = FakeStatsSource()
         let publisher = FakePublisher()
@@ -132,7 +147,7 @@ struct MetricsPollerTests {
         #expect(await poller.pollAndPublish().isEmpty)
         #expect(publisher.batches.isEmpty)
 
-        poller.recorder.bootFinished(uuid: "u1", imageID: "img-1", flavor: "tiny", seconds: 3)
+        poller.recorder.bootFinished(InstanceTags(instanceUUID: "u1", imageID: "img-1", flavor: "tiny"), seconds: 3)
         publisher.state.withLock { $0.failing = true }
         source.state.withLock {
             $0.records = [Self.record("u1")]
@@ -154,7 +169,7 @@ struct MetricsPollerTests {
         source.state.withLock { $0.failing = true }
         let publisher = FakePublisher()
         let poller = poller(source, publisher)
-        poller.recorder.bootFinished(uuid: "u1", imageID: "img-1", flavor: "tiny", seconds: 3)
+        poller.recorder.bootFinished(InstanceTags(instanceUUID: "u1", imageID: "img-1", flavor: "tiny"), seconds: 3)
         let sent = await poller.pollAndPublish()
         #expect(sent.map(\.name) == ["boot.duration"])
         #expect(poller.statistics.pollFailures == 1)
@@ -190,7 +205,7 @@ struct MetricsPollerTests {
         while publisher.batches.count < 3, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
-        poller.recorder.bootFinished(uuid: "u1", imageID: "img-1", flavor: "tiny", seconds: 1)
+        poller.recorder.bootFinished(InstanceTags(instanceUUID: "u1", imageID: "img-1", flavor: "tiny"), seconds: 1)
         task.cancel()
         try await task.value
         #expect(publisher.batches.count >= 3)

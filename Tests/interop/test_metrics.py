@@ -347,8 +347,10 @@ def test_every_sample_is_tagged_and_shaped(recorder, workers, booted, images):
         assert batch["event_type"] == "berth.metrics"
         host = batch["publisher_id"].removeprefix("compute.")
         for s in batch["payload"]["samples"]:
+            # Booted with conftest's request_context(): its project_id and user ride on every sample.
+            assert s == {**s, "project_id": "p-interop", "user_id": "u-interop"}, s
             assert set(s) == {"name", "unit", "type", "value", "image_id", "instance_uuid", "host", "flavor",
-                              "timestamp"}, s
+                              "timestamp", "project_id", "user_id"}, s
             # DESIGN §7: image_id is never null.
             assert s["image_id"] is not None and s["image_id"] in image_ids, s
             assert s["host"] == host
