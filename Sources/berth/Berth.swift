@@ -20,8 +20,9 @@ struct Berth: AsyncParsableCommand {
         subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self, Monitor.self, Deploy.self])
 }
 
-/// Broker options shared by every command that talks to RabbitMQ.
-struct BusOptions: ParsableArguments {
+/// Broker options shared by every command that talks to RabbitMQ. Commands that send no RPC (`notify`,
+/// `monitor`) take these alone, so they show no RPC topic they would not use.
+struct BrokerOptions: ParsableArguments {
     @Option(
         name: .customLong("transport-url"),
         help: ArgumentHelp(
@@ -34,9 +35,6 @@ struct BusOptions: ParsableArguments {
 
     @Option(help: "oslo's control_exchange.")
     var controlExchange = "berth"
-
-    @Option(help: "RPC topic.")
-    var topic = "compute"
 
     @Flag(help: "oslo amqp_durable_queues: durable control exchange and topic queues.")
     var amqpDurableQueues = false
@@ -108,13 +106,37 @@ struct BusOptions: ParsableArguments {
         return logger
     }
 
+    /// Reads a credentials file, refusing one that others can read: a password there is as good as public.
+    static func readSecretFile(_ path: String) throws -> String {
+        do {
+            return try TransportURLFile.read(path)
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+}
+
+/// The broker options and the RPC topic, for commands that send or serve RPCs.
+@dynamicMemberLookup
+struct BusOptions: ParsableArguments {
+    @OptionGroup var broker: BrokerOptions
+
+    @Option(help: "RPC topic.")
+    var topic = "compute"
+
+    subscript<Value>(dynamicMember path: KeyPath<BrokerOptions, Value>) -> Value { broker[keyPath: path] }
+
+    func urls() throws -> [AMQPURL] { try broker.urls() }
+    func rabbitOptions() throws -> RabbitOptions { try broker.rabbitOptions() }
+    func logger(_ label: String) throws -> Logger { try broker.logger(label) }
+
     /// Runs `body` with a started RPC client, stopping it afterwards, and maps failures to the exit
     /// statuses every bus command shares: 1 remote failure, 2 timeout, 3 not delivered or no broker.
     func withRPCClient(
         _ label: String, _ body: (OsloRPCClient) async throws(RPCCallError) -> Void
     ) async throws {
         var logger = try logger(label)
-        if logLevel == "info" { logger.logLevel = .warning }
+        if broker.logLevel == "info" { logger.logLevel = .warning }
         let client = OsloRPCClient(urls: try urls(), options: try rabbitOptions(), topic: topic, logger: logger)
         do {
             try await client.start()
@@ -131,15 +153,6 @@ struct BusOptions: ParsableArguments {
             case .timeout: throw ExitCode(2)
             case .notDelivered: throw ExitCode(3)
             }
-        }
-    }
-
-    /// Reads a credentials file, refusing one that others can read: a password there is as good as public.
-    static func readSecretFile(_ path: String) throws -> String {
-        do {
-            return try TransportURLFile.read(path)
-        } catch {
-            throw ValidationError(error.message)
         }
     }
 }
@@ -482,7 +495,7 @@ struct Notify: AsyncParsableCommand {
               berth notify instance.create.end --payload '{"instance_uuid": "...", "image_id": "..."}'
             """)
 
-    @OptionGroup var bus: BusOptions
+    @OptionGroup var bus: BrokerOptions
 
     @Argument(help: "Event type, e.g. instance.create.end.")
     var eventType: String

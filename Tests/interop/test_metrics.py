@@ -261,7 +261,8 @@ def sampled(recorder: SampleRecorder, booted: dict) -> bool:
 def run_monitors(berth_cli, metering_topic, groupings):
     procs = {
         by: subprocess.Popen(
-            [berth_cli.binary, "monitor", "--by", by, "--json", "--message-ids", "--duration", str(MONITOR_SECONDS),
+            [berth_cli.binary, "monitor", "--by", by, "--format", "json", "--message-ids", "--duration",
+             str(MONITOR_SECONDS),
              "--interval", "1", "--metering-topic", metering_topic,
              "--transport-url", berth_cli.url, "--control-exchange", berth_cli.names.exchange],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -325,6 +326,10 @@ def test_monitor_matches_what_a_stock_listener_recorded(berth_cli, recorder, wor
                 assert math.isclose(have["sum"], total, rel_tol=1e-12), (by, name, metric, have["sum"], total)
                 assert math.isclose(have["mean"], total / want["count"], rel_tol=1e-12), (by, name, metric)
                 assert (have["unit"], have["type"]) == (want["unit"], want["type"])
+                # Cumulative counters also get a rate (per second over the window); gauges do not.
+                assert ("rate" in have) == (want["type"] == "cumulative"), (by, name, metric)
+                if want["type"] == "cumulative":
+                    assert have["rate"] is not None and have["rate"] >= 0, (by, name, metric, have)
 
     # Every image, with all its instances on both workers, is in the per-image figures: the placeholder too.
     per_image = results["image_id"]["groups"]
@@ -600,3 +605,22 @@ def test_healthz_answers_503_while_the_worker_drains(worker_factory, metering_to
     # Still draining (the sleep has seconds to go): the endpoint answers, with 503.
     assert get("/healthz") == (503, "draining\n")
     assert w.proc.wait(timeout=30) == 0, w.describe()
+
+
+def test_monitor_duration_bounds_the_wait_for_a_missing_broker(berth_bin):
+    """`monitor --duration 2` against no broker exits 3 after about 2 s, not after 30 s of retrying."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [berth_bin, "monitor", "--duration", "2", "--format", "json",
+         "--transport-url", f"amqp://guest:guest@127.0.0.1:{free_port()}/"],
+        capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot reach the broker" in proc.stderr and "after 2.0 seconds" in proc.stderr, proc.stderr
+    assert elapsed < 6, elapsed
+
+
+@pytest.mark.parametrize("command", ["monitor", "notify"])
+def test_commands_without_rpc_show_no_rpc_topic(berth_bin, command):
+    shown = subprocess.run([berth_bin, command, "--help"], capture_output=True, text=True, timeout=30).stdout
+    assert "--topic <topic>" not in shown and "--control-exchange" in shown, shown
