@@ -309,15 +309,13 @@ public final class MetricsPoller: Service, Sendable {
         }
     }
 
-    /// Publishes in notifications of at most `maxSamplesPerNotification`; false when any did not get through.
-    /// Polled figures of a failed batch are dropped (the next poll reads them afresh); recorded ones go back to
-    /// the recorder for the next interval.
+    /// Publishes in notifications (`notifications(of:)`); false when any did not get through. Polled figures
+    /// of a failed batch are dropped (the next poll reads them afresh); recorded ones go back to the recorder
+    /// for the next interval.
     @discardableResult
     func publish(_ samples: [MetricsSample]) async -> Bool {
-        let size = max(1, configuration.maxSamplesPerNotification)
         var allSent = true
-        for start in stride(from: 0, to: samples.count, by: size) {
-            let chunk = Array(samples[start..<min(start + size, samples.count)])
+        for chunk in notifications(of: samples) {
             do {
                 try await publisher.publish(chunk)
                 samplesCounter.increment(by: chunk.count)
@@ -346,6 +344,29 @@ public final class MetricsPoller: Service, Sendable {
             }
         }
         return allSent
+    }
+
+    /// One notification per image, flavor and owner (in order of first appearance), of at most
+    /// `maxSamplesPerNotification` samples. Ceilometer's meter definitions read per-notification fields such as
+    /// `resource_metadata.image_id` from one sample of the batch (deploy/ceilometer/), so every sample of a
+    /// notification must share them.
+    func notifications(of samples: [MetricsSample]) -> [[MetricsSample]] {
+        struct Key: Hashable {
+            let imageID: String, flavor: String, projectID: String?, userID: String?
+        }
+        var order: [Key] = []
+        var groups: [Key: [MetricsSample]] = [:]
+        for sample in samples {
+            let key = Key(
+                imageID: sample.imageID, flavor: sample.flavor, projectID: sample.projectID, userID: sample.userID)
+            if groups[key] == nil { order.append(key) }
+            groups[key, default: []].append(sample)
+        }
+        let size = max(1, configuration.maxSamplesPerNotification)
+        return order.flatMap { key in
+            let group = groups[key]!
+            return stride(from: 0, to: group.count, by: size).map { Array(group[$0..<min($0 + size, group.count)]) }
+        }
     }
 
     static func nanoseconds(_ duration: Duration) -> Int64 {

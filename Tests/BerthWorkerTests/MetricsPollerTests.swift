@@ -103,15 +103,16 @@ struct MetricsPollerTests {
         #expect(first.count == 4)
         #expect(Set(first.map(\.imageID)) == ["img-1", "img-2"])
         #expect(first.filter { $0.instanceUUID == "u2" }.allSatisfy { $0.flavor == "big" && $0.host == "host-a" })
-        #expect(publisher.batches.count == 1)
+        // One notification per image (and flavor and owner) per interval.
+        #expect(publisher.batches.map { Set($0.map(\.imageID)) } == [["img-1"], ["img-2"]])
 
         await poller.pollAndPublish()
-        #expect(publisher.batches.count == 2)
+        #expect(publisher.batches.count == 4)
         // The untagged u3 is not asked about again on the next interval; the other domain was never Berth's.
         #expect(source.state.withLock { $0.metadataAsks } == [["u1", "u2", "u3"]])
         #expect(poller.statistics.domainsSkipped == 2)
         #expect(poller.statistics.samplesPublished == 8)
-        #expect(poller.statistics.batchesPublished == 2)
+        #expect(poller.statistics.batchesPublished == 4)
         #expect(poller.statistics.polls == 2)
 
         // A new domain is read; a gone one is forgotten.
@@ -187,6 +188,22 @@ struct MetricsPollerTests {
         let poller = poller(source, publisher, maxSamples: 4)
         #expect(await poller.pollAndPublish().count == 10)
         #expect(publisher.batches.map(\.count) == [4, 4, 2])
+    }
+
+    /// Ceilometer reads an image id or a project per notification (deploy/ceilometer/): every sample of a
+    /// notification shares image, flavor, project and user, and the order of first appearance is kept.
+    @Test func notificationsShareImageFlavorAndOwner() {
+        func sample(_ uuid: String, _ image: String, flavor: String = "tiny", project: String? = nil) -> MetricsSample {
+            MetricsSample(
+                name: "cpu.time", unit: "ns", type: .cumulative, value: 1, imageID: image, instanceUUID: uuid,
+                host: "h", flavor: flavor, timestamp: Date(), projectID: project)
+        }
+        let samples = [
+            sample("u1", "img-b"), sample("u2", "img-a"), sample("u3", "img-b"), sample("u4", "img-b", flavor: "big"),
+            sample("u5", "img-a", project: "p"), sample("u6", "img-b"), sample("u7", "img-b"),
+        ]
+        let chunks = poller(FakeStatsSource(), FakePublisher(), maxSamples: 2).notifications(of: samples)
+        #expect(chunks.map { $0.map(\.instanceUUID) } == [["u1", "u3"], ["u6", "u7"], ["u2"], ["u4"], ["u5"]])
     }
 
     @Test func runPollsEveryIntervalAndStopsThePublisherWhenCancelled() async throws {
