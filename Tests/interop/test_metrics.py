@@ -561,6 +561,23 @@ def test_prometheus_sums_by_image_equal_the_listeners(prometheus, recorder, work
     assert float(durations["value"][1]) == len(booted)
 
 
+def test_the_grafana_dashboards_queries_run(prometheus, booted, images):
+    """Every query of deploy/grafana/berth.json runs against the real Prometheus without error; the
+    per-image panels show every image, with all its instances."""
+    _, image_ids = images
+    dashboard = json.loads((pathlib.Path(__file__).resolve().parents[2] / "deploy/grafana/berth.json").read_text())
+    exprs = [t["expr"].replace("$job", "berth") for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    wait_for(lambda: prometheus.by("count by (image_id) (count_over_time(berth_instance_cpu_seconds_total[1m]) >= 2)",
+                                   "image_id").keys() >= set(image_ids), 30, "two scrapes of every instance")
+    results = {expr: prometheus.query(expr) for expr in exprs}
+    instances = {r["metric"]["image_id"]: float(r["value"][1])
+                 for r in results["count by (image_id) (berth_instance_memory_bytes)"]}
+    assert instances == {i: float(sum(1 for _, image, _ in booted.values() if image == i)) for i in image_ids}
+    assert results["sum by (image_id) (rate(berth_instance_cpu_seconds_total[5m]))"], "CPU panel is empty"
+    assert results['up{job=~"berth"}'], "health panel is empty"
+
+
 def test_deleted_instance_series_are_gone_after_the_next_scrape(prometheus, rpc_transport, workers, images):
     _, image_ids = images
     w = workers[0]
