@@ -154,11 +154,17 @@ public final class MetricsEndpoint: Service, Sendable {
 
     public func run() async throws {
         if serving.withLock({ $0 == nil }) { try await start() }
-        // Stopped last (see the type's comment): by then the worker has drained.
-        await withGracefulShutdownHandler {
-            try? await serving.withLock { $0 }?.value
-        } onGracefulShutdown: {
-            Task { await self.stop() }
+        guard let task = serving.withLock({ $0 }) else { return }
+        // Stopped last on a graceful shutdown (see the type's comment): by then the worker has drained. Cancelled
+        // (another service failed), it stops at once: the serving task is not a child, so cancel it by hand.
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                try? await task.value
+            } onGracefulShutdown: {
+                Task { await self.stop() }
+            }
+        } onCancel: {
+            task.cancel()
         }
     }
 

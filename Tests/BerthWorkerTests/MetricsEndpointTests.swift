@@ -176,4 +176,25 @@ struct MetricsEndpointTests {
         await running.stop()
         await #expect(throws: (any Error).self) { try await Self.get(base + "/healthz") }
     }
+
+    /// When another service of the worker fails, the group cancels the rest: the endpoint must end then, or
+    /// the worker would never exit.
+    @Test func runEndsWhenCancelled() async throws {
+        let endpoint = try MetricsEndpoint(
+            address: MetricsListenAddress(parsing: "127.0.0.1:\(Self.freePort())"),
+            registry: PrometheusCollectorRegistry(), health: { .consuming }, logger: Logger(label: "test"))
+        try await endpoint.start()
+        let ended = Mutex(false)
+        let runner = Task {
+            try? await endpoint.run()
+            ended.withLock { $0 = true }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        runner.cancel()
+        // Polled rather than awaited: a run() that ignores cancellation must fail the test, not hang it.
+        for _ in 0..<500 where !ended.withLock({ $0 }) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(ended.withLock { $0 })
+    }
 }
