@@ -124,8 +124,11 @@ public final class MetricsEndpoint: Service, Sendable {
     /// Binds and listens; throws a message naming the address when it cannot (in use, not an address of
     /// this machine, a privileged port), so the worker refuses to start rather than run unobserved.
     public func start() async throws {
-        await server.appendRoute("GET /metrics") { [self] _ in metricsResponse() }
-        await server.appendRoute("GET /healthz") { [self] _ in healthResponse() }
+        // The routes capture what they read, not self: the server is self's, and a route holding self would keep
+        // both alive for ever.
+        let (registry, refresh, health) = (registry, refresh, health)
+        await server.appendRoute("GET /metrics") { _ in Self.metricsResponse(registry, refresh: refresh) }
+        await server.appendRoute("GET /healthz") { _ in Self.healthResponse(health()) }
         await server.appendRoute("*") { _ in
             HTTPResponse(statusCode: .notFound, body: Data("not found: try /metrics or /healthz\n".utf8))
         }
@@ -173,16 +176,17 @@ public final class MetricsEndpoint: Service, Sendable {
         await server.stop(timeout: 1)
     }
 
-    func metricsResponse() -> HTTPResponse {
+    static func metricsResponse(
+        _ registry: PrometheusCollectorRegistry, refresh: @Sendable () -> Void
+    ) -> HTTPResponse {
         refresh()
         var headers = HTTPHeaders()
         headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
         return HTTPResponse(statusCode: .ok, headers: headers, body: Data(registry.emitToBuffer()))
     }
 
-    func healthResponse() -> HTTPResponse {
-        let state = health()
-        return HTTPResponse(
+    static func healthResponse(_ state: WorkerHealth) -> HTTPResponse {
+        HTTPResponse(
             statusCode: state == .consuming ? .ok : .serviceUnavailable, body: Data("\(state.rawValue)\n".utf8))
     }
 
