@@ -12,6 +12,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
+        // The worker's /metrics endpoint: the Prometheus backend for swift-metrics, and a small HTTP server with no
+        // dependencies (docs/metrics.md says why not a NIO-based one).
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.0"),
     ],
     targets: [
         // C libraries, linked through pkg-config (Debian's -dev packages).
@@ -57,7 +61,10 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-O"])]),
         .target(
             name: "BerthAMQP",
-            dependencies: ["CRabbitMQ", "CBerthShims", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "CRabbitMQ", "CBerthShims", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]),
         .target(
             name: "BerthLibvirt",
             dependencies: ["CLibvirt", "CBerthShims", .product(name: "Logging", package: "swift-log")]),
@@ -68,6 +75,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "FlyingFox", package: "FlyingFox"),
             ]),
         .executableTarget(
             name: "berth",
@@ -81,7 +90,11 @@ let package = Package(
         .testTarget(name: "BerthJSONTests", dependencies: ["BerthJSON"]),
         .testTarget(name: "BerthWireTests", dependencies: ["BerthWire", "BerthJSON"], exclude: ["Fixtures"]),
         .testTarget(
-            name: "BerthWorkerTests", dependencies: ["BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP", "BerthDiskImage"]),
+            name: "BerthWorkerTests",
+            dependencies: [
+                "BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP", "BerthDiskImage",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON"]),
         .testTarget(name: "BerthDigestTests", dependencies: ["BerthDigest"]),
         .testTarget(name: "BerthConfigTests", dependencies: ["BerthConfig"]),

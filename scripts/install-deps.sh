@@ -25,6 +25,8 @@ APT_PACKAGES=(
     shellcheck
     # Security and deploy tests: a CA and certificates for a TLS broker, `systemd-analyze verify` of the unit.
     openssl systemd
+    # Tests/interop/test_metrics.py scrapes the workers' /metrics with a real Prometheus (19 MB, about 20 s).
+    prometheus
 )
 
 SUDO=()

@@ -2,6 +2,7 @@ import CBerthShims
 import Foundation
 import Glibc
 import Logging
+import Metrics
 import Synchronization
 
 /// A broker client that stays connected: it owns an I/O thread that holds the librabbitmq connection,
@@ -321,6 +322,10 @@ final class IOLoop: @unchecked Sendable {
             }
             connection = nil
             client.setStatus(.connecting)
+            Counter(
+                label: "berth_broker_reconnects_total",
+                dimensions: [("connection", client.configuration.connectionName)]
+            ).increment()
             for caller in failing { caller.resume(throwing: failure) }
             return connect(next)
         case .giveUp(let broker, let cause):

@@ -12,9 +12,9 @@ public enum WorkerOption: String, CaseIterable, Sendable {
     case notificationTopics, meteringTopic
     case virtType, libvirtURI, forceConfigDrive, storagePool
     case logLevel, logFormat, concurrency, maxMessageBytes, gracePeriod, debugRPC, stateDir, deadLetterQueue
-    case maxHandOffs, maxAttempts, handlerTimeout, metricsInterval
-    // New worker options go here, each with its row in `descriptor`: e.g. `[berth] metrics_listen` for
-    // --metrics-listen (then one line in Worker.commandLine, and regenerate deploy/berth.conf.sample).
+    case maxHandOffs, maxAttempts, handlerTimeout, metricsInterval, metricsListen
+    // New worker options go here, each with its row in `descriptor` (then one line in Worker.commandLine, and
+    // regenerate deploy/berth.conf.sample).
     case catalog, glanceTokenFile, glanceCacheDir, volumeCatalog
     case nodes
 
@@ -162,6 +162,9 @@ public enum WorkerOption: String, CaseIterable, Sendable {
         case .handlerTimeout:
             Descriptor(section: "berth", name: "handler_timeout", flag: "handler-timeout", kind: .number(0...86400, zeroMeans: nil), defaultValue: .number(3600),
                 help: "Seconds a handler may run before it is abandoned and the request retried; 0: no limit.")
+        case .metricsListen:
+            Descriptor(section: "berth", name: "metrics_listen", flag: "metrics-listen", kind: .string(.nonEmpty), defaultValue: nil,
+                help: "Serve Prometheus /metrics and /healthz on this address (IPv4 or [IPv6] literal and port, e.g. 127.0.0.1:9180). Off by default; keep it on loopback or a management network.")
         case .metricsInterval:
             Descriptor(section: "berth", name: "metrics_interval", flag: "metrics-interval", kind: .number(0.1...3600, zeroMeans: "no poller"), defaultValue: .number(10),
                 help: "Seconds between metrics polls (berth.metrics samples on <metering_topic>.sample); 0: no poller.")

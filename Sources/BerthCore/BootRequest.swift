@@ -37,6 +37,8 @@ public struct BootRequest: Sendable, Hashable {
     public var userData: [UInt8]?
     public var publicKeys: [String: String]
     public var projectID: String?
+    /// Who asked: the oslo context's user, filled in by the worker (not a field of `instance`).
+    public var userID: String?
 
     public init(
         uuid: String, name: String, imageID: String, flavor: Flavor, metadata: [String: String] = [:],
@@ -55,6 +57,24 @@ public struct BootRequest: Sendable, Hashable {
         self.userData = userData
         self.publicKeys = publicKeys
         self.projectID = projectID
+    }
+
+    /// Takes the project and user from the request's oslo context, unless `instance.project_id` named the
+    /// project already. Both tag every metrics sample of the instance, so a context id is held to the same rule
+    /// as `instance.project_id` (a Keystone id), and refused before anything is written.
+    public mutating func takeOwner(projectID contextProject: String?, userID contextUser: String?)
+        throws(BerthError)
+    {
+        for case (let key, let value?) in [
+            ("project_id", projectID == nil ? contextProject : nil), ("user_id", contextUser),
+        ]
+        where !Self.isValidProjectID(value) {
+            throw .invalidRequest(
+                "the request context's \(key) must be 1-64 letters, digits, '_' or '-' (a Keystone id), got "
+                    + "\(quoted(value))")
+        }
+        projectID = projectID ?? contextProject
+        userID = contextUser
     }
 
     public static let fields = [

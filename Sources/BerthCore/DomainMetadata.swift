@@ -18,7 +18,9 @@ public struct DomainMetadata: Sendable, Hashable {
     public var imageID: String
     public var flavor: Flavor
     public var requestID: String?
+    /// Whose instance it is: the boot's `project_id`, else the oslo context's; metrics samples carry both.
     public var projectID: String?
+    public var userID: String?
     /// The volume a volume-backed instance boots from.
     public var volumeID: String?
     public var kernelCmdline: String?
@@ -31,7 +33,7 @@ public struct DomainMetadata: Sendable, Hashable {
 
     public init(
         instanceName: String, imageID: String, flavor: Flavor, requestID: String? = nil, projectID: String? = nil,
-        volumeID: String? = nil, kernelCmdline: String? = nil, bootVariant: String? = nil, configDrive: String? = nil,
+        userID: String? = nil, volumeID: String? = nil, kernelCmdline: String? = nil, bootVariant: String? = nil, configDrive: String? = nil,
         fingerprint: String? = nil
     ) {
         self.instanceName = instanceName
@@ -39,6 +41,7 @@ public struct DomainMetadata: Sendable, Hashable {
         self.flavor = flavor
         self.requestID = requestID
         self.projectID = projectID
+        self.userID = userID
         self.volumeID = volumeID
         self.kernelCmdline = kernelCmdline
         self.bootVariant = bootVariant
@@ -50,7 +53,7 @@ public struct DomainMetadata: Sendable, Hashable {
     /// Computed because key paths are not Sendable and a static table would have to be.
     static var textFields: [(String, WritableKeyPath<DomainMetadata, String?>)] {
         [
-            ("request_id", \.requestID), ("project_id", \.projectID), ("volume_id", \.volumeID),
+            ("request_id", \.requestID), ("project_id", \.projectID), ("user_id", \.userID), ("volume_id", \.volumeID),
             ("kernel_cmdline", \.kernelCmdline), ("boot_variant", \.bootVariant), ("config_drive", \.configDrive),
             ("fingerprint", \.fingerprint),
         ]

@@ -167,8 +167,10 @@ public struct BareMetalService: Sendable {
             requestID: requestID, bytesWritten: report.0.bytesWritten, seconds: seconds)
         try save(record)
         metrics?.deployFinished(
-            uuid: request.uuid, imageID: image.id, flavor: request.flavor.name, bytes: report.0.bytesWritten,
-            seconds: seconds)
+            InstanceTags(
+                instanceUUID: request.uuid, imageID: image.id, flavor: request.flavor.name,
+                projectID: request.projectID, userID: request.userID),
+            bytes: report.0.bytesWritten, seconds: seconds)
         return bootAnswer(record)
     }
 

@@ -47,7 +47,12 @@ public struct ComputeEndpoints: Sendable {
             guard let instance = call.args["instance"] else {
                 throw RPCFailure.berth("InvalidRequest", "boot_instance: missing argument 'instance'")
             }
-            let request = try BerthError.rpc { () throws(BerthError) in try BootRequest.decode(instance) }
+            // Whose instance: recorded in its domain, carried by its metrics samples.
+            let request = try BerthError.rpc { () throws(BerthError) in
+                var request = try BootRequest.decode(instance)
+                try request.takeOwner(projectID: call.projectID, userID: call.userID)
+                return request
+            }
             if request.target == .baremetal {
                 return try await InstanceEvents.around(
                     "baremetal.deploy", uuid: request.uuid, imageID: request.imageID, call: call

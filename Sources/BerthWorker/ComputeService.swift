@@ -108,8 +108,7 @@ public struct ComputeService: Sendable {
             do throws(BerthError) {
                 try spec.validate()
                 let created = try await create(spec, request: request, root: root, logger: logger)
-                metrics?.bootFinished(
-                    uuid: request.uuid, imageID: request.imageID, flavor: request.flavor.name, since: began)
+                metrics?.bootFinished(InstanceTags(spec.metadata, uuid: request.uuid), since: began)
                 return created
             } catch {
                 if case .volume(let id, _, true) = root { await discardVolume(id, logger: logger) }
@@ -303,7 +302,7 @@ public struct ComputeService: Sendable {
         }
         let metadata = DomainMetadata(
             instanceName: request.name, imageID: image.id, flavor: request.flavor, requestID: requestID,
-            projectID: request.projectID, volumeID: volumeID, kernelCmdline: resolved.kernelCommandLine?.text,
+            projectID: request.projectID, userID: request.userID, volumeID: volumeID, kernelCmdline: resolved.kernelCommandLine?.text,
             bootVariant: resolved.selection.summary, configDrive: configDrive)
         return DomainSpec(
             uuid: request.uuid, vcpus: request.flavor.vcpus, memoryMB: request.flavor.memoryMB,

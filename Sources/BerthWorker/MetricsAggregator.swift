@@ -17,13 +17,22 @@ public enum MetricsGrouping: String, Sendable, Hashable, CaseIterable {
     }
 }
 
-/// Count, sum, mean and max of one metric in one group.
+/// Count, sum, mean and max of one metric in one group; for a cumulative counter also its rate.
 public struct MetricsAggregate: Sendable, Equatable {
+    /// One instance's counter over the window: how much it grew between its first and last reading.
+    struct Growth: Sendable, Equatable {
+        var first: Date
+        var last: Date
+        var reading: Double
+        var increase = 0.0
+    }
+
     public private(set) var count = 0
     public private(set) var sum = 0.0
     public private(set) var max = -Double.infinity
     public var unit: String
     public var type: MetricsSample.Kind
+    private var growth: [String: Growth] = [:]
 
     public init(unit: String, type: MetricsSample.Kind) {
         self.unit = unit
@@ -36,6 +45,31 @@ public struct MetricsAggregate: Sendable, Equatable {
         count += 1
         sum += value
         max = Swift.max(max, value)
+    }
+
+    /// Follows one instance's cumulative reading. A lower reading than the last is a counter that started
+    /// again (the domain restarted): its growth since then is the reading itself. Readings not newer than the
+    /// last one (a batch that arrived late) are left out of the rate.
+    mutating func follow(instance: String, reading: Double, at time: Date) {
+        guard var known = growth[instance] else {
+            growth[instance] = Growth(first: time, last: time, reading: reading)
+            return
+        }
+        guard time > known.last else { return }
+        known.increase += reading >= known.reading ? reading - known.reading : reading
+        known.reading = reading
+        known.last = time
+        growth[instance] = known
+    }
+
+    /// Units per second the group's instances added up over the window (each instance's growth over its own
+    /// first-to-last interval, summed); nil for a gauge, or before any instance has two readings.
+    public var rate: Double? {
+        let rates = growth.values.compactMap { known -> Double? in
+            let seconds = known.last.timeIntervalSince(known.first)
+            return seconds > 0 ? known.increase / seconds : nil
+        }
+        return rates.isEmpty ? nil : rates.reduce(0, +)
     }
 }
 
@@ -110,10 +144,12 @@ public struct MetricsAggregator: Sendable {
         samples += 1
         let key = grouping.key(of: sample)
         groups[key, default: Group()].instances.insert(sample.instanceUUID)
-        groups[key, default: Group()].metrics[
-            sample.name, default: MetricsAggregate(unit: sample.unit, type: sample.type)
-        ]
-        .add(sample.value)
+        var aggregate = groups[key]?.metrics[sample.name] ?? MetricsAggregate(unit: sample.unit, type: sample.type)
+        aggregate.add(sample.value)
+        if sample.type == .cumulative {
+            aggregate.follow(instance: sample.instanceUUID, reading: sample.value, at: sample.timestamp)
+        }
+        groups[key, default: Group()].metrics[sample.name] = aggregate
     }
 
     private mutating func remember(_ id: String) -> Bool {
@@ -135,11 +171,13 @@ public struct MetricsAggregator: Sendable {
             var metricsJSON = JSONObject()
             for name in group.metrics.keys.sorted() {
                 let aggregate = group.metrics[name]!
-                metricsJSON[name] = [
+                var metric: JSONObject = [
                     "unit": .string(aggregate.unit), "type": .string(aggregate.type.rawValue),
                     "count": .int(Int64(aggregate.count)), "sum": MetricsSample.number(aggregate.sum),
                     "mean": MetricsSample.number(aggregate.mean), "max": MetricsSample.number(aggregate.max),
                 ]
+                if aggregate.type == .cumulative { metric["rate"] = aggregate.rate.map(JSONValue.double) ?? .null }
+                metricsJSON[name] = .object(metric)
             }
             groupsJSON[key] = ["instances": .int(Int64(group.instances.count)), "metrics": .object(metricsJSON)]
         }
@@ -158,6 +196,7 @@ public enum MetricsTable {
     public static func render(_ aggregator: MetricsAggregator, now: Date = Date()) -> String {
         let header = [
             aggregator.grouping.rawValue.uppercased(), "INSTANCES", "METRIC", "UNIT", "COUNT", "SUM", "MEAN", "MAX",
+            "RATE/S",
         ]
         var rows: [[String]] = []
         for key in aggregator.groups.keys.sorted() {
@@ -167,11 +206,12 @@ public enum MetricsTable {
                 rows.append([
                     index == 0 ? key : "", index == 0 ? String(group.instances.count) : "", name, aggregate.unit,
                     String(aggregate.count), format(aggregate.sum), format(aggregate.mean), format(aggregate.max),
+                    aggregate.rate.map(format) ?? "-",
                 ])
             }
         }
         // Numbers right-aligned so magnitudes line up; names left-aligned.
-        let rightAligned: Set<Int> = [1, 4, 5, 6, 7]
+        let rightAligned: Set<Int> = [1, 4, 5, 6, 7, 8]
         let widths = header.indices.map { column in
             ([header] + rows).map { $0[column].count }.max() ?? 0
         }

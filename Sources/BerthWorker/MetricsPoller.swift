@@ -26,7 +26,8 @@ public final class MetricsRecorder: Sendable {
     /// Past this many waiting samples (the broker away for long) the oldest are dropped.
     public let capacity: Int
     private let pending = Mutex<[MetricsSample]>([])
-    private let bootTimer = Metrics.Timer(label: "berth_boot_duration_seconds")
+    private let bootTimer = Metrics.Timer(label: WorkerMetrics.bootDuration)
+    private let deployThroughput = Recorder(label: WorkerMetrics.deployThroughput)
     private let dropped = Counter(label: "berth_metrics_samples_dropped_total")
 
     public init(host: String, capacity: Int = 10_000) {
@@ -35,29 +36,22 @@ public final class MetricsRecorder: Sendable {
     }
 
     /// A VM boot finished: `seconds` from accepting the request to the domain running.
-    public func bootFinished(uuid: String, imageID: String, flavor: String, seconds: Double, at date: Date = Date()) {
+    public func bootFinished(_ tags: InstanceTags, seconds: Double, at date: Date = Date()) {
         bootTimer.recordSeconds(seconds)
-        enqueue([
-            Meters.bootDurationSample(
-                seconds: seconds, tags: InstanceTags(instanceUUID: uuid, imageID: imageID, flavor: flavor), host: host,
-                at: date)
-        ])
+        enqueue([Meters.bootDurationSample(seconds: seconds, tags: tags, host: host, at: date)])
     }
 
     /// A VM boot that began at `start` (when the request was accepted) has its domain running now.
-    public func bootFinished(uuid: String, imageID: String, flavor: String, since start: ContinuousClock.Instant) {
-        bootFinished(uuid: uuid, imageID: imageID, flavor: flavor, seconds: (ContinuousClock.now - start).seconds)
+    public func bootFinished(_ tags: InstanceTags, since start: ContinuousClock.Instant) {
+        bootFinished(tags, seconds: (ContinuousClock.now - start).seconds)
     }
 
     /// A bare-metal deploy finished writing `bytes` in `seconds`.
-    public func deployFinished(
-        uuid: String, imageID: String, flavor: String, bytes: UInt64, seconds: Double, at date: Date = Date()
-    ) {
+    public func deployFinished(_ tags: InstanceTags, bytes: UInt64, seconds: Double, at date: Date = Date()) {
         guard seconds > 0 else { return }
+        deployThroughput.record(Double(bytes) / seconds)
         enqueue([
-            Meters.deployThroughputSample(
-                bytesPerSecond: Double(bytes) / seconds,
-                tags: InstanceTags(instanceUUID: uuid, imageID: imageID, flavor: flavor), host: host, at: date)
+            Meters.deployThroughputSample(bytesPerSecond: Double(bytes) / seconds, tags: tags, host: host, at: date)
         ])
     }
 
@@ -135,8 +129,7 @@ struct MetricsCollector {
             if let xml = definitions[uuid] {
                 do {
                     if let parsed = try DomainMetadata.parse(xml: xml), !parsed.imageID.isEmpty {
-                        known[uuid] = .tagged(
-                            InstanceTags(instanceUUID: uuid, imageID: parsed.imageID, flavor: parsed.flavor.name))
+                        known[uuid] = .tagged(InstanceTags(parsed, uuid: uuid))
                         continue
                     }
                     reason = "it has no Berth metadata with an image_id"
@@ -205,6 +198,8 @@ public final class MetricsPoller: Service, Sendable {
     public let recorder: MetricsRecorder
     let source: any DomainStatsSource
     let publisher: any MetricsPublisher
+    /// The `/metrics` endpoint's per-instance series, set from every poll; nil without `--metrics-listen`.
+    let series: InstanceSeries?
     let logger: Logger
     private let collector = Mutex(MetricsCollector())
     private let stats = Mutex(Statistics())
@@ -221,11 +216,12 @@ public final class MetricsPoller: Service, Sendable {
 
     public init(
         configuration: MetricsPollerConfiguration, source: any DomainStatsSource, publisher: any MetricsPublisher,
-        recorder: MetricsRecorder? = nil, logger: Logger
+        recorder: MetricsRecorder? = nil, series: InstanceSeries? = nil, logger: Logger
     ) {
         self.configuration = configuration
         self.source = source
         self.publisher = publisher
+        self.series = series
         self.recorder = recorder ?? MetricsRecorder(host: configuration.host)
         var logger = logger
         logger[metadataKey: "component"] = "metrics"
@@ -302,6 +298,7 @@ public final class MetricsPoller: Service, Sendable {
                 stats.withLock { $0.domainsSkipped += skipped }
             }
             domainsGauge.record(records.count - skipped)
+            series?.update(samples, present: Set(records.map(\.uuid)))
             pollTimer.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - began))
             return samples
         } catch {
@@ -312,15 +309,13 @@ public final class MetricsPoller: Service, Sendable {
         }
     }
 
-    /// Publishes in notifications of at most `maxSamplesPerNotification`; false when any did not get through.
-    /// Polled figures of a failed batch are dropped (the next poll reads them afresh); recorded ones go back to
-    /// the recorder for the next interval.
+    /// Publishes in notifications (`notifications(of:)`); false when any did not get through. Polled figures
+    /// of a failed batch are dropped (the next poll reads them afresh); recorded ones go back to the recorder
+    /// for the next interval.
     @discardableResult
     func publish(_ samples: [MetricsSample]) async -> Bool {
-        let size = max(1, configuration.maxSamplesPerNotification)
         var allSent = true
-        for start in stride(from: 0, to: samples.count, by: size) {
-            let chunk = Array(samples[start..<min(start + size, samples.count)])
+        for chunk in notifications(of: samples) {
             do {
                 try await publisher.publish(chunk)
                 samplesCounter.increment(by: chunk.count)
@@ -349,6 +344,29 @@ public final class MetricsPoller: Service, Sendable {
             }
         }
         return allSent
+    }
+
+    /// One notification per image, flavor and owner (in order of first appearance), of at most
+    /// `maxSamplesPerNotification` samples. Ceilometer's meter definitions read per-notification fields such as
+    /// `resource_metadata.image_id` from one sample of the batch (deploy/ceilometer/), so every sample of a
+    /// notification must share them.
+    func notifications(of samples: [MetricsSample]) -> [[MetricsSample]] {
+        struct Key: Hashable {
+            let imageID: String, flavor: String, projectID: String?, userID: String?
+        }
+        var order: [Key] = []
+        var groups: [Key: [MetricsSample]] = [:]
+        for sample in samples {
+            let key = Key(
+                imageID: sample.imageID, flavor: sample.flavor, projectID: sample.projectID, userID: sample.userID)
+            if groups[key] == nil { order.append(key) }
+            groups[key, default: []].append(sample)
+        }
+        let size = max(1, configuration.maxSamplesPerNotification)
+        return order.flatMap { key in
+            let group = groups[key]!
+            return stride(from: 0, to: group.count, by: size).map { Array(group[$0..<min($0 + size, group.count)]) }
+        }
     }
 
     static func nanoseconds(_ duration: Duration) -> Int64 {

@@ -1,3 +1,4 @@
+import BerthCore
 import BerthJSON
 import BerthLibvirt
 import BerthWire
@@ -24,10 +25,13 @@ public struct MetricsSample: Sendable, Hashable {
     /// The flavor's name.
     public var flavor: String
     public var timestamp: Date
+    /// Whose instance (from the boot's request context); nil when the boot did not say.
+    public var projectID: String?
+    public var userID: String?
 
     public init(
         name: String, unit: String, type: Kind, value: Double, imageID: String, instanceUUID: String, host: String,
-        flavor: String, timestamp: Date
+        flavor: String, timestamp: Date, projectID: String? = nil, userID: String? = nil
     ) {
         self.name = name
         self.unit = unit
@@ -38,15 +42,20 @@ public struct MetricsSample: Sendable, Hashable {
         self.host = host
         self.flavor = flavor
         self.timestamp = timestamp
+        self.projectID = projectID
+        self.userID = userID
     }
 
-    /// The sample as it goes on the wire, keys in DESIGN §7's order.
+    /// The sample as it goes on the wire, keys in DESIGN §7's order; `project_id`/`user_id` only when known.
     public func encode() -> JSONObject {
-        [
+        var object: JSONObject = [
             "name": .string(name), "unit": .string(unit), "type": .string(type.rawValue),
             "value": Self.number(value), "image_id": .string(imageID), "instance_uuid": .string(instanceUUID),
             "host": .string(host), "flavor": .string(flavor), "timestamp": .string(ISO8601UTC.format(timestamp)),
         ]
+        if let projectID { object["project_id"] = .string(projectID) }
+        if let userID { object["user_id"] = .string(userID) }
+        return object
     }
 
     /// Reads a sample a Berth worker (or anything writing the same shape) published. A sample without an image
@@ -72,10 +81,13 @@ public struct MetricsSample: Sendable, Hashable {
         guard let timestamp = ISO8601UTC.parse(timestampText) else {
             throw WireError(.badField, "sample timestamp '\(timestampText.prefix(40))' is not ISO 8601 UTC")
         }
+        func optionalText(_ key: String) throws(WireError) -> String? {
+            object[key] == nil ? nil : try text(key)
+        }
         return MetricsSample(
             name: try text("name"), unit: try text("unit"), type: type, value: value, imageID: imageID,
             instanceUUID: try text("instance_uuid"), host: try text("host"), flavor: try text("flavor"),
-            timestamp: timestamp)
+            timestamp: timestamp, projectID: try optionalText("project_id"), userID: try optionalText("user_id"))
     }
 
     /// Whole numbers go out as JSON integers, so a listener adding them up (Python ints) gets exact sums and
@@ -93,11 +105,33 @@ public struct InstanceTags: Sendable, Hashable {
     public var instanceUUID: String
     public var imageID: String
     public var flavor: String
+    public var projectID: String?
+    public var userID: String?
 
-    public init(instanceUUID: String, imageID: String, flavor: String) {
+    public init(
+        instanceUUID: String, imageID: String, flavor: String, projectID: String? = nil, userID: String? = nil
+    ) {
         self.instanceUUID = instanceUUID
         self.imageID = imageID
         self.flavor = flavor
+        self.projectID = projectID
+        self.userID = userID
+    }
+
+    /// The tags Berth's metadata in a domain gives its instance.
+    public init(_ metadata: DomainMetadata, uuid: String) {
+        self.init(
+            instanceUUID: uuid, imageID: metadata.imageID, flavor: metadata.flavor.name,
+            projectID: metadata.projectID, userID: metadata.userID)
+    }
+
+    /// A sample of this instance.
+    func sample(
+        _ name: String, _ unit: String, _ type: MetricsSample.Kind, _ value: Double, host: String, at timestamp: Date
+    ) -> MetricsSample {
+        MetricsSample(
+            name: name, unit: unit, type: type, value: value, imageID: imageID, instanceUUID: instanceUUID,
+            host: host, flavor: flavor, timestamp: timestamp, projectID: projectID, userID: userID)
     }
 }
 
@@ -118,9 +152,7 @@ public enum Meters {
         from record: DomainStatsRecord, tags: InstanceTags, host: String, at timestamp: Date
     ) -> [MetricsSample] {
         func sample(_ name: String, _ unit: String, _ type: MetricsSample.Kind, _ value: Double) -> MetricsSample {
-            MetricsSample(
-                name: name, unit: unit, type: type, value: value, imageID: tags.imageID,
-                instanceUUID: tags.instanceUUID, host: host, flavor: tags.flavor, timestamp: timestamp)
+            tags.sample(name, unit, type, value, host: host, at: timestamp)
         }
         var samples: [MetricsSample] = []
         if let cpu = record["cpu.time"] {
@@ -158,17 +190,13 @@ public enum Meters {
     public static func bootDurationSample(
         seconds: Double, tags: InstanceTags, host: String, at timestamp: Date
     ) -> MetricsSample {
-        MetricsSample(
-            name: bootDuration, unit: "s", type: .gauge, value: seconds, imageID: tags.imageID,
-            instanceUUID: tags.instanceUUID, host: host, flavor: tags.flavor, timestamp: timestamp)
+        tags.sample(bootDuration, "s", .gauge, seconds, host: host, at: timestamp)
     }
 
     public static func deployThroughputSample(
         bytesPerSecond: Double, tags: InstanceTags, host: String, at timestamp: Date
     ) -> MetricsSample {
-        MetricsSample(
-            name: deployThroughput, unit: "B/s", type: .gauge, value: bytesPerSecond, imageID: tags.imageID,
-            instanceUUID: tags.instanceUUID, host: host, flavor: tags.flavor, timestamp: timestamp)
+        tags.sample(deployThroughput, "B/s", .gauge, bytesPerSecond, host: host, at: timestamp)
     }
 }
 

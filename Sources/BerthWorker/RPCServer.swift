@@ -16,6 +16,13 @@ public struct RPCCall: Sendable {
 
     public var args: JSONObject { request.args }
     public var requestID: String? { request.context["request_id"]?.stringValue }
+    /// The oslo context's project and user (`project_id`/`user_id`; older contexts say `tenant`/`user`).
+    public var projectID: String? { contextText("project_id") ?? contextText("tenant") }
+    public var userID: String? { contextText("user_id") ?? contextText("user") }
+
+    private func contextText(_ key: String) -> String? {
+        request.context[key]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+    }
 }
 
 public typealias RPCMethod = @Sendable (RPCCall) async throws -> JSONValue
@@ -80,6 +87,17 @@ public final class RPCServer: Service, EventSink, Sendable {
     /// Set once, by the graceful shutdown (SIGTERM): the drain in `run()` begins.
     let drainRequested = Watched(false)
     public var isDraining: Bool { drainRequested.value }
+    /// For `/healthz`: consuming only while connected and not draining.
+    public var health: WorkerHealth {
+        if isDraining { return .draining }
+        if case .connected = client.status { return .consuming }
+        return .disconnected
+    }
+
+    /// Sets the gauges that are read rather than pushed; called when `/metrics` is scraped.
+    public func recordGauges() {
+        WorkerMetrics.record(inFlight: inFlightCount, outboxDepth: outbox.pending)
+    }
     let outbox: EventOutbox
     let attempts: AttemptLedger
     let admission = RequestAdmission()
@@ -307,9 +325,18 @@ public final class RPCServer: Service, EventSink, Sendable {
     ) async -> RequestDelivery.Event {
         let call = RPCCall(request: request, host: configuration.host, logger: logger, events: events)
         let timeout = configuration.handlerTimeout
+        let began = ContinuousClock.now
         let outcome: Result<JSONValue, RPCFailure>? = await withCallMonitor(request, logger: logger) {
             await Self.run(function, call, timeout: timeout)
         }
+        let label: String =
+            switch outcome {
+            case _ where Task.isCancelled: "cancelled"
+            case nil: "timeout"
+            case .success?: "success"
+            case .failure(let failure)?: failure.className
+            }
+        WorkerMetrics.requestFinished(method: request.method, outcome: label, duration: ContinuousClock.now - began)
         // Shutdown overtook the work: leave the request unacked so the broker hands it to another worker.
         if Task.isCancelled { return .cancelled }
         guard let outcome else {
@@ -497,6 +524,7 @@ public final class RPCServer: Service, EventSink, Sendable {
                 return true
             }
             client.ack(delivery)
+            WorkerMetrics.deadLettered()
             return true
         } catch {
             logger.warning("could not dead-letter the message", metadata: ["error": "\(error)"])

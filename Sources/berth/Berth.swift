@@ -328,6 +328,7 @@ struct Worker: AsyncParsableCommand {
     @Option(help: ArgumentHelp(.maxAttempts, valueName: "count")) var maxAttempts: String?
     @Option(help: ArgumentHelp(.handlerTimeout, valueName: "seconds")) var handlerTimeout: String?
     @Option(help: ArgumentHelp(.metricsInterval, valueName: "seconds")) var metricsInterval: String?
+    @Option(help: ArgumentHelp(.metricsListen, valueName: "host:port")) var metricsListen: String?
     @Option(help: ArgumentHelp(.meteringTopic, valueName: "topic")) var meteringTopic: String?
     @Flag(inversion: .prefixedNo, help: ArgumentHelp(.forceConfigDrive)) var forceConfigDrive: Bool?
 
@@ -350,6 +351,7 @@ struct Worker: AsyncParsableCommand {
         given[.maxAttempts] = maxAttempts.map { .text($0) }
         given[.handlerTimeout] = handlerTimeout.map { .text($0) }
         given[.metricsInterval] = metricsInterval.map { .text($0) }
+        given[.metricsListen] = metricsListen.map { .text($0) }
         given[.meteringTopic] = meteringTopic.map { .text($0) }
         given[.forceConfigDrive] = forceConfigDrive.map { .boolean($0) }
         return given
@@ -368,6 +370,14 @@ struct Worker: AsyncParsableCommand {
             return
         }
         let logger = BusOptions.logger("berth.worker", settings)
+        let metricsAddress: MetricsListenAddress?
+        do {
+            metricsAddress = try settings.string(.metricsListen).map(MetricsListenAddress.init(parsing:))
+        } catch {
+            throw ValidationError("\(settings.origin(of: .metricsListen)): \(error.description)")
+        }
+        // Before anything makes a metric: swift-metrics binds each one to the backend of the moment.
+        let registry = metricsAddress.map { _ in MetricsEndpoint.bootstrapMetrics() }
         let hostName = settings.string(.host) ?? ProcessInfo.processInfo.hostName
         try HostName.validate(hostName)
         let stateDir = settings.string(.stateDir) ?? "/var/lib/berth"
@@ -422,6 +432,21 @@ struct Worker: AsyncParsableCommand {
         if settings.boolean(.debugRPC) { endpoints.append(DebugEndpoints.endpoint) }
 
         let server = try RPCServer(configuration: configuration, endpoints: endpoints, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let metricsAddress, let registry {
+            // Before connecting, so a bad address fails at once; first in the group, so it is stopped last and
+            // /healthz answers 503 throughout the drain.
+            let endpoint = try MetricsEndpoint(
+                address: metricsAddress, registry: registry, health: { server.health },
+                refresh: { server.recordGauges() }, logger: logger)
+            do {
+                try await endpoint.start()
+            } catch {
+                logger.critical("cannot start", metadata: ["error": "\(error)"])
+                throw ExitCode(1)
+            }
+            services.append(.init(service: endpoint))
+        }
         do {
             try await server.start()
         } catch {
@@ -429,7 +454,7 @@ struct Worker: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let systemd = SystemdNotifier()
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
+        services.append(.init(service: server))
         if metricsInterval > 0 {
             var metricsConfiguration = MetricsPollerConfiguration(host: hostName)
             metricsConfiguration.interval = .milliseconds(Int(metricsInterval * 1000))
@@ -438,7 +463,7 @@ struct Worker: AsyncParsableCommand {
                 publisher: MeteringNotifier(
                     urls: configuration.urls, options: configuration.options, host: hostName,
                     topics: [settings.string(.meteringTopic) ?? "metering"], logger: logger),
-                recorder: metricsRecorder, logger: logger)
+                recorder: metricsRecorder, series: registry.map(InstanceSeries.init), logger: logger)
             do {
                 try await poller.start()
             } catch {

@@ -14,27 +14,38 @@ struct Monitor: AsyncParsableCommand {
         discussion: """
             Listens on <metering-topic>.sample (its own exclusive queue, so Ceilometer or any other listener of
             the topic still gets every sample) and keeps, per group and metric, the count, sum, mean and max of
-            every sample received. On a terminal the table is redrawn in place every --interval seconds.
+            every sample received, and for cumulative counters (cpu.time, disk and network bytes) the rate per
+            second over the window. On a terminal the table is redrawn in place every --interval seconds.
 
-            --json prints the aggregate as one JSON object per line: with --duration only once, at the end;
-            without it, one per refresh and a last one ("final": true) on Ctrl-C or SIGTERM. --message-ids adds
-            the message_id of every notification aggregated, to reconcile with another listener.
+            --format json prints the aggregate as one JSON object per line: with --duration only once, at the
+            end; without it, one per refresh and a last one ("final": true) on Ctrl-C or SIGTERM. --message-ids
+            adds the message_id of every notification aggregated, to reconcile with another listener.
+
+            Exit status: 0, or 3 when the broker cannot be reached (within --duration when it is given).
 
             Examples:
               berth monitor --by image_id
               berth monitor --by host --metric cpu.time --metric memory.used
-              berth monitor --by flavor --json --duration 60
+              berth monitor --by flavor --format json --duration 60
             """)
+
+    enum Format: String, ExpressibleByArgument, CaseIterable {
+        case table, json
+    }
 
     @OptionGroup var bus: BusOptions
 
     @Option(help: "Group by image_id, host or flavor.")
     var by = "image_id"
 
-    @Flag(help: "Print JSON instead of a table (see above).")
+    @Option(name: [.short, .customLong("format")], help: "Output: table or json (see above).")
+    var format = Format.table
+
+    /// The spelling before --format; kept for scripts.
+    @Flag(help: .hidden)
     var json = false
 
-    @Option(help: "Stop after this many seconds (default: until Ctrl-C or SIGTERM).")
+    @Option(help: "Stop after this many seconds (default: until Ctrl-C or SIGTERM); bounds the wait for the broker too.")
     var duration: Double?
 
     @Option(help: "Seconds between refreshes of the table (or JSON lines).")
@@ -46,7 +57,7 @@ struct Monitor: AsyncParsableCommand {
     @Option(help: "The notification topic the workers publish samples on (their --metering-topic).")
     var meteringTopic = "metering"
 
-    @Flag(name: .customLong("message-ids"), help: "With --json: list the message_id of every notification aggregated.")
+    @Flag(name: .customLong("message-ids"), help: "With --format json: list the message_id of every notification aggregated.")
     var messageIDs = false
 
     func validate() throws {
@@ -72,7 +83,8 @@ struct Monitor: AsyncParsableCommand {
                     options: options, topic: meteringTopic, queue: queue, consumerTag: queue)),
             logger: logger)
         do {
-            try await client.start()
+            // Reconnecting past --duration would outlive the window the caller asked for.
+            try await client.start(connectTimeout: .milliseconds(Int(min(duration ?? 30, 30) * 1000)))
         } catch {
             await client.stop()
             FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
@@ -83,7 +95,8 @@ struct Monitor: AsyncParsableCommand {
             aggregator: MetricsAggregator(
                 grouping: MetricsGrouping(rawValue: by) ?? .imageID, metricNames: Set(metrics),
                 keepsMessageIDs: messageIDs),
-            output: json ? .json(everyRefresh: duration == nil) : .table(inPlace: isatty(STDOUT_FILENO) == 1),
+            output: json || format == .json
+                ? .json(everyRefresh: duration == nil) : .table(inPlace: isatty(STDOUT_FILENO) == 1),
             interval: .milliseconds(Int(interval * 1000)),
             duration: duration.map { .milliseconds(Int($0 * 1000)) })
         let group = ServiceGroup(

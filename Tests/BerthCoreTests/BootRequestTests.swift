@@ -53,6 +53,22 @@ struct BootRequestTests {
         #expect(request.projectID == "0123abcd")
     }
 
+    @Test func ownerComesFromTheContextUnlessTheInstanceNamesTheProject() throws {
+        var request = try BootRequest.decode(Self.with([]))
+        try request.takeOwner(projectID: "p-ctx", userID: "u-ctx")
+        #expect(request.projectID == "p-ctx" && request.userID == "u-ctx")
+        var named = try BootRequest.decode(Self.with([("project_id", "p-inst")]))
+        try named.takeOwner(projectID: "p-ctx", userID: nil)
+        #expect(named.projectID == "p-inst" && named.userID == nil)
+        // A context id that is not a Keystone id is refused, named, before anything is written.
+        var bad = try BootRequest.decode(Self.with([]))
+        #expect {
+            try bad.takeOwner(projectID: "p", userID: "u\u{1b}[2J")
+        } throws: { error in
+            "\(error)".contains("context's user_id must be 1-64 letters")
+        }
+    }
+
     struct BadCase: CustomTestStringConvertible, Sendable {
         var label: String
         var changes: [(String, JSONValue?)]

@@ -95,7 +95,10 @@ struct MetricsAggregatorTests {
         let a = try #require(object["groups"]?.objectValue?["img-a"]?.objectValue)
         #expect(a["instances"] == 2)
         let cpu = try #require(a["metrics"]?.objectValue?["cpu.time"]?.objectValue)
-        #expect(cpu.keys == ["unit", "type", "count", "sum", "mean", "max"])
+        #expect(cpu.keys == ["unit", "type", "count", "sum", "mean", "max", "rate"])
+        // All samples share one timestamp: no interval, no rate yet.
+        #expect(cpu["rate"] == .null)
+        #expect(a["metrics"]?.objectValue?["memory.used"]?.objectValue?["rate"] == nil)
         #expect(cpu["count"] == 3)
         #expect(cpu["sum"] == 51)
         #expect(cpu["mean"] == 17)
@@ -118,12 +121,36 @@ struct MetricsAggregatorTests {
         #expect(lines[0].hasPrefix("berth monitor  by image_id  2027-01-15T08:00:00.000000Z"))
         #expect(
             lines[1].split(separator: " ") == [
-                "IMAGE_ID", "INSTANCES", "METRIC", "UNIT", "COUNT", "SUM", "MEAN", "MAX",
+                "IMAGE_ID", "INSTANCES", "METRIC", "UNIT", "COUNT", "SUM", "MEAN", "MAX", "RATE/S",
             ])
-        #expect(lines[2].split(separator: " ") == ["img-a", "2", "cpu.time", "ns", "3", "51", "17", "30"])
-        #expect(lines[3].split(separator: " ") == ["memory.used", "ns", "1", "2048", "2048", "2048"])
-        #expect(lines[4].split(separator: " ") == ["img-b", "1", "cpu.time", "ns", "1", "5", "5", "5"])
+        #expect(lines[2].split(separator: " ") == ["img-a", "2", "cpu.time", "ns", "3", "51", "17", "30", "-"])
+        #expect(lines[3].split(separator: " ") == ["memory.used", "ns", "1", "2048", "2048", "2048", "-"])
+        #expect(lines[4].split(separator: " ") == ["img-b", "1", "cpu.time", "ns", "1", "5", "5", "5", "-"])
         #expect(lines.allSatisfy { $0.last != " " })
+    }
+
+    /// Cumulative counters are turned into rates: each instance's growth over its own first-to-last interval,
+    /// summed over the group; a counter that falls started again, and a late reading is left out.
+    @Test func cumulativeCountersGetARate() throws {
+        func at(_ seconds: Double, _ value: Double, uuid: String) -> MetricsSample {
+            var sample = Self.sample(value, image: "img-a", uuid: uuid)
+            sample.timestamp = Self.when.addingTimeInterval(seconds)
+            return sample
+        }
+        var aggregator = MetricsAggregator(grouping: .imageID)
+        for sample in [
+            at(0, 1_000, uuid: "u1"), at(10, 3_000, uuid: "u1"),  // 200/s
+            at(0, 500, uuid: "u2"), at(5, 1_000, uuid: "u2"), at(10, 200, uuid: "u2"),  // 500 then 200 after a restart: 70/s
+            at(7, 9_999, uuid: "u2"),  // late: not in the rate
+            at(3, 42, uuid: "u3"),  // one reading: no rate of its own
+        ] {
+            aggregator.add(sample)
+        }
+        let aggregate = try #require(aggregator.groups["img-a"]?.metrics["cpu.time"])
+        #expect(aggregate.rate == 270)
+        #expect(aggregate.count == 7)
+        let table = MetricsTable.render(aggregator, now: Self.when)
+        #expect(table.split(separator: "\n")[2].hasSuffix("  270"))
     }
 
     @Test(arguments: [

@@ -59,12 +59,12 @@ final class FakePublisher: MetricsPublisher {
 }
 
 /// A domain definition with Berth's metadata, as `virDomainGetXMLDesc` returns it.
-func berthMetadata(image: String, flavor: String = "tiny") -> String {
+func berthMetadata(image: String, flavor: String = "tiny", owner: String = "") -> String {
     """
     <domain type="test"><name>berth-x</name><metadata>\
     <berth:instance xmlns:berth="https://berth.example/xmlns/instance/1.0">\
     <berth:name>vm</berth:name><berth:image_id>\(image)</berth:image_id>\
-    <berth:flavor name="\(flavor)" vcpus="1" memory_mb="256" root_gb="1"/></berth:instance>\
+    <berth:flavor name="\(flavor)" vcpus="1" memory_mb="256" root_gb="1"/>\(owner)</berth:instance>\
     </metadata></domain>
     """
 }
@@ -103,15 +103,16 @@ struct MetricsPollerTests {
         #expect(first.count == 4)
         #expect(Set(first.map(\.imageID)) == ["img-1", "img-2"])
         #expect(first.filter { $0.instanceUUID == "u2" }.allSatisfy { $0.flavor == "big" && $0.host == "host-a" })
-        #expect(publisher.batches.count == 1)
+        // One notification per image (and flavor and owner) per interval.
+        #expect(publisher.batches.map { Set($0.map(\.imageID)) } == [["img-1"], ["img-2"]])
 
         await poller.pollAndPublish()
-        #expect(publisher.batches.count == 2)
+        #expect(publisher.batches.count == 4)
         // The untagged u3 is not asked about again on the next interval; the other domain was never Berth's.
         #expect(source.state.withLock { $0.metadataAsks } == [["u1", "u2", "u3"]])
         #expect(poller.statistics.domainsSkipped == 2)
         #expect(poller.statistics.samplesPublished == 8)
-        #expect(poller.statistics.batchesPublished == 2)
+        #expect(poller.statistics.batchesPublished == 4)
         #expect(poller.statistics.polls == 2)
 
         // A new domain is read; a gone one is forgotten.
@@ -124,6 +125,21 @@ struct MetricsPollerTests {
         #expect(source.state.withLock { $0.metadataAsks.last } == ["u4"])
     }
 
+    @Test func samplesCarryTheProjectAndUserTheDomainRecords() async {
+        let source = FakeStatsSource()
+        source.state.withLock {
+            $0.records = [Self.record("u1"), Self.record("u2")]
+            $0.metadata = [
+                "u1": berthMetadata(
+                    image: "img-1", owner: "<berth:project_id>p-1</berth:project_id><berth:user_id>u-9</berth:user_id>"),
+                "u2": berthMetadata(image: "img-2"),
+            ]
+        }
+        let samples = await poller(source, FakePublisher()).pollAndPublish()
+        #expect(samples.filter { $0.instanceUUID == "u1" }.allSatisfy { $0.projectID == "p-1" && $0.userID == "u-9" })
+        #expect(samples.filter { $0.instanceUUID == "u2" }.allSatisfy { $0.projectID == nil && $0.userID == nil })
+    }
+
     @Test func bootDurationsGoWithTheNextBatchAndSurviveAFailedPublish() async {
         let source = FakeStatsSource()
         let publisher = FakePublisher()
@@ -132,7 +148,7 @@ struct MetricsPollerTests {
         #expect(await poller.pollAndPublish().isEmpty)
         #expect(publisher.batches.isEmpty)
 
-        poller.recorder.bootFinished(uuid: "u1", imageID: "img-1", flavor: "tiny", seconds: 3)
+        poller.recorder.bootFinished(InstanceTags(instanceUUID: "u1", imageID: "img-1", flavor: "tiny"), seconds: 3)
         publisher.state.withLock { $0.failing = true }
         source.state.withLock {
             $0.records = [Self.record("u1")]
@@ -154,7 +170,7 @@ struct MetricsPollerTests {
         source.state.withLock { $0.failing = true }
         let publisher = FakePublisher()
         let poller = poller(source, publisher)
-        poller.recorder.bootFinished(uuid: "u1", imageID: "img-1", flavor: "tiny", seconds: 3)
+        poller.recorder.bootFinished(InstanceTags(instanceUUID: "u1", imageID: "img-1", flavor: "tiny"), seconds: 3)
         let sent = await poller.pollAndPublish()
         #expect(sent.map(\.name) == ["boot.duration"])
         #expect(poller.statistics.pollFailures == 1)
@@ -174,6 +190,22 @@ struct MetricsPollerTests {
         #expect(publisher.batches.map(\.count) == [4, 4, 2])
     }
 
+    /// Ceilometer reads an image id or a project per notification (deploy/ceilometer/): every sample of a
+    /// notification shares image, flavor, project and user, and the order of first appearance is kept.
+    @Test func notificationsShareImageFlavorAndOwner() {
+        func sample(_ uuid: String, _ image: String, flavor: String = "tiny", project: String? = nil) -> MetricsSample {
+            MetricsSample(
+                name: "cpu.time", unit: "ns", type: .cumulative, value: 1, imageID: image, instanceUUID: uuid,
+                host: "h", flavor: flavor, timestamp: Date(), projectID: project)
+        }
+        let samples = [
+            sample("u1", "img-b"), sample("u2", "img-a"), sample("u3", "img-b"), sample("u4", "img-b", flavor: "big"),
+            sample("u5", "img-a", project: "p"), sample("u6", "img-b"), sample("u7", "img-b"),
+        ]
+        let chunks = poller(FakeStatsSource(), FakePublisher(), maxSamples: 2).notifications(of: samples)
+        #expect(chunks.map { $0.map(\.instanceUUID) } == [["u1", "u3"], ["u6", "u7"], ["u2"], ["u4"], ["u5"]])
+    }
+
     @Test func runPollsEveryIntervalAndStopsThePublisherWhenCancelled() async throws {
         let source = FakeStatsSource()
         source.state.withLock {
@@ -190,7 +222,7 @@ struct MetricsPollerTests {
         while publisher.batches.count < 3, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
-        poller.recorder.bootFinished(uuid: "u1", imageID: "img-1", flavor: "tiny", seconds: 1)
+        poller.recorder.bootFinished(InstanceTags(instanceUUID: "u1", imageID: "img-1", flavor: "tiny"), seconds: 1)
         task.cancel()
         try await task.value
         #expect(publisher.batches.count >= 3)

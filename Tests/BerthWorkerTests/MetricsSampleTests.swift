@@ -78,6 +78,22 @@ struct MetricsSampleTests {
         #expect(try MetricsSample.decode(encoded) == sample)
     }
 
+    @Test func projectAndUserGoOnTheWireOnlyWhenKnown() throws {
+        var tags = Self.tags
+        tags.projectID = "p-1"
+        tags.userID = "u-1"
+        let sample = Meters.bootDurationSample(seconds: 2, tags: tags, host: "h", at: Self.when)
+        let encoded = sample.encode()
+        #expect(encoded["project_id"] == "p-1")
+        #expect(encoded["user_id"] == "u-1")
+        #expect(try MetricsSample.decode(encoded) == sample)
+        let anonymous = Meters.bootDurationSample(seconds: 2, tags: Self.tags, host: "h", at: Self.when).encode()
+        #expect(anonymous["project_id"] == nil && anonymous["user_id"] == nil)
+        var wrong = encoded
+        wrong["user_id"] = .int(7)
+        #expect(throws: WireError.self) { try MetricsSample.decode(wrong) }
+    }
+
     @Test func valuesThatAreNotWholeStayDoubles() {
         #expect(MetricsSample.number(0.5) == .double(0.5))
         #expect(MetricsSample.number(3) == .int(3))
@@ -135,9 +151,9 @@ struct MetricsSampleTests {
 
     @Test func recorderQueuesBootDurationsAndThroughput() {
         let recorder = MetricsRecorder(host: "host-a", capacity: 3)
-        recorder.bootFinished(uuid: "u1", imageID: "img-1", flavor: "tiny", seconds: 1.25, at: Self.when)
-        recorder.deployFinished(uuid: "u2", imageID: "img-2", flavor: "metal", bytes: 1000, seconds: 4, at: Self.when)
-        recorder.deployFinished(uuid: "u3", imageID: "img-2", flavor: "metal", bytes: 1000, seconds: 0, at: Self.when)
+        recorder.bootFinished(InstanceTags(instanceUUID: "u1", imageID: "img-1", flavor: "tiny"), seconds: 1.25, at: Self.when)
+        recorder.deployFinished(InstanceTags(instanceUUID: "u2", imageID: "img-2", flavor: "metal"), bytes: 1000, seconds: 4, at: Self.when)
+        recorder.deployFinished(InstanceTags(instanceUUID: "u3", imageID: "img-2", flavor: "metal"), bytes: 1000, seconds: 0, at: Self.when)
         let drained = recorder.drain()
         #expect(drained.map(\.name) == ["boot.duration", "deploy.throughput"])
         #expect(drained.map(\.value) == [1.25, 250])
@@ -147,7 +163,7 @@ struct MetricsSampleTests {
 
         // Past its capacity the oldest go.
         for index in 0..<5 {
-            recorder.bootFinished(uuid: "u\(index)", imageID: "i", flavor: "f", seconds: Double(index), at: Self.when)
+            recorder.bootFinished(InstanceTags(instanceUUID: "u\(index)", imageID: "i", flavor: "f"), seconds: Double(index), at: Self.when)
         }
         #expect(recorder.drain().map(\.value) == [2, 3, 4])
     }

@@ -26,15 +26,23 @@ import collections
 import concurrent.futures
 import json
 import math
+import os
+import pathlib
+import shutil
+import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 
 import oslo_messaging
 import pytest
 
-from conftest import request_context, rpc_client, unique
+from conftest import DEBUG_NAMESPACE, request_context, rpc_client, unavailable, unique
 
 INSTANCES_PER_IMAGE_PER_WORKER = 2
 FLAVORS = ["tiny", "small", "tiny"]  # per image: two images share a flavor, so --by flavor merges them
@@ -176,16 +184,25 @@ def images(catalog, minted) -> tuple[str, list[str]]:
     return str(catalog.root), [*catalog.raw, minted["snapshot"][0]]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def workers(worker_factory, catalog, metering_topic, recorder, tmp_path_factory):
     root = catalog.root
     made = []
     for index in range(2):
         state = tmp_path_factory.mktemp(f"metrics-state-{index}")
-        made.append(worker_factory(extra_args=[
+        address = f"127.0.0.1:{free_port()}"
+        w = worker_factory(extra_args=[
             "--catalog", f"local:{root}", "--state-dir", str(state), "--concurrency", "8",
-            "--metrics-interval", "1", "--metering-topic", metering_topic,
-        ]))
+            "--metrics-interval", "1", "--metering-topic", metering_topic, "--metrics-listen", address,
+        ])
+        w.metrics_address = address
+        made.append(w)
     for w in made:
         w.start(wait=False)
     for w in made:
@@ -244,7 +261,8 @@ def sampled(recorder: SampleRecorder, booted: dict) -> bool:
 def run_monitors(berth_cli, metering_topic, groupings):
     procs = {
         by: subprocess.Popen(
-            [berth_cli.binary, "monitor", "--by", by, "--json", "--message-ids", "--duration", str(MONITOR_SECONDS),
+            [berth_cli.binary, "monitor", "--by", by, "--format", "json", "--message-ids", "--duration",
+             str(MONITOR_SECONDS),
              "--interval", "1", "--metering-topic", metering_topic,
              "--transport-url", berth_cli.url, "--control-exchange", berth_cli.names.exchange],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -308,6 +326,10 @@ def test_monitor_matches_what_a_stock_listener_recorded(berth_cli, recorder, wor
                 assert math.isclose(have["sum"], total, rel_tol=1e-12), (by, name, metric, have["sum"], total)
                 assert math.isclose(have["mean"], total / want["count"], rel_tol=1e-12), (by, name, metric)
                 assert (have["unit"], have["type"]) == (want["unit"], want["type"])
+                # Cumulative counters also get a rate (per second over the window); gauges do not.
+                assert ("rate" in have) == (want["type"] == "cumulative"), (by, name, metric)
+                if want["type"] == "cumulative":
+                    assert have["rate"] is not None and have["rate"] >= 0, (by, name, metric, have)
 
     # Every image, with all its instances on both workers, is in the per-image figures: the placeholder too.
     per_image = results["image_id"]["groups"]
@@ -330,8 +352,10 @@ def test_every_sample_is_tagged_and_shaped(recorder, workers, booted, images):
         assert batch["event_type"] == "berth.metrics"
         host = batch["publisher_id"].removeprefix("compute.")
         for s in batch["payload"]["samples"]:
+            # Booted with conftest's request_context(): its project_id and user ride on every sample.
+            assert s == {**s, "project_id": "p-interop", "user_id": "u-interop"}, s
             assert set(s) == {"name", "unit", "type", "value", "image_id", "instance_uuid", "host", "flavor",
-                              "timestamp"}, s
+                              "timestamp", "project_id", "user_id"}, s
             # DESIGN §7: image_id is never null.
             assert s["image_id"] is not None and s["image_id"] in image_ids, s
             assert s["host"] == host
@@ -422,3 +446,198 @@ def test_every_boot_event_names_its_image(events, booted, images):
             seen[event["instance_uuid"]] = event
         assert set(seen) == set(booted), event_type
     assert not events.of("instance.create.error")
+
+
+# --- Prometheus ------------------------------------------------------------------------------------
+#
+# A real Prometheus (Debian's `prometheus`) scrapes both workers' /metrics every second; what its HTTP API
+# answers is compared with what the stock oslo listener received on the metering topic.
+
+SCRAPE_INTERVAL = 1
+
+
+class Prometheus:
+    def __init__(self, url: str, proc: subprocess.Popen, log: pathlib.Path):
+        self.url, self.proc, self.log = url, proc, log
+
+    def query(self, promql: str) -> list[dict]:
+        """An instant query; the result vector ([{"metric": {...}, "value": [t, "v"]}])."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}),
+                                    timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        assert body["data"]["resultType"] == "vector", body
+        return body["data"]["result"]
+
+    def by(self, promql: str, label: str) -> dict[str, float]:
+        return {r["metric"][label]: float(r["value"][1]) for r in self.query(promql)}
+
+
+@pytest.fixture(scope="module")
+def prometheus(workers, tmp_path_factory):
+    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+    if not os.access(binary, os.X_OK):
+        unavailable("Debian's prometheus is not installed (scripts/install-deps.sh installs it)")
+    root = tmp_path_factory.mktemp("prometheus")
+    targets = ", ".join(f'"{w.metrics_address}"' for w in workers)
+    (root / "prometheus.yml").write_text(
+        f"global:\n  scrape_interval: {SCRAPE_INTERVAL}s\n  evaluation_interval: {SCRAPE_INTERVAL}s\n"
+        f"scrape_configs:\n  - job_name: berth\n    static_configs:\n      - targets: [{targets}]\n")
+    address = f"127.0.0.1:{free_port()}"
+    log = root / "prometheus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+             f"--web.listen-address={address}"], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    server = Prometheus(f"http://{address}", proc, log)
+
+    def both_up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"prometheus exited {proc.returncode}: {log.read_text()[-2000:]}", pytrace=False)
+        try:
+            return server.by("up", "instance") == {w.metrics_address: 1.0 for w in workers}
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    wait_for(both_up, 30, "Prometheus to scrape both workers")
+    yield server
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def latest_samples(recorder: SampleRecorder, name: str) -> dict[str, list[float]]:
+    """instance uuid -> every value of `name` the listener received for it, in arrival order."""
+    values = collections.defaultdict(list)
+    for batch in sorted(recorder.snapshot().values(), key=lambda b: b["timestamp"]):
+        for s in batch["payload"]["samples"]:
+            if s["name"] == name:
+                values[s["instance_uuid"]].append(s["value"])
+    return values
+
+
+def test_prometheus_sums_by_image_equal_the_listeners(prometheus, recorder, workers, booted, images):
+    """`sum by (image_id)` in a real Prometheus, after two scrapes of every instance, equals what the stock
+    listener received: each instance's series holds one of the readings the listener got (the same poll
+    sets both), so per image the sums agree within one sample."""
+    _, image_ids = images
+    wait_for(lambda: sampled(recorder, booted), 60, "samples of every booted instance at the oslo listener")
+    wait_for(lambda: prometheus.by("count by (image_id) (count_over_time(berth_instance_cpu_seconds_total[1m]) >= 2)",
+                                   "image_id").keys() >= set(image_ids), 30, "two scrapes of every instance")
+
+    per_instance = {r["metric"]["instance_uuid"]: (r["metric"], float(r["value"][1]))
+                    for r in prometheus.query("berth_instance_cpu_seconds_total")}
+    memory = prometheus.by("sum by (image_id) (berth_instance_memory_bytes)", "image_id")
+    cpu = prometheus.by("sum by (image_id) (berth_instance_cpu_seconds_total)", "image_id")
+    # The series are set just before the batch is published: give the listener the poll Prometheus saw.
+    time.sleep(2)
+    heard = latest_samples(recorder, "cpu.time")
+
+    # Every instance series carries its instance's image, flavor and host, and nothing else is there; its
+    # value is one of the last readings the listener received (a poll or two later by now).
+    assert set(per_instance) == set(booted)
+    matched = {}
+    for instance_uuid, (labels, value) in per_instance.items():
+        host, image_id, flavor = booted[instance_uuid]
+        assert {k: labels[k] for k in ("image_id", "flavor", "host")} == {
+            "image_id": image_id, "flavor": flavor, "host": host}, labels
+        recent = heard[instance_uuid][-5:]
+        found = [v for v in recent if math.isclose(value, v / 1e9, rel_tol=1e-12)]
+        assert found, (instance_uuid, value, recent)
+        matched[instance_uuid] = found[0]
+
+    assert set(cpu) == set(memory) == set(image_ids)
+    for image_id in image_ids:
+        mine = [u for u, (_, image, _) in booted.items() if image == image_id]
+        assert math.isclose(cpu[image_id], sum(per_instance[u][1] for u in mine), rel_tol=1e-9)
+        # The same sum from the listener's samples (integers in ns, added exactly by Python).
+        assert math.isclose(cpu[image_id], sum(matched[u] for u in mine) / 1e9, rel_tol=1e-12), image_id
+        # The test driver's memory is the flavor's, constant: exact.
+        assert memory[image_id] == len(mine) * 128 * 1024 * 1024
+
+    # The worker series are there too: each boot a request, each boot a duration.
+    boots = prometheus.by('sum by (outcome) (berth_requests_total{method="boot_instance"})', "outcome")
+    assert boots == {"success": float(len(booted))}, boots
+    [durations] = prometheus.query("sum(berth_boot_duration_seconds_count)")
+    assert float(durations["value"][1]) == len(booted)
+
+
+def test_the_grafana_dashboards_queries_run(prometheus, booted, images):
+    """Every query of deploy/grafana/berth.json runs against the real Prometheus without error; the
+    per-image panels show every image, with all its instances."""
+    _, image_ids = images
+    dashboard = json.loads((pathlib.Path(__file__).resolve().parents[2] / "deploy/grafana/berth.json").read_text())
+    exprs = [t["expr"].replace("$job", "berth") for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    wait_for(lambda: prometheus.by("count by (image_id) (count_over_time(berth_instance_cpu_seconds_total[1m]) >= 2)",
+                                   "image_id").keys() >= set(image_ids), 30, "two scrapes of every instance")
+    results = {expr: prometheus.query(expr) for expr in exprs}
+    instances = {r["metric"]["image_id"]: float(r["value"][1])
+                 for r in results["count by (image_id) (berth_instance_memory_bytes)"]}
+    assert instances == {i: float(sum(1 for _, image, _ in booted.values() if image == i)) for i in image_ids}
+    assert results["sum by (image_id) (rate(berth_instance_cpu_seconds_total[5m]))"], "CPU panel is empty"
+    assert results['up{job=~"berth"}'], "health panel is empty"
+
+
+def test_deleted_instance_series_are_gone_after_the_next_scrape(prometheus, rpc_transport, workers, images):
+    _, image_ids = images
+    w = workers[0]
+    instance_uuid = str(uuid.uuid4())
+    client = rpc_client(rpc_transport, w.topic).prepare(server=w.host, timeout=120)
+    result = client.call(request_context(), "boot_instance", instance={
+        "uuid": instance_uuid, "name": "metrics-gone", "image_id": image_ids[1],
+        "flavor": {"name": "small", "vcpus": 1, "memory_mb": 128, "root_gb": 1}, "metadata": {}})
+    assert result["status"] == "ACTIVE", result
+    selector = f'{{instance_uuid="{instance_uuid}"}}'
+    wait_for(lambda: prometheus.query(f"berth_instance_memory_bytes{selector}"), 30, "the new instance's series")
+    [series] = prometheus.query(f"berth_instance_memory_bytes{selector}")
+    assert series["metric"]["image_id"] == image_ids[1] and series["metric"]["host"] == w.host, series
+
+    client.call(request_context(), "delete_instance", instance_uuid=instance_uuid)
+    # The next poll (1 s) drops the series and the next scrape (1 s) sees it gone; Prometheus marks it stale.
+    wait_for(lambda: not prometheus.query(f"{{__name__=~\"berth_instance_.*\", instance_uuid=\"{instance_uuid}\"}}"),
+             3 * SCRAPE_INTERVAL + 5, "the deleted instance's series to disappear")
+
+
+def test_healthz_answers_503_while_the_worker_drains(worker_factory, metering_topic):
+    address = f"127.0.0.1:{free_port()}"
+    w = worker_factory(extra_args=["--metrics-listen", address, "--grace-period", "10", "--metrics-interval", "0"])
+    w.start()
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    assert get("/healthz") == (200, "consuming\n")
+    result = subprocess.run(
+        [w.binary, "call", "sleep", "--args", '{"seconds": 3}', "--cast", "--namespace", DEBUG_NAMESPACE,
+         "--server", w.host, "--transport-url", w.url, "--control-exchange", w.exchange, "--topic", w.topic],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: "\nberth_requests_in_flight 1.0\n" in get("/metrics")[1], 10, "the sleep to be in hand")
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.wait_for_log("draining", timeout=10), w.describe()
+    # Still draining (the sleep has seconds to go): the endpoint answers, with 503.
+    assert get("/healthz") == (503, "draining\n")
+    assert w.proc.wait(timeout=30) == 0, w.describe()
+
+
+def test_monitor_duration_bounds_the_wait_for_a_missing_broker(berth_bin):
+    """`monitor --duration 2` against no broker exits 3 after about 2 s, not after 30 s of retrying."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [berth_bin, "monitor", "--duration", "2", "--format", "json",
+         "--transport-url", f"amqp://guest:guest@127.0.0.1:{free_port()}/"],
+        capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot reach the broker" in proc.stderr and "after 2.0 seconds" in proc.stderr, proc.stderr
+    assert elapsed < 6, elapsed
+
+
+@pytest.mark.parametrize("command", ["monitor", "notify"])
+def test_commands_without_rpc_show_no_rpc_topic(berth_bin, command):
+    shown = subprocess.run([berth_bin, command, "--help"], capture_output=True, text=True, timeout=30).stdout
+    assert "--topic <topic>" not in shown and "--control-exchange" in shown, shown
