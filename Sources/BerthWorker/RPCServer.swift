@@ -1,5 +1,6 @@
 import BerthAMQP
 import BerthJSON
+import BerthLibvirt
 import BerthWire
 import Foundation
 import Logging
@@ -57,6 +58,10 @@ public struct RPCServerConfiguration: Sendable {
     /// How often a topic-addressed boot this host cannot run is passed on to the pool before the caller
     /// gets `HostIncompatible` (`HostHandOff`); 0: answer at once.
     public var maxHandOffs = 16
+    /// How often the worker publishes its service report (`ServiceReporter`); nil: never.
+    public var reportInterval: Duration? = .seconds(10)
+    /// The host's capacity for the service reports; nil when it cannot be read right now.
+    public var hostCapacity: @Sendable () async -> HostCapacity? = { nil }
 
     public init(urls: [AMQPURL], host: String) {
         self.urls = urls
@@ -81,6 +86,9 @@ public final class RPCServer: Service, EventSink, Sendable {
     let outbox: EventOutbox
     let attempts: AttemptLedger
     let admission = RequestAdmission()
+    let reporter: ServiceReporter
+    /// The periodic reports while the worker is up; `drain` ends them and reports the drain itself.
+    let periodicReports = Mutex<Task<Void, Never>?>(nil)
 
     public init(configuration: RPCServerConfiguration, endpoints: [RPCEndpointMethods], logger: Logger) throws {
         try configuration.options.validate()
@@ -100,6 +108,7 @@ public final class RPCServer: Service, EventSink, Sendable {
         let notifications = Notifier.topology(options: configuration.options, topics: configuration.notificationTopics)
         amqp.queues += notifications.queues
         amqp.bindings += notifications.bindings
+        if configuration.reportInterval != nil { ServiceReportTopology.add(to: &amqp) }
         amqp.prefetchCount = UInt16(clamping: configuration.concurrency)
         amqp.consumers = [
             (topology.topicQueue.name, "berth-\(configuration.host)-topic", []),
@@ -110,6 +119,7 @@ public final class RPCServer: Service, EventSink, Sendable {
             urls: configuration.urls, connectionName: "berth-worker \(configuration.host)", topology: amqp)
         clientConfiguration.bodyLimit = AMQPBodyLimit(maxBytes: configuration.limits.maxBytes) { OsloEnvelopeScanner() }
         client = AMQPClient(configuration: clientConfiguration, logger: logger)
+        reporter = ServiceReporter(client: client, configuration: configuration, logger: logger)
         intake = Mutex(
             MessageIntake(dispatcher: RPCDispatcher(endpoints: endpoints.map(\.endpoint)), limits: configuration.limits))
     }
@@ -135,6 +145,9 @@ public final class RPCServer: Service, EventSink, Sendable {
         if case .connecting = client.status { try await start() }
         await withDiscardingTaskGroup { group in
             group.addTask { await self.outbox.run(client: self.client, logger: self.logger) }
+            if let interval = configuration.reportInterval {
+                periodicReports.withLock { $0 = Task { await self.reportPeriodically(every: interval) } }
+            }
             await withGracefulShutdownHandler {
                 for await delivery in client.deliveries {
                     inFlight.withLock { $0 += 1 }
@@ -163,8 +176,17 @@ public final class RPCServer: Service, EventSink, Sendable {
         guard !alreadyDraining else { return }
         logger.info("draining", metadata: ["in_flight": "\(inFlight.withLock { $0 })"])
         await client.cancelConsumers()
+        // Ended before the first draining report, so no `up` report can follow it.
+        let reports = periodicReports.withLock { $0.take() }
+        reports?.cancel()
+        await reports?.value
+        var nextReport = ContinuousClock.now
         let deadline = ContinuousClock.now + configuration.gracePeriod
         while inFlight.withLock({ $0 }) > 0, ContinuousClock.now < deadline {
+            if let interval = configuration.reportInterval, ContinuousClock.now >= nextReport {
+                await reporter.report(.draining, inFlight: inFlightCount)
+                nextReport = ContinuousClock.now + interval
+            }
             try? await Task.sleep(for: .milliseconds(20))
         }
         let left = inFlight.withLock { $0 }
@@ -180,12 +202,41 @@ public final class RPCServer: Service, EventSink, Sendable {
         if outbox.pending > 0 {
             logger.warning("events not published before exit", metadata: ["count": "\(outbox.pending)"])
         }
+        if configuration.reportInterval != nil { await reportStopped() }
         if topology.deletesFanoutQueueOnShutdown {
             do { try await client.deleteQueue(topology.fanoutQueue.name) } catch {
                 logger.debug("could not delete the fanout queue", metadata: ["error": "\(error)"])
             }
         }
         await client.stop()
+    }
+
+    // MARK: Service reports
+
+    private func reportPeriodically(every interval: Duration) async {
+        while !Task.isCancelled {
+            await reporter.report(.up, inFlight: inFlightCount)
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// The last report: the worker is gone, not down. Waits a little for the broker's confirm, never longer:
+    /// a broker that is away must not hold up the exit.
+    private func reportStopped() async {
+        let sent = Mutex(false)
+        let task = Task {
+            await reporter.report(.stopped, inFlight: inFlightCount)
+            sent.withLock { $0 = true }
+        }
+        let deadline = ContinuousClock.now + .seconds(2)
+        while !sent.withLock({ $0 }), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        if !sent.withLock({ $0 }) {
+            task.cancel()
+            logger.warning(
+                "the final service report was not confirmed; berth hosts shows this worker down until it is forgotten")
+        }
     }
 
     // MARK: One delivery
@@ -196,10 +247,12 @@ public final class RPCServer: Service, EventSink, Sendable {
                 let address = (oversized.scanner as? OsloEnvelopeScanner)?.replyAddress
                 return intake.refuseOversized(size: oversized.size, reply: address.map(ReplyAddress.init))
             }
-            // A handed-on boot carries the _unique_id this worker may have seen: not a duplicate.
+            // A handed-on boot, or a dead letter replayed, carries the _unique_id this worker may have seen: not
+            // a duplicate.
             return intake.classify(
                 contentType: delivery.properties.contentType, body: delivery.body,
-                redelivered: delivery.redelivered || HostHandOff(headers: delivery.properties.headers).isHandedOn)
+                redelivered: delivery.redelivered || HostHandOff(headers: delivery.properties.headers).isHandedOn
+                    || delivery.properties.header(DeadLetter.Header.replayedReason) != nil)
         }
         switch disposition {
         case .duplicate(let uniqueID):
@@ -477,13 +530,15 @@ public final class RPCServer: Service, EventSink, Sendable {
         }
         var properties = delivery.properties
         var headers = properties.headers ?? []
-        headers.append((key: "x-berth-reason", value: .string(String(reason.prefix(1024)))))
-        headers.append((key: "x-berth-original-exchange", value: .string(delivery.exchange)))
-        headers.append((key: "x-berth-original-routing-key", value: .string(delivery.routingKey)))
-        headers.append((key: "x-berth-host", value: .string(configuration.host)))
+        headers.append((key: DeadLetter.Header.reason, value: .string(String(reason.prefix(1024)))))
+        headers.append((key: DeadLetter.Header.originalExchange, value: .string(delivery.exchange)))
+        headers.append((key: DeadLetter.Header.originalRoutingKey, value: .string(delivery.routingKey)))
+        headers.append((key: DeadLetter.Header.host, value: .string(configuration.host)))
+        // For `berth dead-letters --older-than`: the copy is a new message, without the broker's own times.
+        headers.append((key: DeadLetter.Header.deadLetteredAt, value: .int(Int64(Date().timeIntervalSince1970))))
         // A body over the limit was never kept: its dead letter carries the first bytes and the full size.
         if let oversized = delivery.oversized {
-            headers.append((key: "x-berth-original-bytes", value: .int(Int64(clamping: oversized.size))))
+            headers.append((key: DeadLetter.Header.originalBytes, value: .int(Int64(clamping: oversized.size))))
         }
         properties.headers = headers
         properties.expiration = nil

@@ -17,7 +17,7 @@ struct Berth: AsyncParsableCommand {
         commandName: "berth",
         abstract: "A message-queue driven compute worker that speaks oslo.messaging's RabbitMQ protocol.",
         version: BerthVersion.string,
-        subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self, Monitor.self, Deploy.self])
+        subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self, Monitor.self, Deploy.self, Hosts.self, DeadLetters.self])
 }
 
 /// Broker options shared by every command that talks to RabbitMQ.
@@ -195,6 +195,9 @@ struct Worker: AsyncParsableCommand {
     @Flag(help: "Also serve the berth.debug namespace (sleep, fail, record), for tests.")
     var debugRPC = false
 
+    @Flag(help: "With --debug-rpc: berth.debug crash answers {\"fixed\": true} instead of killing the worker (dead-letter replay tests).")
+    var debugCrashFixed = false
+
     @OptionGroup var catalog: CatalogOptions
 
     @Option(help: "Where the worker keeps its image cache, root disks (a libvirt storage pool), consoles and locks.")
@@ -231,6 +234,9 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Seconds between metrics polls (berth.metrics samples on <metering-topic>.sample); 0: no poller.")
     var metricsInterval = 10.0
 
+    @Option(help: "Seconds between service reports (what berth hosts shows) on exchange berth.services; 0: none.")
+    var reportInterval = 10.0
+
     @Option(help: "Notification topic for berth.metrics samples (Ceilometer's metering topic).")
     var meteringTopic = "metering"
 
@@ -263,6 +269,9 @@ struct Worker: AsyncParsableCommand {
         guard metricsInterval == 0 || (0.1...3600).contains(metricsInterval) else {
             throw ValidationError("--metrics-interval must be 0 (off) or 0.1-3600 s")
         }
+        guard reportInterval == 0 || (0.1...3600).contains(reportInterval) else {
+            throw ValidationError("--report-interval must be 0 (off) or 0.1-3600 s")
+        }
     }
 
     func run() async throws {
@@ -282,6 +291,7 @@ struct Worker: AsyncParsableCommand {
         configuration.deadLetter = DeadLetterRoute(queue: deadLetterQueue)
         configuration.handlerTimeout = handlerTimeout > 0 ? .milliseconds(Int(handlerTimeout * 1000)) : nil
         configuration.attemptsDirectory = stateDir + "/attempts"
+        configuration.reportInterval = reportInterval > 0 ? .milliseconds(Int(reportInterval * 1000)) : nil
 
         let libvirt = LibvirtHost(uri: libvirtURI, logger: logger)
         do {
@@ -289,6 +299,7 @@ struct Worker: AsyncParsableCommand {
         } catch {
             logger.warning("libvirt is not reachable yet; methods that need it will fail until it is", metadata: ["error": "\(error)"])
         }
+        configuration.hostCapacity = { try? await libvirt.capacity(domainPrefix: DomainSpec.namePrefix) }
         let domainType: DomainSpec.DomainType
         if let virtType {
             guard let chosen = DomainSpec.DomainType(rawValue: virtType) else {
@@ -314,7 +325,7 @@ struct Worker: AsyncParsableCommand {
         let bareMetal = BareMetalService(
             host: hostName, catalog: compute.catalog, inventory: inventory, stateDirectory: stateDir)
         var endpoints = [ComputeEndpoints(compute: compute, bareMetal: bareMetal).endpoint]
-        if debugRPC { endpoints.append(DebugEndpoints.endpoint) }
+        if debugRPC { endpoints.append(DebugEndpoints.endpoint(crashIsFixed: debugCrashFixed)) }
 
         let server = try RPCServer(configuration: configuration, endpoints: endpoints, logger: logger)
         do {
