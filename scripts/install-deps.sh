@@ -23,6 +23,8 @@ APT_PACKAGES=(
     python3-libvirt time gcc
     # Security and deploy tests: a CA and certificates for a TLS broker, `systemd-analyze verify` of the unit.
     openssl systemd
+    # The Debian package test (scripts/test-deb.sh): `man berth-worker`, postinst's adduser.
+    man-db adduser
 )
 
 SUDO=()
