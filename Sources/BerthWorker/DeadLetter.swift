@@ -18,7 +18,11 @@ public struct DeadLetter: Sendable {
         public static let deadLetteredAt = "x-berth-dead-lettered-at"
         /// On a replayed copy: the reason it had been dead-lettered for.
         public static let replayedReason = "x-berth-replayed-reason"
-        static let added = [reason, originalExchange, originalRoutingKey, host, originalBytes, deadLetteredAt]
+        /// Taken off a replayed copy: the worker's headers, and the broker's record of its own dead-lettering.
+        static let added = [
+            reason, originalExchange, originalRoutingKey, host, originalBytes, deadLetteredAt, "x-death",
+            "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+        ]
     }
 
     /// The first 12 hex digits of the body's SHA-256: stable across listings, so `show` and `replay` can name it.
@@ -45,10 +49,14 @@ public struct DeadLetter: Sendable {
             guard case .string(let value)? = properties.header(key) else { return nil }
             return value
         }
-        reason = text(Header.reason) ?? "(no \(Header.reason) header)"
+        // The broker's own dead-lettering (the deploy/ policy's delivery-limit, a call's expired TTL) says the
+        // same in its x-death header.
+        let death = BrokerDeath(properties.header("x-death"))
+        reason =
+            text(Header.reason) ?? death?.reason.map { "broker: \($0) (x-death)" } ?? "(no \(Header.reason) header)"
         host = text(Header.host)
-        originalExchange = text(Header.originalExchange)
-        originalRoutingKey = text(Header.originalRoutingKey)
+        originalExchange = text(Header.originalExchange) ?? death?.exchange
+        originalRoutingKey = text(Header.originalRoutingKey) ?? death?.routingKey
         if case .int(let bytes)? = properties.header(Header.originalBytes) {
             originalBytes = bytes
         } else {
@@ -78,8 +86,8 @@ public struct DeadLetter: Sendable {
         return nil
     }
 
-    /// The properties of the replayed copy: the original's, without the dead-letter headers, with the reason it
-    /// had been dead-lettered for kept in `x-berth-replayed-reason`.
+    /// The properties of the replayed copy: the original's, without the dead-letter headers (the worker's and the
+    /// broker's), with the reason it had been dead-lettered for kept in `x-berth-replayed-reason`.
     public var replayProperties: AMQPProperties {
         var properties = delivery.properties
         var headers = (properties.headers ?? []).filter {
@@ -93,6 +101,22 @@ public struct DeadLetter: Sendable {
     /// Seconds since it was dead-lettered; nil when the header is missing (dead-lettered by an older worker).
     public func age(now: Date) -> Double? {
         deadLetteredAt.map { now.timeIntervalSince($0) }
+    }
+}
+
+/// The first entry of RabbitMQ's `x-death` header: why the broker dead-lettered the message and where it was
+/// first sent.
+struct BrokerDeath {
+    var reason: String?
+    var exchange: String?
+    var routingKey: String?
+
+    init?(_ header: AMQPFieldValue?) {
+        guard case .array(let deaths)? = header, case .table(let death)? = deaths.first else { return nil }
+        func field(_ key: String) -> AMQPFieldValue? { death.first { $0.key == key }?.value }
+        if case .string(let reason)? = field("reason") { self.reason = reason }
+        if case .string(let exchange)? = field("exchange") { self.exchange = exchange }
+        if case .array(let keys)? = field("routing-keys"), case .string(let key)? = keys.first { routingKey = key }
     }
 }
 

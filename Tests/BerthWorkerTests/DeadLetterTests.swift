@@ -69,6 +69,20 @@ struct DeadLetterTests {
         #expect(letter.replayRefusal?.contains("x-berth-original-exchange") == true)
     }
 
+    @Test func aLetterTheBrokerDeadLetteredIsReadFromXDeath() {
+        let death: AMQPFieldValue = .array([
+            .table([
+                (key: "count", value: .int(1)), (key: "reason", value: .string("delivery_limit")),
+                (key: "queue", value: .string("compute")), (key: "exchange", value: .string("berth")),
+                (key: "routing-keys", value: .array([.string("compute")])),
+            ])
+        ])
+        let letter = DeadLetter(Self.delivery(headers: [(key: "x-death", value: death)]))
+        #expect(letter.reason == "broker: delivery_limit (x-death)")
+        #expect(letter.originalExchange == "berth" && letter.originalRoutingKey == "compute")
+        #expect(letter.replayRefusal == nil)
+    }
+
     @Test func filtersNeedEveryCriterion() {
         let letter = DeadLetter(Self.delivery(headers: Self.headers))
         let now = Date(timeIntervalSince1970: 1_000_100)
