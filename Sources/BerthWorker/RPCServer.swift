@@ -176,12 +176,13 @@ public final class RPCServer: Service, EventSink, Sendable {
         guard !alreadyDraining else { return }
         logger.info("draining", metadata: ["in_flight": "\(inFlight.withLock { $0 })"])
         await client.cancelConsumers()
-        // Ended before the first draining report, so no `up` report can follow it.
+        let deadline = ContinuousClock.now + configuration.gracePeriod
+        // Ended before the first draining report, so no `up` report can follow it. (A report in progress is
+        // waited for: it may be asking a busy libvirt; the grace period runs meanwhile.)
         let reports = periodicReports.withLock { $0.take() }
         reports?.cancel()
         await reports?.value
         var nextReport = ContinuousClock.now
-        let deadline = ContinuousClock.now + configuration.gracePeriod
         while inFlight.withLock({ $0 }) > 0, ContinuousClock.now < deadline {
             if let interval = configuration.reportInterval, ContinuousClock.now >= nextReport {
                 await reporter.report(.draining, inFlight: inFlightCount)
