@@ -10,9 +10,9 @@ struct DeadLetters: AsyncParsableCommand {
         commandName: "dead-letters",
         abstract: "List, show, replay or purge the messages workers dead-lettered (queue berth.dead-letter).",
         discussion: """
-            A worker dead-letters a message it cannot use (not JSON, not a valid request, over
-            --max-message-bytes) or one that reached --max-attempts (it crashed the worker or outlived
-            --handler-timeout), with the reason in the x-berth-reason header. Each dead letter is named by the
+            A worker dead-letters a message it cannot use (not JSON, not a valid request, over \
+            --max-message-bytes) or one that reached --max-attempts (it crashed the worker or outlived \
+            --handler-timeout), with the reason in the x-berth-reason header. Each dead letter is named by the \
             first 12 hex digits of its body's SHA-256 (the ID column).
 
             Examples:
@@ -212,9 +212,9 @@ extension DeadLetters {
         static let configuration = CommandConfiguration(
             abstract: "Send dead letters again to the exchange and routing key they were first sent to.",
             discussion: """
-                The copy keeps the original body and properties; the x-berth-* headers are replaced by
-                x-berth-replayed-reason (why it had been dead-lettered). A dead letter that kept only an excerpt
-                (its body was over --max-message-bytes) cannot be replayed: it is refused and stays. Exit status 1
+                The copy keeps the original body and properties; the x-berth-* headers are replaced by \
+                x-berth-replayed-reason (why it had been dead-lettered). A dead letter that kept only an excerpt \
+                (its body was over --max-message-bytes) cannot be replayed: it is refused and stays. Exit status 1 \
                 when any was refused or not routed.
 
                 Examples:

@@ -8,12 +8,12 @@ struct Hosts: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the pool's workers from their service reports: up, draining or down, capacity and load.",
         discussion: """
-            Every worker reports every --report-interval seconds to the stream berth.services. This reads the
-            reports of the last --since seconds: a worker whose last report is older than --service-down-time
-            is down (it died or lost the broker), one that is shutting down shows draining, and one that
+            Every worker reports every --report-interval seconds to the stream berth.services. This reads the \
+            reports of the last --since seconds: a worker whose last report is older than --service-down-time \
+            is down (it died or lost the broker), one that is shutting down shows draining, and one that \
             stopped cleanly is gone from the list. Clocks must agree (NTP), as for nova's service list.
 
-            --wait N waits until N workers are up and exits 0, or exits 2 after --timeout seconds.
+            --wait N waits until N workers are up and exits 0, or exits 2 after --timeout seconds. \
             Exit status 3: the broker could not be reached.
 
             Examples:
