@@ -27,6 +27,8 @@ APT_PACKAGES=(
     openssl systemd
     # Tests/interop/test_metrics.py scrapes the workers' /metrics with a real Prometheus (19 MB, about 20 s).
     prometheus
+    # The Debian package test (scripts/test-deb.sh): `man berth-worker`, postinst's adduser.
+    man-db adduser
 )
 
 SUDO=()

@@ -11,6 +11,18 @@ public struct AMQPBodyLimit: Sendable {
         self.excerptBytes = excerptBytes
         self.makeScanner = makeScanner
     }
+
+    /// Bodies over `maxBytes` are read and dropped with nothing kept but their size: for a reader that has no
+    /// use for a message that large.
+    public static func dropping(over maxBytes: Int) -> AMQPBodyLimit {
+        AMQPBodyLimit(maxBytes: maxBytes, excerptBytes: 0) { IgnoredBody() }
+    }
+}
+
+/// The scanner of a body nobody looks at.
+struct IgnoredBody: AMQPBodyScanner {
+    var isFinished: Bool { true }
+    func scan(_ bytes: UnsafeRawBufferPointer) {}
 }
 
 /// Follows a body too large to keep as it streams past. It must use bounded memory and never trap, whatever

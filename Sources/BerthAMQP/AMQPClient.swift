@@ -36,6 +36,8 @@ public final class AMQPClient: Sendable {
         case connected(generation: UInt64)
         case failed(AMQPError)
         case stopped
+
+        var isConnected: Bool { if case .connected = self { true } else { false } }
     }
 
     enum Command {
@@ -59,6 +61,10 @@ public final class AMQPClient: Sendable {
     struct Shared {
         var commands: [Command] = []
         var stopping = false
+        /// `host:port` of the node the current connection is on.
+        var broker: String?
+        /// Ready messages per queue when the current connection declared them, before its consumers started.
+        var readyMessages: [String: UInt32] = [:]
         var started = false
         var threadFinished: [CheckedContinuation<Void, Never>] = []
         var finished = false
@@ -105,6 +111,16 @@ public final class AMQPClient: Sendable {
     }
 
     public var status: Status { watchedStatus.value }
+
+    /// `host:port` of the broker node this client is connected to; nil while it is not. In a cluster, which
+    /// node a worker landed on (its URL's hosts are tried in a random order).
+    public var connectedBroker: String? { status.isConnected ? shared.withLock { $0.broker } : nil }
+
+    /// How many messages `queue` held when this connection declared it, before any consumer of the topology
+    /// started: where a reader of a queue knows it has seen everything. Nil when the topology has no such queue.
+    public func readyMessages(in queue: String) -> Int? {
+        shared.withLock { $0.readyMessages[queue].map(Int.init) }
+    }
 
     public func waitUntilConnected(timeout: Duration) async throws {
         let settled = await withTimeLimit(timeout) { [watchedStatus] in
@@ -245,7 +261,8 @@ public final class AMQPClient: Sendable {
 
     var isStopping: Bool { shared.withLock { $0.stopping } }
 
-    func setStatus(_ status: Status) {
+    func setStatus(_ status: Status, broker: AMQPURL? = nil) {
+        shared.withLock { $0.broker = broker.map { "\($0.host):\($0.port)" } }
         watchedStatus.update { $0 = status }
     }
 
@@ -300,7 +317,7 @@ final class IOLoop: @unchecked Sendable {
         case .connect(let attempt):
             return connect(attempt)
         case .serve(let generation):
-            client.setStatus(.connected(generation: generation))
+            client.setStatus(.connected(generation: generation), broker: connection?.url)
             return serve()
         case .waitBackOff(let seconds, let broker, let cause):
             logger.warning(
@@ -356,7 +373,8 @@ final class IOLoop: @unchecked Sendable {
                 bodyLimit: client.configuration.bodyLimit)
             var topology = client.configuration.topology
             if !attempt.startsConsumers { topology.consumers = [] }
-            try connection.apply(topology)
+            let readyMessages = try connection.apply(topology)
+            client.shared.withLock { $0.readyMessages = readyMessages }
             logger.info(
                 "connected to the broker",
                 metadata: ["broker": "\(attempt.url)", "generation": "\(attempt.generation)"])

@@ -136,12 +136,15 @@ final class AMQPConnection: AMQPCommandChannel {
         try check("declare exchange '\(exchange.name)'")
     }
 
-    func declare(_ queue: QueueSpec) throws(AMQPError) {
+    /// Returns the number of messages ready in the queue, as the broker's declare-ok counts them.
+    @discardableResult
+    func declare(_ queue: QueueSpec) throws(AMQPError) -> UInt32 {
         let arena = CArena()
-        _ = amqp_queue_declare(
-            state, channel, arena.bytes(queue.name), 0, queue.durable ? 1 : 0, queue.exclusive ? 1 : 0,
-            queue.autoDelete ? 1 : 0, arena.table(queue.arguments))
+        let declared = amqp_queue_declare(
+            state, channel, arena.bytes(queue.name), queue.passive ? 1 : 0, queue.durable ? 1 : 0,
+            queue.exclusive ? 1 : 0, queue.autoDelete ? 1 : 0, arena.table(queue.arguments))
         try check("declare queue '\(queue.name)'")
+        return declared?.pointee.message_count ?? 0
     }
 
     func bind(_ binding: BindingSpec) throws(AMQPError) {
@@ -176,14 +179,18 @@ final class AMQPConnection: AMQPCommandChannel {
         try check("cancel consumer '\(consumerTag)'")
     }
 
-    func apply(_ topology: AMQPTopology) throws(AMQPError) {
+    /// Declares and starts consuming; returns the ready messages of each queue declared, before any consumer.
+    @discardableResult
+    func apply(_ topology: AMQPTopology) throws(AMQPError) -> [String: UInt32] {
+        var readyMessages: [String: UInt32] = [:]
         for exchange in topology.exchanges { try declare(exchange) }
-        for queue in topology.queues { try declare(queue) }
+        for queue in topology.queues { readyMessages[queue.name] = try declare(queue) }
         for binding in topology.bindings { try bind(binding) }
         if topology.prefetchCount > 0 { try qos(prefetchCount: topology.prefetchCount) }
         for consumer in topology.consumers {
             try consume(queue: consumer.queue, consumerTag: consumer.consumerTag, arguments: consumer.arguments)
         }
+        return readyMessages
     }
 
     // MARK: Messages
@@ -304,7 +311,8 @@ final class AMQPConnection: AMQPCommandChannel {
                 let content = try readContent(channel: frame.channel, limit: bodyLimit)
                 return .delivery(
                     AMQPDelivery(
-                        consumerTag: consumerTag, deliveryTag: deliver.delivery_tag, redelivered: deliver.redelivered != 0,
+                        consumerTag: consumerTag, deliveryTag: deliver.delivery_tag,
+                        redelivered: deliver.redelivered != 0,
                         exchange: exchange, routingKey: routingKey, properties: content.properties, body: content.body,
                         oversized: content.oversized, connectionGeneration: generation))
             case berth_amqp_basic_return:
@@ -359,7 +367,7 @@ final class AMQPConnection: AMQPCommandChannel {
     }
 
     /// For a returned message, whose body is our own and of no use.
-    private static let droppingEveryBody = AMQPBodyLimit(maxBytes: 0, excerptBytes: 0) { IgnoredBody() }
+    private static let droppingEveryBody = AMQPBodyLimit.dropping(over: 0)
 
     /// Lets librabbitmq reuse its frame memory once everything read has been copied out.
     func releaseBuffers() {
@@ -375,7 +383,8 @@ final class AMQPConnection: AMQPCommandChannel {
         try waitFrame(&frame, channel: channel)
         guard frame.frame_type == UInt8(AMQP_FRAME_HEADER) else {
             usable = false
-            throw AMQPError(.connectionLost, "the broker sent frame type \(frame.frame_type) where a content header belongs")
+            throw AMQPError(
+                .connectionLost, "the broker sent frame type \(frame.frame_type) where a content header belongs")
         }
         let size = frame.payload.properties.body_size
         // Copied out before any frame memory is recycled.
@@ -397,7 +406,8 @@ final class AMQPConnection: AMQPCommandChannel {
             let bytes = UnsafeRawBufferPointer(start: fragment.bytes, count: fragment.len)
             guard UInt64(bytes.count) <= size - received else {
                 usable = false
-                throw AMQPError(.connectionLost, "the message body is longer than the \(size) bytes its header announced")
+                throw AMQPError(
+                    .connectionLost, "the message body is longer than the \(size) bytes its header announced")
             }
             received += UInt64(bytes.count)
             if let limit, oversized {
@@ -509,10 +519,4 @@ final class AMQPConnection: AMQPCommandChannel {
     static func makeTimeval(seconds: Double) -> Glibc.timeval {
         Glibc.timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1_000_000))
     }
-}
-
-/// The scanner of a body nobody looks at.
-private struct IgnoredBody: AMQPBodyScanner {
-    var isFinished: Bool { true }
-    func scan(_ bytes: UnsafeRawBufferPointer) {}
 }

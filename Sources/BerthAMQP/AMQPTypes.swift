@@ -180,6 +180,9 @@ public struct QueueSpec: Sendable {
     public var exclusive: Bool
     public var autoDelete: Bool
     public var arguments: AMQPTable
+    /// Only check that the queue exists (a 404 when it does not), whatever its arguments: for a reader that
+    /// must neither create the queue nor know how it was declared.
+    public var passive = false
 
     public init(name: String, durable: Bool, exclusive: Bool = false, autoDelete: Bool, arguments: AMQPTable = []) {
         self.name = name
@@ -187,6 +190,13 @@ public struct QueueSpec: Sendable {
         self.exclusive = exclusive
         self.autoDelete = autoDelete
         self.arguments = arguments
+    }
+
+    /// A passive declaration of `name`.
+    public static func existing(_ name: String) -> QueueSpec {
+        var spec = QueueSpec(name: name, durable: false, autoDelete: false)
+        spec.passive = true
+        return spec
     }
 }
 

@@ -12,7 +12,7 @@ public enum WorkerOption: String, CaseIterable, Sendable {
     case notificationTopics, meteringTopic
     case virtType, libvirtURI, forceConfigDrive, storagePool
     case logLevel, logFormat, concurrency, maxMessageBytes, gracePeriod, debugRPC, stateDir, deadLetterQueue
-    case maxHandOffs, maxAttempts, handlerTimeout, metricsInterval, metricsListen
+    case maxHandOffs, maxAttempts, handlerTimeout, metricsInterval, metricsListen, reportInterval, debugCrashFixed
     // New worker options go here, each with its row in `descriptor` (then one line in Worker.commandLine, and
     // regenerate deploy/berth.conf.sample).
     case catalog, glanceTokenFile, glanceCacheDir, volumeCatalog
@@ -162,6 +162,12 @@ public enum WorkerOption: String, CaseIterable, Sendable {
         case .handlerTimeout:
             Descriptor(section: "berth", name: "handler_timeout", flag: "handler-timeout", kind: .number(0...86400, zeroMeans: nil), defaultValue: .number(3600),
                 help: "Seconds a handler may run before it is abandoned and the request retried; 0: no limit.")
+        case .reportInterval:
+            Descriptor(section: "berth", name: "report_interval", flag: "report-interval", kind: .number(0.1...3600, zeroMeans: "no reports"), defaultValue: .number(10),
+                help: "Seconds between service reports (what berth hosts shows) on exchange berth.services, as Nova's report_interval; 0: none.")
+        case .debugCrashFixed:
+            Descriptor(section: "berth", name: "debug_crash_fixed", flag: "debug-crash-fixed", kind: .boolean, defaultValue: .boolean(false),
+                help: "With debug_rpc: berth.debug crash answers {\"fixed\": true} instead of killing the worker (dead-letter replay tests).")
         case .metricsListen:
             Descriptor(section: "berth", name: "metrics_listen", flag: "metrics-listen", kind: .string(.nonEmpty), defaultValue: nil,
                 help: "Serve Prometheus /metrics and /healthz on this address (IPv4 or [IPv6] literal and port, e.g. 127.0.0.1:9180). Off by default; keep it on loopback or a management network.")

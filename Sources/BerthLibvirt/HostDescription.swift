@@ -75,3 +75,21 @@ public struct HostDescription: Sendable, Equatable, Codable {
         case version
     }
 }
+
+/// The host's size and what is left of it, for the worker's service reports.
+public struct HostCapacity: Sendable, Equatable {
+    public var vcpus: Int
+    public var memoryMB: Int
+    /// The host's CPUs less those of running domains, never below zero (an overcommitted host has none free).
+    public var freeVcpus: Int
+    public var freeMemoryMB: Int
+    public var domains: Int
+
+    public init(vcpus: Int, memoryMB: Int, freeVcpus: Int, freeMemoryMB: Int, domains: Int) {
+        self.vcpus = vcpus
+        self.memoryMB = memoryMB
+        self.freeVcpus = freeVcpus
+        self.freeMemoryMB = freeMemoryMB
+        self.domains = domains
+    }
+}

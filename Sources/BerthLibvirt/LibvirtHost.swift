@@ -111,6 +111,19 @@ public actor LibvirtHost {
         }
     }
 
+    /// What a service report says of the host: its CPUs and memory, what running domains leave free, and how
+    /// many domains whose names start with `domainPrefix` it holds (running or not).
+    public func capacity(domainPrefix: String) throws -> HostCapacity {
+        try withConnection { connection throws in
+            let node = try connection.nodeInfo()
+            return HostCapacity(
+                vcpus: node.cpus, memoryMB: Int(clamping: node.memoryKiB / 1024),
+                freeVcpus: max(0, node.cpus - (try connection.activeVcpus())),
+                freeMemoryMB: Int(clamping: try connection.freeMemoryBytes() / (1024 * 1024)),
+                domains: try connection.listDomains(namePrefix: domainPrefix).count)
+        }
+    }
+
     private func liveConnection() throws -> LibvirtConnection {
         if let connection, connection.isAlive() {
             return connection

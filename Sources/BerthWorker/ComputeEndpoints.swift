@@ -185,11 +185,13 @@ public enum DebugEndpoints {
     public static let namespace = "berth.debug"
     static let maximumSleepSeconds = 600.0
 
-    public static var endpoint: RPCEndpointMethods {
+    /// - Parameter crashIsFixed: `crash` answers instead of killing the worker: the "fixed" build a dead
+    ///   letter is replayed to (`berth worker --debug-crash-fixed`).
+    public static func endpoint(crashIsFixed: Bool = false) -> RPCEndpointMethods {
         RPCEndpointMethods(
             namespace: namespace, version: .oneZero,
             methods: [
-                "crash": crash,
+                "crash": crashIsFixed ? fixedCrash : crash,
                 "sleep": { call in
                     let check = ArgumentCheck(call.args, method: "sleep")
                     try check.allowOnly(["seconds"])

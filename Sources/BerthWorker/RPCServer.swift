@@ -1,5 +1,6 @@
 import BerthAMQP
 import BerthJSON
+import BerthLibvirt
 import BerthWire
 import Foundation
 import Logging
@@ -64,6 +65,10 @@ public struct RPCServerConfiguration: Sendable {
     /// How often a topic-addressed boot this host cannot run is passed on to the pool before the caller
     /// gets `HostIncompatible` (`HostHandOff`); 0: answer at once.
     public var maxHandOffs = 16
+    /// How often the worker publishes its service report (`ServiceReporter`); nil: never.
+    public var reportInterval: Duration? = .seconds(10)
+    /// The host's capacity for the service reports; nil when it cannot be read right now.
+    public var hostCapacity: @Sendable () async -> HostCapacity? = { nil }
 
     public init(urls: [AMQPURL], host: String) {
         self.urls = urls
@@ -101,6 +106,10 @@ public final class RPCServer: Service, EventSink, Sendable {
     let outbox: EventOutbox
     let attempts: AttemptLedger
     let admission = RequestAdmission()
+    let reporter: ServiceReporter
+    /// The periodic reports while the worker is up; `drain` ends them and reports the drain itself.
+    /// Set when the `up` reports have ended (or there are none): a drain's reports follow only then.
+    let upReportsEnded: Watched<Bool>
 
     public init(configuration: RPCServerConfiguration, endpoints: [RPCEndpointMethods], logger: Logger) throws {
         try configuration.options.validate()
@@ -120,6 +129,7 @@ public final class RPCServer: Service, EventSink, Sendable {
         let notifications = Notifier.topology(options: configuration.options, topics: configuration.notificationTopics)
         amqp.queues += notifications.queues
         amqp.bindings += notifications.bindings
+        if configuration.reportInterval != nil { ServiceReportTopology.add(to: &amqp) }
         amqp.prefetchCount = UInt16(clamping: configuration.concurrency)
         amqp.consumers = [
             (topology.topicQueue.name, "berth-\(configuration.host)-topic", []),
@@ -130,6 +140,8 @@ public final class RPCServer: Service, EventSink, Sendable {
             urls: configuration.urls, connectionName: "berth-worker \(configuration.host)", topology: amqp)
         clientConfiguration.bodyLimit = AMQPBodyLimit(maxBytes: configuration.limits.maxBytes) { OsloEnvelopeScanner() }
         client = AMQPClient(configuration: clientConfiguration, logger: logger)
+        reporter = ServiceReporter(client: client, configuration: configuration, logger: logger)
+        upReportsEnded = Watched(configuration.reportInterval == nil)
         intake = Mutex(
             MessageIntake(dispatcher: RPCDispatcher(endpoints: endpoints.map(\.endpoint)), limits: configuration.limits))
     }
@@ -160,6 +172,9 @@ public final class RPCServer: Service, EventSink, Sendable {
                 guard await self.drainRequested.wait(until: { $0 }) != nil else { return }
                 await self.drain()
             }
+            if let interval = configuration.reportInterval {
+                group.addTask { await self.reportWhileUp(every: interval) }
+            }
             await withGracefulShutdownHandler {
                 for await delivery in client.deliveries {
                     inFlight.update { $0 += 1 }
@@ -184,9 +199,16 @@ public final class RPCServer: Service, EventSink, Sendable {
     private func drain() async {
         logger.info("draining", metadata: ["in_flight": "\(inFlight.value)"])
         await client.cancelConsumers()
-        let idle = await withTimeLimit(configuration.gracePeriod) { [inFlight] in
-            await inFlight.wait { $0 == 0 }
-        }
+        let deadline = ContinuousClock.now + configuration.gracePeriod
+        // The `up` reports end before the first draining report, so none can follow it. (A report in progress is
+        // waited for: it may be asking a busy libvirt; the grace period runs meanwhile.)
+        _ = await upReportsEnded.wait { $0 }
+        var idle: Int?
+        repeat {
+            if configuration.reportInterval != nil { _ = await reporter.report(.draining, inFlight: inFlightCount) }
+            let wait = min(configuration.reportInterval ?? configuration.gracePeriod, deadline - .now)
+            idle = await withTimeLimit(wait) { [inFlight] in await inFlight.wait { $0 == 0 } }
+        } while idle == nil && ContinuousClock.now < deadline
         if idle == nil {
             logger.warning(
                 "grace period over; handing unfinished requests back to the broker",
@@ -198,12 +220,43 @@ public final class RPCServer: Service, EventSink, Sendable {
         if flushed == nil, outbox.pending > 0 {
             logger.warning("events not published before exit", metadata: ["count": "\(outbox.pending)"])
         }
+        if configuration.reportInterval != nil { await reportStopped() }
         if topology.deletesFanoutQueueOnShutdown {
             do { try await client.deleteQueue(topology.fanoutQueue.name) } catch {
                 logger.debug("could not delete the fanout queue", metadata: ["error": "\(error)"])
             }
         }
         await client.stop()
+    }
+
+    // MARK: Service reports
+
+    /// `up` reports every `interval` until a drain is requested (or the server stops), then marks them ended
+    /// for the drain, whose `draining` reports take over.
+    private func reportWhileUp(every interval: Duration) async {
+        defer { upReportsEnded.update { $0 = true } }
+        while !drainRequested.value, !Task.isCancelled {
+            _ = await reporter.report(.up, inFlight: inFlightCount)
+            _ = await withTimeLimit(interval) { [drainRequested] in await drainRequested.wait { $0 } }
+        }
+    }
+
+    /// The last report: the worker is gone, not down. Waits a little for the broker's confirm, never longer:
+    /// a broker that is away must not hold up the exit.
+    private func reportStopped() async {
+        // A publish cannot be cancelled (a blocked broker holds it), so it runs in a task of its own that the
+        // drain stops waiting for after 2 s.
+        let sent = Watched(false)
+        let inFlight = inFlightCount
+        let publisher = Task { [reporter] in
+            _ = await reporter.report(.stopped, inFlight: inFlight)
+            sent.update { $0 = true }
+        }
+        if await withTimeLimit(.seconds(2), { await sent.wait { $0 } }) == nil {
+            publisher.cancel()
+            logger.warning(
+                "the final service report was not confirmed; berth hosts shows this worker down until it is forgotten")
+        }
     }
 
     // MARK: One delivery
@@ -214,10 +267,12 @@ public final class RPCServer: Service, EventSink, Sendable {
                 let address = (oversized.scanner as? OsloEnvelopeScanner)?.replyAddress
                 return intake.refuseOversized(size: oversized.size, reply: address.map(ReplyAddress.init))
             }
-            // A handed-on boot carries the _unique_id this worker may have seen: not a duplicate.
+            // A handed-on boot, or a dead letter replayed, carries the _unique_id this worker may have seen: not
+            // a duplicate.
             return intake.classify(
                 contentType: delivery.properties.contentType, body: delivery.body,
-                redelivered: delivery.redelivered || HostHandOff(headers: delivery.properties.headers).isHandedOn)
+                redelivered: delivery.redelivered || HostHandOff(headers: delivery.properties.headers).isHandedOn
+                    || delivery.properties.header(DeadLetter.Header.replayedReason) != nil)
         }
         switch disposition {
         case .duplicate(let uniqueID):
@@ -504,13 +559,15 @@ public final class RPCServer: Service, EventSink, Sendable {
         }
         var properties = delivery.properties
         var headers = properties.headers ?? []
-        headers.append((key: "x-berth-reason", value: .string(String(reason.prefix(1024)))))
-        headers.append((key: "x-berth-original-exchange", value: .string(delivery.exchange)))
-        headers.append((key: "x-berth-original-routing-key", value: .string(delivery.routingKey)))
-        headers.append((key: "x-berth-host", value: .string(configuration.host)))
+        headers.append((key: DeadLetter.Header.reason, value: .string(String(reason.prefix(1024)))))
+        headers.append((key: DeadLetter.Header.originalExchange, value: .string(delivery.exchange)))
+        headers.append((key: DeadLetter.Header.originalRoutingKey, value: .string(delivery.routingKey)))
+        headers.append((key: DeadLetter.Header.host, value: .string(configuration.host)))
+        // For `berth dead-letters --older-than`: the copy is a new message, without the broker's own times.
+        headers.append((key: DeadLetter.Header.deadLetteredAt, value: .int(Int64(Date().timeIntervalSince1970))))
         // A body over the limit was never kept: its dead letter carries the first bytes and the full size.
         if let oversized = delivery.oversized {
-            headers.append((key: "x-berth-original-bytes", value: .int(Int64(clamping: oversized.size))))
+            headers.append((key: DeadLetter.Header.originalBytes, value: .int(Int64(clamping: oversized.size))))
         }
         properties.headers = headers
         properties.expiration = nil

@@ -25,7 +25,7 @@ struct Berth: AsyncParsableCommand {
             \(ExitStatus.summary)
             """,
         version: BerthVersion.string,
-        subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self, Monitor.self, Deploy.self, Completion.self])
+        subcommands: [Worker.self, Call.self, Boot.self, Snapshot.self, Status.self, Images.self, Volumes.self, Notify.self, Monitor.self, Deploy.self, Hosts.self, DeadLetters.self, Completion.self])
 
     /// ArgumentParser's own main, except for errors from `run`: those are runtime failures, reported in one
     /// line with their class and exit status (`CommandFailure`), never followed by the usage. A usage error
@@ -317,6 +317,8 @@ struct Worker: AsyncParsableCommand {
     @Option(help: ArgumentHelp(.gracePeriod, valueName: "seconds")) var gracePeriod: String?
     @Flag(inversion: .prefixedNo, help: ArgumentHelp(.debugRPC)) var debugRPC: Bool?
 
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(.debugCrashFixed)) var debugCrashFixed: Bool?
+
     @OptionGroup var catalog: CatalogOptions
 
     @Option(help: ArgumentHelp(.stateDir, valueName: "path")) var stateDir: String?
@@ -329,6 +331,7 @@ struct Worker: AsyncParsableCommand {
     @Option(help: ArgumentHelp(.handlerTimeout, valueName: "seconds")) var handlerTimeout: String?
     @Option(help: ArgumentHelp(.metricsInterval, valueName: "seconds")) var metricsInterval: String?
     @Option(help: ArgumentHelp(.metricsListen, valueName: "host:port")) var metricsListen: String?
+    @Option(help: ArgumentHelp(.reportInterval, valueName: "seconds")) var reportInterval: String?
     @Option(help: ArgumentHelp(.meteringTopic, valueName: "topic")) var meteringTopic: String?
     @Flag(inversion: .prefixedNo, help: ArgumentHelp(.forceConfigDrive)) var forceConfigDrive: Bool?
 
@@ -352,6 +355,8 @@ struct Worker: AsyncParsableCommand {
         given[.handlerTimeout] = handlerTimeout.map { .text($0) }
         given[.metricsInterval] = metricsInterval.map { .text($0) }
         given[.metricsListen] = metricsListen.map { .text($0) }
+        given[.reportInterval] = reportInterval.map { .text($0) }
+        given[.debugCrashFixed] = debugCrashFixed.map { .boolean($0) }
         given[.meteringTopic] = meteringTopic.map { .text($0) }
         given[.forceConfigDrive] = forceConfigDrive.map { .boolean($0) }
         return given
@@ -396,6 +401,8 @@ struct Worker: AsyncParsableCommand {
         let handlerTimeout = settings.number(.handlerTimeout)
         configuration.handlerTimeout = handlerTimeout > 0 ? .milliseconds(Int(handlerTimeout * 1000)) : nil
         configuration.attemptsDirectory = stateDir + "/attempts"
+        let reportInterval = settings.number(.reportInterval)
+        configuration.reportInterval = reportInterval > 0 ? .milliseconds(Int(reportInterval * 1000)) : nil
 
         let libvirt = LibvirtHost(uri: libvirtURI, logger: logger)
         do {
@@ -403,6 +410,7 @@ struct Worker: AsyncParsableCommand {
         } catch {
             logger.warning("libvirt is not reachable yet; methods that need it will fail until it is", metadata: ["error": "\(error)"])
         }
+        configuration.hostCapacity = { try? await libvirt.capacity(domainPrefix: DomainSpec.namePrefix) }
         let domainType =
             settings.string(.virtType).flatMap(DomainSpec.DomainType.init(rawValue:))
             ?? ComputeConfiguration.defaultDomainType(libvirtURI: libvirtURI)
@@ -429,7 +437,9 @@ struct Worker: AsyncParsableCommand {
         let bareMetal = BareMetalService(
             host: hostName, catalog: compute.catalog, inventory: inventory, stateDirectory: stateDir)
         var endpoints = [ComputeEndpoints(compute: compute, bareMetal: bareMetal).endpoint]
-        if settings.boolean(.debugRPC) { endpoints.append(DebugEndpoints.endpoint) }
+        if settings.boolean(.debugRPC) {
+            endpoints.append(DebugEndpoints.endpoint(crashIsFixed: settings.boolean(.debugCrashFixed)))
+        }
 
         let server = try RPCServer(configuration: configuration, endpoints: endpoints, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []

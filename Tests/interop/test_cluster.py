@@ -185,10 +185,22 @@ def test_workers_spread_over_the_brokers_of_their_url(cluster, berth_bin, names,
             w.start(wait=False)
         for w in workers:
             w.wait_ready()
-        counts = collections.Counter(nodes_of(cluster, workers).values())
+        where = nodes_of(cluster, workers)
+        counts = collections.Counter(where.values())
         print(f"\n[cluster figures] 30 workers over 3 brokers: {dict(counts)}")
         # Uniform over three nodes, each gets at least 2 of 30 but for a chance of about 1 in 4,000.
         assert all(counts[name] >= 2 for name, _, _ in cluster), counts
+        # berth hosts on any one node lists the whole pool (the report stream is replicated), each worker
+        # with the node it is connected to.
+        ports = {name: port for name, port, _ in cluster}
+        for name, port, _ in cluster:
+            listed = subprocess.run(
+                [berth_bin, "hosts", "--transport-url", f"amqp://guest:guest@127.0.0.1:{port}/",
+                 "--control-exchange", exchange, "--topic", topic, "--wait", "30", "--timeout", "30",
+                 "--format", "json"], capture_output=True, text=True, timeout=60)
+            assert listed.returncode == 0, f"berth hosts on {name}: {listed.returncode} {listed.stderr}"
+            brokers = {entry["host"]: entry["broker"] for entry in json.loads(listed.stdout)["hosts"]}
+            assert brokers == {host: f"127.0.0.1:{ports[node]}" for host, node in where.items()}, name
         for w in workers:
             w.proc.terminate()
         for w in workers:

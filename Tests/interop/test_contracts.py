@@ -58,6 +58,8 @@ API = {
 REFUSALS = {"InvalidRequest", "InvalidMetadata", "NoSuchMethod", "UnsupportedVersion"}
 EVENT_TYPES = sorted(p.name[: -len(".json")] for p in (SCHEMAS / "events").glob("*.json"))
 METRICS_EVENT = "berth.metrics"
+SERVICE_REPORT_EXCHANGE = "berth.services"
+SERVICE_REPORT_SCHEMA = "services/berth.service.report.json"
 
 # Minimum captures, so the test cannot pass on nothing.
 MINIMUM = {
@@ -65,6 +67,7 @@ MINIMUM = {
     "result boot_instance": 1,
     "failure": 1,
     "event instance.create.end": 1,
+    "service report": 1,
 }
 
 MAX_REPORTED = 25
@@ -210,7 +213,7 @@ def test_asyncapi_covers_every_schema_and_what_the_worker_source_uses():
              for kind in ("rpc/args", "rpc/results", "events")}
     assert referenced("x-berth-args") == files["rpc/args"]
     assert referenced("x-berth-result") == files["rpc/results"]
-    assert referenced("x-berth-payload") == files["events"] | {"metrics/berth.metrics.json"}
+    assert referenced("x-berth-payload") == files["events"] | {"metrics/berth.metrics.json", SERVICE_REPORT_SCHEMA}
     assert {f"rpc/args/{name}.json" for name in API.values()} == files["rpc/args"]
     # Each request message is on every RPC channel, each result on the reply queue.
     for channel in ("rpcTopic", "rpcServer", "rpcFanout"):
@@ -223,7 +226,7 @@ def test_asyncapi_covers_every_schema_and_what_the_worker_source_uses():
     compute = set(re.findall(r'methods\["(\w+)"\]\s*=', source))
     debug_block = source[source.index("enum DebugEndpoints"):]
     debug_block = debug_block[:debug_block.index("\n}\n")]
-    debug = set(re.findall(r'^\s*"(\w+)": (?:\w+,|\{ call in)', debug_block, re.M))
+    debug = set(re.findall(r'^\s*"(\w+)": (?:\w+,|\w+ \? \w+ : \w+,|\{ call in)', debug_block, re.M))
     assert compute and debug, "the method tables moved: update this test"
     assert {(None, m) for m in compute} | {(DEBUG_NAMESPACE, m) for m in debug} == set(API), (compute, debug)
     emitted = set(re.findall(r'\.emit\(\s*"([a-z_.]+)"', source))
@@ -349,6 +352,7 @@ class Analysis:
         self.replies = []
         self.notifications = []
         self.dead_letters = []
+        self.service_reports = []
         self.undecodable = []  # (captured, published by berth, error)
         self._classify()
 
@@ -362,6 +366,9 @@ class Analysis:
                 headers = m.properties.get("headers") or {}
                 if headers.get("x-berth-original-exchange") in self.exchanges:
                     self.dead_letters.append({"m": m, "berth": self.from_berth(m)})
+                continue
+            if m.exchange == SERVICE_REPORT_EXCHANGE:
+                self._classify_service_report(m)
                 continue
             is_reply = m.exchange == "" and m.routing_key.startswith("reply_")
             if not is_reply and m.exchange not in self.exchanges:
@@ -402,6 +409,20 @@ class Analysis:
             else:
                 oslo_routes.add((request["m"].exchange, request["m"].routing_key))
         self.oslo_routes = oslo_routes
+
+    def _classify_service_report(self, m):
+        """A report of one of this session's workers (the stream is the vhost's: other users report there too);
+        `berth hosts` markers (routing key marker.<id>, empty body) are not reports."""
+        if m.routing_key.startswith("marker.") or not self.from_berth(m):
+            return
+        try:
+            outer, inner = decode_oslo(m.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.undecodable.append((m, True, exc))
+            return
+        payload = inner.get("payload") if isinstance(inner, dict) else None
+        if isinstance(payload, dict) and payload.get("control_exchange") in self.exchanges:
+            self.service_reports.append({"m": m, "outer": outer, "inner": inner, "berth": True})
 
     def cast_to_berth(self, request) -> bool:
         m = request["m"]
@@ -532,7 +553,12 @@ def validate_capture(contracts, analysis) -> Findings:
         m = request["m"]
         where = f"CLI request {m.describe()} {method_key(request['inner'])}"
         f.check(contracts, "amqp properties", "amqp/properties.json", m.properties, where)
-        if ("_msg_id" in request["inner"]) != ("expiration" in m.properties):
+        replayed = "x-berth-replayed-reason" in (m.properties.get("headers") or {})
+        if replayed:
+            f.counts["replayed dead letter"] += 1
+            if "expiration" in m.properties:
+                f.fail("amqp properties", where, "a replayed dead letter carries expiration")
+        elif ("_msg_id" in request["inner"]) != ("expiration" in m.properties):
             f.fail("amqp properties", where, "expiration must be set on calls and only on calls")
         f.check(contracts, "envelope", "amqp/envelope.json", request["outer"], where)
         f.check(contracts, "CLI request", "rpc/request.json", request["inner"], where)
@@ -576,6 +602,20 @@ def validate_capture(contracts, analysis) -> Findings:
             problem = image_id_problem(payload)
             if problem:
                 f.fail("image_id", where, f"{problem}: {short(payload)}")
+
+    # Service reports (exchange berth.services).
+    for entry in analysis.service_reports:
+        m, inner = entry["m"], entry["inner"]
+        where = f"service report {m.describe()}"
+        f.check(contracts, "amqp properties", "amqp/properties.json", m.properties, where)
+        f.check(contracts, "envelope", "amqp/envelope.json", entry["outer"], where)
+        if f.check(contracts, "service report notification", "notifications/notification.json", inner, where):
+            if inner["event_type"] != "berth.service.report" or inner["priority"] != "INFO":
+                f.fail("service report", where, f"event_type {inner['event_type']!r}, priority {inner['priority']!r}")
+            payload = inner["payload"]
+            if f.check(contracts, "service report", SERVICE_REPORT_SCHEMA, payload, where):
+                if m.routing_key != f"{payload['topic']}.{payload['host']}":
+                    f.fail("service report", where, f"routing key {m.routing_key!r} is not <topic>.<host>")
 
     # Dead letters the workers republished.
     for entry in analysis.dead_letters:
