@@ -72,8 +72,9 @@ struct Completion: ParsableCommand {
 }
 
 /// Broker options shared by every command that talks to RabbitMQ. Unset flags fall back to the `BERTH_*`
-/// environment variables and then to the defaults of `WorkerOption`; the worker also reads its files.
-struct BusOptions: ParsableArguments {
+/// environment variables and then to the defaults of `WorkerOption`; the worker also reads its files. Commands
+/// that send no RPC (`notify`, `monitor`, `hosts`, `dead-letters`) take these alone, so they show no RPC topic.
+struct BrokerOptions: ParsableArguments {
     @Option(name: .customLong("transport-url"), help: ArgumentHelp(.transportURL, valueName: "url"))
     var transportURL: String?
 
@@ -82,9 +83,6 @@ struct BusOptions: ParsableArguments {
 
     @Option(help: ArgumentHelp(.controlExchange, valueName: "name"))
     var controlExchange: String?
-
-    @Option(help: ArgumentHelp(.topic, valueName: "topic"))
-    var topic: String?
 
     @Flag(inversion: .prefixedNo, help: ArgumentHelp(.amqpDurableQueues))
     var amqpDurableQueues: Bool?
@@ -128,7 +126,6 @@ struct BusOptions: ParsableArguments {
         given[.transportURL] = transportURL.map { .text($0) }
         given[.transportURLFile] = transportURLFile.map { .text($0) }
         given[.controlExchange] = controlExchange.map { .text($0) }
-        given[.topic] = topic.map { .text($0) }
         given[.amqpDurableQueues] = amqpDurableQueues.map { .boolean($0) }
         given[.rabbitQuorumQueue] = rabbitQuorumQueue.map { .boolean($0) }
         given[.rabbitTransientQuorumQueue] = rabbitTransientQuorumQueue.map { .boolean($0) }
@@ -146,10 +143,12 @@ struct BusOptions: ParsableArguments {
 
     /// The bus settings of a command other than the worker: flags, then the environment variables of these
     /// options (and only these: a worker's BERTH_CONCURRENCY is no business of `berth call`), then defaults.
-    func settings() throws -> WorkerConfiguration {
-        let given = commandLine
+    func settings(
+        adding extra: [WorkerOption: WorkerConfiguration.CommandLineValue] = [:], options: [WorkerOption] = options
+    ) throws -> WorkerConfiguration {
+        let given = commandLine.merging(extra) { _, new in new }
         let environment = ProcessInfo.processInfo.environment
-        let names = Set(Self.options.map(\.environmentVariable))
+        let names = Set(options.map(\.environmentVariable))
         do {
             return try WorkerConfiguration(
                 environment: environment.filter { names.contains($0.key) }, commandLine: given)
@@ -159,7 +158,7 @@ struct BusOptions: ParsableArguments {
     }
 
     static let options: [WorkerOption] = [
-        .transportURL, .transportURLFile, .controlExchange, .topic, .amqpDurableQueues, .rabbitQuorumQueue,
+        .transportURL, .transportURLFile, .controlExchange, .amqpDurableQueues, .rabbitQuorumQueue,
         .rabbitTransientQuorumQueue, .transientQueuesTTL, .quorumDeliveryLimit, .heartbeatTimeoutThreshold, .ssl,
         .sslCAFile, .sslCertFile, .sslKeyFile, .logLevel, .logFormat,
     ]
@@ -218,6 +217,40 @@ struct BusOptions: ParsableArguments {
         return logger
     }
 
+    /// Reads a credentials file, refusing one that others can read: a password there is as good as public.
+    static func readSecretFile(_ path: String) throws -> String {
+        do {
+            return try TransportURLFile.read(path)
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+}
+
+/// The broker options and the RPC topic, for commands that send or serve RPCs.
+@dynamicMemberLookup
+struct BusOptions: ParsableArguments {
+    @OptionGroup var broker: BrokerOptions
+
+    @Option(help: ArgumentHelp(.topic, valueName: "topic"))
+    var topic: String?
+
+    subscript<T>(dynamicMember path: KeyPath<BrokerOptions, T>) -> T { broker[keyPath: path] }
+
+    var commandLine: [WorkerOption: WorkerConfiguration.CommandLineValue] {
+        var given = broker.commandLine
+        given[.topic] = topic.map { .text($0) }
+        return given
+    }
+
+    func settings() throws -> WorkerConfiguration {
+        try broker.settings(adding: commandLine, options: BrokerOptions.options + [.topic])
+    }
+
+    func urls() throws -> [AMQPURL] { try broker.urls() }
+
+    func rabbitOptions() throws -> RabbitOptions { try broker.rabbitOptions() }
+
     /// Runs `body` with a started RPC client, stopping it afterwards. The broker is retried until
     /// `connectBy`, then the command fails with one line (status 3). Failures of `body` become
     /// `CommandFailure`s with the statuses of `ExitStatus`: 1 remote failure, 2 timeout, 3 not delivered.
@@ -226,9 +259,9 @@ struct BusOptions: ParsableArguments {
         _ body: (OsloRPCClient) async throws(RPCCallError) -> Void
     ) async throws {
         let settings = try settings()
-        let logger = Self.logger(label, settings, quiet: true)
+        let logger = BrokerOptions.logger(label, settings, quiet: true)
         let client = OsloRPCClient(
-            urls: try Self.urls(settings), options: try Self.rabbitOptions(settings),
+            urls: try BrokerOptions.urls(settings), options: try BrokerOptions.rabbitOptions(settings),
             topic: settings.string(.topic) ?? "compute", logger: logger)
         do {
             try await client.start(connectTimeout: max(deadline - .now, .zero))
@@ -243,14 +276,6 @@ struct BusOptions: ParsableArguments {
         }
     }
 
-    /// Reads a credentials file, refusing one that others can read: a password there is as good as public.
-    static func readSecretFile(_ path: String) throws -> String {
-        do {
-            return try TransportURLFile.read(path)
-        } catch {
-            throw ValidationError(error.message)
-        }
-    }
 }
 
 enum Bootstrap {
@@ -374,7 +399,7 @@ struct Worker: AsyncParsableCommand {
             ConfigurationPrinter(format: printFormat).print(settings)
             return
         }
-        let logger = BusOptions.logger("berth.worker", settings)
+        let logger = BrokerOptions.logger("berth.worker", settings)
         let metricsAddress: MetricsListenAddress?
         do {
             metricsAddress = try settings.string(.metricsListen).map(MetricsListenAddress.init(parsing:))
@@ -388,9 +413,9 @@ struct Worker: AsyncParsableCommand {
         let stateDir = settings.string(.stateDir) ?? "/var/lib/berth"
         let libvirtURI = settings.string(.libvirtURI) ?? "qemu:///system"
 
-        var configuration = RPCServerConfiguration(urls: try BusOptions.urls(settings), host: hostName)
+        var configuration = RPCServerConfiguration(urls: try BrokerOptions.urls(settings), host: hostName)
         configuration.topic = settings.string(.topic) ?? configuration.topic
-        configuration.options = try BusOptions.rabbitOptions(settings)
+        configuration.options = try BrokerOptions.rabbitOptions(settings)
         configuration.concurrency = settings.integer(.concurrency)
         configuration.limits = JSONLimits(maxBytes: settings.integer(.maxMessageBytes), maxDepth: 32)
         configuration.gracePeriod = .milliseconds(Int(settings.number(.gracePeriod) * 1000))
@@ -606,7 +631,7 @@ struct Notify: AsyncParsableCommand {
               berth notify instance.create.end --payload '{"instance_uuid": "...", "image_id": "..."}'
             """)
 
-    @OptionGroup var bus: BusOptions
+    @OptionGroup var bus: BrokerOptions
 
     @Argument(help: "Event type, e.g. instance.create.end.")
     var eventType: String
@@ -629,7 +654,7 @@ struct Notify: AsyncParsableCommand {
     func validate() throws { try validateTimeout(timeout) }
 
     func run() async throws {
-        let logger = BusOptions.logger("berth.notify", try bus.settings(), quiet: true)
+        let logger = BrokerOptions.logger("berth.notify", try bus.settings(), quiet: true)
         guard let payloadValue = try? JSONCodec.parse(payload) else {
             throw ValidationError("--payload must be JSON")
         }
@@ -724,7 +749,7 @@ struct Boot: AsyncParsableCommand {
             instance["public_keys"] = .object(publicKeys)
         }
         let deadline = ContinuousClock.now + .seconds(timeout)
-        let target = server.map { "worker \($0)" } ?? "the \(bus.topic) pool"
+        let target = server.map { "worker \($0)" } ?? "the \(bus.topic ?? "compute") pool"
         var booted: JSONObject = ["uuid": .string(instanceUUID), "status": "BUILD", "image_id": .string(image)]
         try await bus.withRPCClient("berth.boot", connectBy: deadline) { client throws(RPCCallError) in
             guard wait else {

@@ -62,8 +62,8 @@ struct DeadLetterOptions: ParsableArguments {
     }
 
     /// Runs one pass over the queue; exit status 3 when the broker or the queue is not there.
-    func withPass(_ bus: BusOptions, _ label: String, _ body: (DeadLetterQueue) async throws -> Void) async throws {
-        let logger = BusOptions.logger(label, try bus.settings(), quiet: true)
+    func withPass(_ bus: BrokerOptions, _ label: String, _ body: (DeadLetterQueue) async throws -> Void) async throws {
+        let logger = BrokerOptions.logger(label, try bus.settings(), quiet: true)
         let pass: DeadLetterQueue
         do {
             pass = try await DeadLetterQueue(urls: try bus.urls(), queue: deadLetterQueue, limit: limit, logger: logger)
@@ -153,7 +153,7 @@ extension DeadLetters {
             abstract: "List dead letters (they stay in the queue).",
             discussion: "Example:\n  berth dead-letters list --method boot_instance --format json")
 
-        @OptionGroup var bus: BusOptions
+        @OptionGroup var bus: BrokerOptions
         @OptionGroup var selection: DeadLetterOptions
         @Option(help: "table or json.") var format = "table"
 
@@ -183,7 +183,7 @@ extension DeadLetters {
             abstract: "Show one dead letter in full: headers, properties and the decoded message (as JSON).",
             discussion: "Example:\n  berth dead-letters show 3f2a9c0d51e7")
 
-        @OptionGroup var bus: BusOptions
+        @OptionGroup var bus: BrokerOptions
         @OptionGroup var selection: DeadLetterOptions
         @Argument(help: "The dead letter's ID (from list).") var id: String
 
@@ -221,7 +221,7 @@ extension DeadLetters {
                   berth dead-letters replay --reason RetryLimitExceeded --dry-run
                 """)
 
-        @OptionGroup var bus: BusOptions
+        @OptionGroup var bus: BrokerOptions
         @OptionGroup var selection: DeadLetterOptions
         @Argument(help: "IDs of the dead letters to replay (from list).") var ids: [String] = []
         @Flag(help: "Replay every dead letter (needed when no ID or filter is given).") var all = false
@@ -277,7 +277,7 @@ extension DeadLetters {
                   berth dead-letters purge --all
                 """)
 
-        @OptionGroup var bus: BusOptions
+        @OptionGroup var bus: BrokerOptions
         @OptionGroup var selection: DeadLetterOptions
         @Argument(help: "IDs of the dead letters to delete (from list).") var ids: [String] = []
         @Flag(help: "Delete every dead letter (needed when no ID or filter is given).") var all = false

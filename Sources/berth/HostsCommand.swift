@@ -58,8 +58,8 @@ struct Hosts: AsyncParsableCommand {
 
     func run() async throws {
         let settings = try bus.settings()
-        let logger = BusOptions.logger("berth.hosts", settings, quiet: true)
-        let reader = ServiceReportReader(urls: try BusOptions.urls(settings), logger: logger)
+        let logger = BrokerOptions.logger("berth.hosts", settings, quiet: true)
+        let reader = ServiceReportReader(urls: try BrokerOptions.urls(settings), logger: logger)
         let topic = settings.string(.topic) ?? "compute"
         let controlExchange = settings.string(.controlExchange) ?? "berth"
         let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))

@@ -33,7 +33,7 @@ struct Monitor: AsyncParsableCommand {
         case table, json
     }
 
-    @OptionGroup var bus: BusOptions
+    @OptionGroup var bus: BrokerOptions
 
     @Option(help: "Group by image_id, host or flavor.")
     var by = "image_id"
@@ -73,7 +73,7 @@ struct Monitor: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let logger = BusOptions.logger("berth.monitor", try bus.settings(), quiet: true)
+        let logger = BrokerOptions.logger("berth.monitor", try bus.settings(), quiet: true)
         let options = try bus.rabbitOptions()
         let queue = MetricsMonitorTopology.queueName()
         let client = AMQPClient(

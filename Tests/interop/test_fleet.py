@@ -133,7 +133,7 @@ def test_dead_letters_list_replay_purge(worker_factory, berth_cli, names, state_
             "--metrics-interval", "0"]
     host = unique("fleet-dl")
     poisoned = worker_factory(host, args).start()
-    dl = ["--dead-letter-queue", queue, *bus_args(names)]
+    dl = ["--dead-letter-queue", queue, "--transport-url", AMQP_URL]  # the dead-letter queue is per vhost, not per topic
 
     conn = amqp_connect()
     channel = conn.channel()
