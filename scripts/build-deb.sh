@@ -86,7 +86,9 @@ EOF
 OBJECTS=("$BERTH" "$PKG"/usr/lib/berth/*.so*)
 DEPENDS=$(objdump -p "${OBJECTS[@]}" | awk '/NEEDED/ { print $2 }' | sort -u | while read -r name; do
     library=$(ldd "${OBJECTS[@]}" | awk -v name="$name" '$1 == name && $3 ~ /^\// { print $3; exit }')
-    [ -n "$library" ] && [ "$(readlink -f "$(dirname "$library")")" != "$(readlink -f "$SWIFT_LIBS")" ] || continue
+    if [ -z "$library" ] || [ "$(readlink -f "$(dirname "$library")")" = "$(readlink -f "$SWIFT_LIBS")" ]; then
+        continue
+    fi
     dpkg -S "$(readlink -f "$library")" 2>/dev/null || dpkg -S "$library" 2>/dev/null || true
 done | cut -d: -f1 | sort -u | grep -v '^libc6$' | paste -sd, - | sed 's/,/, /g')
 SIZE=$(du -sk "$PKG" | cut -f1)

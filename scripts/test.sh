@@ -96,8 +96,13 @@ step "swift test" bounded swift test ${SCRATCH[@]+"${SCRATCH[@]}"}
 step "interop tests (oslo.messaging 18.3.1 vs berth)" interop
 # The .deb of scripts/build-deb.sh, installed, checked and purged (scripts/test-deb.sh). A debug build in
 # .build, so this costs a relink and the packaging, not a second (release) build of everything.
-step "Debian package (build, dpkg -i, verify, dpkg --purge)" bounded env BERTH_DEB_CONFIGURATION=debug \
-    BERTH_DEB_SCRATCH_PATH="${BERTH_SCRATCH_PATH:-.build}" bash -c 'scripts/test-deb.sh "$(scripts/build-deb.sh | tail -n 1)"'
+debian_package() {
+    local deb
+    deb=$(bounded env BERTH_DEB_CONFIGURATION=debug BERTH_DEB_SCRATCH_PATH="${BERTH_SCRATCH_PATH:-.build}" \
+        scripts/build-deb.sh | tail -n 1)
+    bounded scripts/test-deb.sh "$deb"
+}
+step "Debian package (build, dpkg -i, verify, dpkg --purge)" debian_package
 if [[ ${BERTH_SKIP_ASAN:-0} == 1 ]]; then
     echo
     echo "===== AddressSanitizer pass SKIPPED (BERTH_SKIP_ASAN=1) ====="
