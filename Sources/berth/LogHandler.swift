@@ -95,15 +95,18 @@ struct BerthLogHandler: LogHandler {
 final class LogSettings: Sendable {
     static let shared = LogSettings()
 
-    private let state = Mutex<(level: Logger.Level, format: BerthLogHandler.Format)>((.info, .text))
+    /// Read on every log call of every thread (swift-log asks the handler's level before building a message):
+    /// an atomic, not a lock, so the check costs a load.
+    private let levelIndex = Atomic<Int>(Logger.Level.allCases.firstIndex(of: .info)!)
+    private let formatState = Mutex<BerthLogHandler.Format>(.text)
 
     var level: Logger.Level {
-        get { state.withLock { $0.level } }
-        set { state.withLock { $0.level = newValue } }
+        get { Logger.Level.allCases[levelIndex.load(ordering: .relaxed)] }
+        set { levelIndex.store(Logger.Level.allCases.firstIndex(of: newValue)!, ordering: .relaxed) }
     }
 
     var format: BerthLogHandler.Format {
-        get { state.withLock { $0.format } }
-        set { state.withLock { $0.format = newValue } }
+        get { formatState.withLock { $0 } }
+        set { formatState.withLock { $0 = newValue } }
     }
 }
