@@ -403,7 +403,8 @@ final class IOLoop: @unchecked Sendable {
         return .stopRequested
     }
 
-    private static func failure(_ error: any Error) -> AMQPError {
+    /// An error as the AMQPError callers get: itself, or a lost connection naming it.
+    static func failure(_ error: any Error) -> AMQPError {
         (error as? AMQPError) ?? AMQPError(.connectionLost, "\(error)")
     }
 

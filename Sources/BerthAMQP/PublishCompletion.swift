@@ -33,7 +33,7 @@ struct PublishCompletion: Sendable {
     func resume(returning outcome: PublishOutcome) { body(.success(outcome)) }
 
     func resume(throwing error: any Error) {
-        body(.failure((error as? AMQPError) ?? AMQPError(.connectionLost, "\(error)")))
+        body(.failure(IOLoop.failure(error)))
     }
 }
 

@@ -51,6 +51,14 @@ struct DeadLetterOptions: ParsableArguments {
         }
     }
 
+    /// Replay and purge touch every dead letter only when told so with --all.
+    func requireSelection(ids: [String], all: Bool) throws {
+        if filter(ids: ids).selectsEverything && !all {
+            throw ValidationError(
+                "name dead letters by ID or filter (--reason, --method, --older-than, --newer-than), or say --all")
+        }
+    }
+
     func filter(ids: [String]) -> DeadLetterFilter {
         var filter = DeadLetterFilter()
         filter.ids = Set(ids.map { $0.lowercased() })
@@ -227,12 +235,7 @@ extension DeadLetters {
         @Flag(help: "Replay every dead letter (needed when no ID or filter is given).") var all = false
         @Flag(help: "Say what would be replayed, change nothing.") var dryRun = false
 
-        func validate() throws {
-            if selection.filter(ids: ids).selectsEverything && !all {
-                throw ValidationError(
-                    "name dead letters by ID or filter (--reason, --method, --older-than, --newer-than), or say --all")
-            }
-        }
+        func validate() throws { try selection.requireSelection(ids: ids, all: all) }
 
         func run() async throws {
             let now = Date()
@@ -283,12 +286,7 @@ extension DeadLetters {
         @Flag(help: "Delete every dead letter (needed when no ID or filter is given).") var all = false
         @Flag(help: "Say what would be deleted, change nothing.") var dryRun = false
 
-        func validate() throws {
-            if selection.filter(ids: ids).selectsEverything && !all {
-                throw ValidationError(
-                    "name dead letters by ID or filter (--reason, --method, --older-than, --newer-than), or say --all")
-            }
-        }
+        func validate() throws { try selection.requireSelection(ids: ids, all: all) }
 
         func run() async throws {
             let now = Date()
