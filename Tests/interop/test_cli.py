@@ -174,6 +174,24 @@ def test_exit_statuses_are_in_the_help(berth_bin):
             "delivered, 64 usage error.") in proc.stdout, proc.stdout
 
 
+@pytest.mark.parametrize("args", [
+    ["call", "--version", "2"],                  # no method: ArgumentParser's version flag won, exit 0
+    ["call", "ping", "--version", "2"],
+    ["images", "list", "--version"],
+    ["--version", "images", "list"],
+])
+def test_version_anywhere_but_alone_is_a_usage_error_naming_api_version(berth_bin, args):
+    # Nothing listens on port 1: had anything been sent, the exit status would be 3, not 64.
+    proc = berth(berth_bin, *args, env={"BERTH_TRANSPORT_URL": "rabbit://127.0.0.1:1/"})
+    message = one_error(proc, "InvalidArgument", 64)
+    assert "--api-version" in message and "berth --version" in message and proc.stdout == "", explain(proc)
+
+
+def test_berth_version_alone_prints_the_version(berth_bin):
+    proc = berth(berth_bin, "--version")
+    assert proc.returncode == 0 and re.fullmatch(r"\S+\n", proc.stdout), explain(proc)
+
+
 @pytest.mark.parametrize("command", [["call", "ping"], ["notify", "test.event"]])
 def test_a_stopped_broker_fails_within_the_timeout_in_one_line(berth_bin, command):
     # Nothing listens on port 1: what a client sees of a stopped broker (connection refused, retried).
