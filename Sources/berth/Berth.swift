@@ -18,7 +18,7 @@ struct Berth: AsyncParsableCommand {
         commandName: "berth",
         abstract: "A message-queue driven compute worker that speaks oslo.messaging's RabbitMQ protocol.",
         discussion: """
-            Commands that print records take -f/--format table|json|value and -c/--column FIELD: a table on a \
+            Commands that print records take -f/--format table|json|yaml|value and -c/--column FIELD: a table on a \
             terminal, one JSON object per line otherwise. Errors are one line on stderr: \
             berth: error: <Class>: <what happened and what to do>.
 
