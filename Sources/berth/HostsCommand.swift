@@ -71,16 +71,18 @@ struct Hosts: AsyncParsableCommand {
                     .filter {
                         allTopics || ($0.report.topic == topic && $0.report.controlExchange == controlExchange)
                     }
+            } catch .noBroker(let error) {
+                throw CommandFailure.brokerUnreachable(error)
             } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
-                throw ExitCode(3)
+                throw CommandFailure("StreamUnavailable", error.description, status: ExitStatus.unreachable)
             }
             let up = entries.count { $0.status == .up }
             guard let wait, up < wait else { return show(entries) }
             if ContinuousClock.now >= deadline {
                 show(entries)
-                FileHandle.standardError.write(Data("only \(up) of \(wait) workers up after \(timeout) s\n".utf8))
-                throw ExitCode(2)
+                throw CommandFailure(
+                    "Timeout", "only \(up) of \(wait) workers up after \(timeout) s; see the list above for the others",
+                    status: ExitStatus.timeout)
             }
             try await Task.sleep(for: .milliseconds(500))
         }

@@ -88,8 +88,7 @@ struct Monitor: AsyncParsableCommand {
             try await client.start(connectTimeout: .milliseconds(Int(min(duration ?? 30, 30) * 1000)))
         } catch {
             await client.stop()
-            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
-            throw ExitCode(3)
+            throw CommandFailure.brokerUnreachable(error)
         }
         let service = MonitorService(
             client: client,

@@ -245,6 +245,14 @@ def test_a_stopped_broker_fails_within_the_timeout_in_one_line(berth_bin, comman
     assert "127.0.0.1:1" in message and "guest:guest" not in message, message
 
 
+
+def test_hosts_waiting_in_vain_is_one_timeout_line(berth_cli):
+    # This module's own control exchange: no worker reports there.
+    proc = berth_cli.run("hosts", "--transport-url", berth_cli.url, "--control-exchange", berth_cli.names.exchange,
+                         "--wait", "1", "--timeout", "1", "--format", "json")
+    assert "only 0 of 1 workers up" in one_error(proc, "Timeout", 2), explain(proc)
+    assert json.loads(proc.stdout)["hosts"] == [], explain(proc)
+
 # --- help, completion ------------------------------------------------------------------------------
 
 
