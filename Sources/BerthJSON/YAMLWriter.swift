@@ -52,7 +52,8 @@ public enum YAMLWriter {
     }
 
     /// A mapping's value: on the key's line when it is inline, else as a block indented under it.
-    private static func writeValue(_ value: JSONValue, after prefix: String, indent: String, into lines: inout [String]) {
+    private static func writeValue(_ value: JSONValue, after prefix: String, indent: String, into lines: inout [String])
+    {
         if let inline = inline(value) {
             lines.append(prefix + " " + inline)
         } else {
@@ -101,7 +102,9 @@ public enum YAMLWriter {
         else {
             return false
         }
-        return text.unicodeScalars.allSatisfy { isLetter($0) || ("0"..."9").contains($0) || "_-./@+ ".unicodeScalars.contains($0) }
+        return text.unicodeScalars.allSatisfy {
+            isLetter($0) || ("0"..."9").contains($0) || "_-./@+ ".unicodeScalars.contains($0)
+        }
     }
 
     /// A letter that is safe unquoted: ASCII, or beyond Latin-1 (where YAML's line breaks U+0085, U+2028 and

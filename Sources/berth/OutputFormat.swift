@@ -26,11 +26,12 @@ struct OutputOptions: ParsableArguments {
     /// One record: a Field/Value table, one JSON object, a YAML mapping, or its values one per line.
     func show(_ record: JSONObject) throws {
         let fields = try select(from: record.keys, available: record.keys)
+        let picked = columns.isEmpty ? record : Self.pick(fields, from: record)
         switch chosenFormat {
         case .json:
-            print(JSONCodec.serializeString(.object(columns.isEmpty ? record : Self.pick(fields, from: record))))
+            print(JSONCodec.serializeString(.object(picked)))
         case .yaml:
-            print(YAMLWriter.document(.object(columns.isEmpty ? record : Self.pick(fields, from: record))), terminator: "")
+            print(YAMLWriter.document(.object(picked)), terminator: "")
         case .value:
             for field in fields { print(Self.text(record[field])) }
         case .table:

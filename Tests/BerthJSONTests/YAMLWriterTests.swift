@@ -40,8 +40,9 @@ struct YAMLWriterTests {
     @Test(
         "numbers, booleans and null read back as themselves",
         arguments: [
-            (JSONValue.null, "null"), (.bool(true), "true"), (.bool(false), "false"), (.int(-9_007_199_254_740_993),
-            "-9007199254740993"), (.double(0.5), "0.5"), (.double(2), "2.0"), (.double(1e300), "1.0e+300"),
+            (JSONValue.null, "null"), (.bool(true), "true"), (.bool(false), "false"),
+            (.int(-9_007_199_254_740_993), "-9007199254740993"), (.double(0.5), "0.5"), (.double(2), "2.0"),
+            (.double(1e300), "1.0e+300"),
             (.double(1e-7), "1.0e-07"), (.double(.infinity), ".inf"), (.double(-.infinity), "-.inf"),
             (.double(.nan), ".nan"),
         ])
