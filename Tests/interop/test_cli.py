@@ -234,7 +234,7 @@ def test_berth_version_alone_prints_the_version(berth_bin):
     assert proc.returncode == 0 and re.fullmatch(r"\S+\n", proc.stdout), explain(proc)
 
 
-@pytest.mark.parametrize("command", [["call", "ping"], ["notify", "test.event"]])
+@pytest.mark.parametrize("command", [["call", "ping"], ["notify", "test.event"], ["hosts"]])
 def test_a_stopped_broker_fails_within_the_timeout_in_one_line(berth_bin, command):
     # Nothing listens on port 1: what a client sees of a stopped broker (connection refused, retried).
     started = time.monotonic()
