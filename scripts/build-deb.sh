@@ -71,8 +71,10 @@ install -d "$PKG/usr/share/bash-completion/completions" "$PKG/usr/share/zsh/vend
 "$BERTH" --generate-completion-script zsh >"$PKG/usr/share/zsh/vendor-completions/_berth"
 "$BERTH" --generate-completion-script fish >"$PKG/usr/share/fish/vendor_completions.d/berth.fish"
 
-install -d "$PKG/usr/share/doc/berth"
+install -d "$PKG/usr/share/doc/berth/diagrams"
 install -m 0644 README.md docs/*.md "$PKG/usr/share/doc/berth/"
+# The images the docs show, beside them as the docs link them (diagrams/<name>.svg).
+install -m 0644 docs/diagrams/*.svg "$PKG/usr/share/doc/berth/diagrams/"
 cat >"$PKG/usr/share/doc/berth/copyright" <<'EOF'
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: berth

@@ -83,6 +83,21 @@ if [[ -f $PIDFILE ]]; then
     rm -f "$PIDFILE"
 fi
 
+# forget_vanished_pool NAME: the worker keeps its disks in libvirt's dir pool berth-demo, which outlives the
+# checkout it was made for. Once that directory is gone (run/ deleted, or the checkout removed), the pool
+# holds nothing, and the worker would refuse it as a pool over another directory: stop and undefine it, and
+# the worker defines it afresh. A pool whose directory still exists (another checkout's demo) is left alone.
+forget_vanished_pool() {
+    local xml
+    xml=$(virsh -c "$LIBVIRT_URI" pool-dumpxml "$1" 2>/dev/null) || return 0
+    [[ $xml =~ \<target\>[[:space:]]*\<path\>([^<]*)\</path\> ]] || return 0
+    [[ -d ${BASH_REMATCH[1]} ]] && return 0
+    echo "libvirt storage pool $1 is over ${BASH_REMATCH[1]}, which no longer exists: removing the pool"
+    virsh -c "$LIBVIRT_URI" pool-destroy "$1" >/dev/null 2>&1 || true # fails when inactive; undefine decides
+    virsh -c "$LIBVIRT_URI" pool-undefine "$1" >/dev/null
+}
+forget_vanished_pool berth-demo
+
 section "start a worker: berth worker --host $HOST --libvirt-uri $LIBVIRT_URI (log: $LOG)"
 "$BERTH" worker --transport-url "$TRANSPORT_URL" --host "$HOST" --libvirt-uri "$LIBVIRT_URI" \
     --catalog "local:$STATE_DIR/catalog" --state-dir "$STATE_DIR" --storage-pool berth-demo \

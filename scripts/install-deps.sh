@@ -23,6 +23,9 @@ APT_PACKAGES=(
     python3-libvirt time gcc
     # scripts/lint-shell.sh: every shell script is checked in CI.
     shellcheck
+    # scripts/render-diagrams.sh: the docs' SVG diagrams are rendered from Graphviz sources, checked in CI;
+    # the font is named because dot lays text out by its metrics (Helvetica resolves to DejaVu Sans).
+    graphviz fonts-dejavu-core
     # Security and deploy tests: a CA and certificates for a TLS broker, `systemd-analyze verify` of the unit.
     openssl systemd
     # Tests/interop/test_metrics.py scrapes the workers' /metrics with a real Prometheus (19 MB, about 20 s).

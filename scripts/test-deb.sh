@@ -30,6 +30,7 @@ man -w berth-hosts berth-dead-letters-replay >/dev/null || fail "no man page for
 grep -q "hosts" /usr/share/bash-completion/completions/berth || fail "bash completion lacks subcommands"
 [ -f /usr/share/berth/berth-worker@.service.d/baremetal.conf ] || fail "the bare-metal drop-in is missing"
 [ -f /usr/share/doc/berth/operations.md ] || fail "the docs are missing"
+[ -f /usr/share/doc/berth/diagrams/deployment.svg ] || fail "the docs' diagrams are missing"
 
 # Data the workers made stays through a purge.
 mkdir -p /var/lib/berth/ci-instance

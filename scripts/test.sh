@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README command 2: runs Berth's whole test suite on a Debian 12 machine with Swift, from nothing:
-#   install the Debian packages and the Python venv, shellcheck every script, start RabbitMQ and libvirtd on loopback, start Glance,
+#   install the Debian packages and the Python venv, shellcheck every script, check the docs' diagrams are
+#   rendered from their sources, start RabbitMQ and libvirtd on loopback, start Glance,
 #   swift build, swift test (unit + integration against the real broker and libvirtd),
 #   the Python interop suite (stock oslo.messaging against the built `berth`), an
 #   AddressSanitizer/LeakSanitizer pass of the Swift tests, and a bounded run of the libFuzzer targets.
@@ -87,6 +88,7 @@ read -ra FUZZ_TARGETS <<<"${BERTH_FUZZ_TARGETS:-qcow2 gpt mbr partition-table co
 
 step "install dependencies (apt, .venv)" scripts/install-deps.sh
 step "shellcheck (every shell script)" scripts/lint-shell.sh
+step "diagrams (docs/diagrams/*.svg rendered from their .dot)" scripts/render-diagrams.sh --check
 step "start services (RabbitMQ, libvirtd)" scripts/start-services.sh
 # Glance for Tests/interop/test_glance.py: pip install of the pinned glance into .venv-glance (about 30 s
 # with pip's cache, 1-2 min cold; skipped when the venv matches) and gunicorn on 127.0.0.1:9292 (about 5 s).

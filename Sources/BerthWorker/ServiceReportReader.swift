@@ -36,6 +36,8 @@ public struct ServiceReportReader: Sendable {
     public let logger: Logger
     /// How long to wait for the marker before giving up.
     public var timeout: Duration = .seconds(15)
+    /// How long to try to reach a broker before giving up (`berth hosts --timeout` when it is shorter).
+    public var connectTimeout: Duration = .seconds(30)
 
     public init(urls: [AMQPURL], logger: Logger) {
         self.urls = urls
@@ -58,7 +60,7 @@ public struct ServiceReportReader: Sendable {
         let client = AMQPClient(configuration: configuration, logger: logger)
         let marker = OsloIDs.uuid4Hex()
         do {
-            try await client.start()
+            try await client.start(connectTimeout: connectTimeout)
             var properties = AMQPProperties.oslo()
             properties.messageID = marker
             _ = try await client.publish(

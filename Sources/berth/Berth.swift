@@ -18,7 +18,7 @@ struct Berth: AsyncParsableCommand {
         commandName: "berth",
         abstract: "A message-queue driven compute worker that speaks oslo.messaging's RabbitMQ protocol.",
         discussion: """
-            Commands that print records take -f/--format table|json|value and -c/--column FIELD: a table on a \
+            Commands that print records take -f/--format table|json|yaml|value and -c/--column FIELD: a table on a \
             terminal, one JSON object per line otherwise. Errors are one line on stderr: \
             berth: error: <Class>: <what happened and what to do>.
 
@@ -29,13 +29,14 @@ struct Berth: AsyncParsableCommand {
 
     /// ArgumentParser's own main, except for errors from `run`: those are runtime failures, reported in one
     /// line with their class and exit status (`CommandFailure`), never followed by the usage. A usage error
-    /// while parsing has the same prefix and shows the usage; `--help` and `--version` stay ArgumentParser's.
+    /// while parsing has the same prefix and shows the usage; `--help` and `berth --version` stay ArgumentParser's.
     static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
         var command: any ParsableCommand
         do {
-            command = try parseAsRoot()
+            command = try parseAsRoot(arguments)
         } catch {
-            CommandFailure.exitForUsage(error)
+            CommandFailure.exitForUsage(error, arguments: arguments)
         }
         do {
             if var asyncCommand = command as? any AsyncParsableCommand {
@@ -591,15 +592,7 @@ struct Call: AsyncParsableCommand {
     @Option(name: .customLong("api-version"), help: "Requested RPC API version (oslo's target version).")
     var apiVersion = "1.0"
 
-    /// `--version V` here used to print Berth's version, exit 0 and send nothing: a caller who meant the API
-    /// version got a silent no-op. Taken so it can be refused with the right name.
-    @Option(name: .customLong("version"), help: .hidden)
-    var misplacedVersion: String?
-
     func validate() throws {
-        if misplacedVersion != nil {
-            throw ValidationError("the RPC API version is --api-version (e.g. --api-version 1.0); berth --version prints Berth's")
-        }
         try validateTimeout(timeout)
     }
 

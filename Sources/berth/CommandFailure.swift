@@ -84,15 +84,27 @@ struct CommandFailure: Error {
     }
 
     /// A usage error as ArgumentParser words it, usage included, under the same prefix as every other error.
-    /// Help and version requests (and anything else ArgumentParser reports) stay as ArgumentParser prints them.
-    static func exitForUsage(_ error: any Error) -> Never {
+    /// Help and version requests (and anything else ArgumentParser reports) stay as ArgumentParser prints them,
+    /// except a version request anywhere but `berth --version` alone (`misplacedVersion`).
+    static func exitForUsage(_ error: any Error, arguments: [String]) -> Never {
         let text = Berth.fullMessage(for: error)
+        if Berth.exitCode(for: error) == .success, text == BerthVersion.string, arguments != ["--version"] {
+            misplacedVersion.exit()
+        }
         guard Berth.exitCode(for: error) == .validationFailure, text.hasPrefix("Error: ") else {
             Berth.exit(withError: error)
         }
         FileHandle.standardError.write(Data("berth: error: InvalidArgument: \(text.dropFirst(7))\n".utf8))
         Foundation.exit(ExitStatus.usage)
     }
+
+    /// ArgumentParser prints the root's version, exits 0 and runs nothing whenever `--version` is left over: a
+    /// subcommand that failed to parse (`berth call --version 2`, no method), or one that has no such option
+    /// (`berth images list --version`). Whoever typed that meant something else, usually `call`'s API version.
+    static let misplacedVersion = CommandFailure(
+        "InvalidArgument",
+        "--version goes alone (berth --version prints Berth's version); the RPC API version of a call is --api-version",
+        status: ExitStatus.usage)
 
     /// Writes the line and exits with the status.
     func exit() -> Never {

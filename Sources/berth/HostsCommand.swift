@@ -14,7 +14,7 @@ struct Hosts: AsyncParsableCommand {
             stopped cleanly is gone from the list. Clocks must agree (NTP), as for nova's service list.
 
             --wait N waits until N workers are up and exits 0, or exits 2 after --timeout seconds. \
-            Exit status 3: the broker could not be reached.
+            Exit status 3: the broker could not be reached (within --timeout or 30 s, whichever is shorter).
 
             Examples:
               berth hosts
@@ -39,7 +39,7 @@ struct Hosts: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Wait until this many workers are up.", valueName: "count"))
     var wait: Int?
 
-    @Option(help: "Seconds --wait waits.")
+    @Option(help: "Seconds --wait waits; also bounds the wait for the broker.")
     var timeout = 60.0
 
     func validate() throws {
@@ -59,10 +59,12 @@ struct Hosts: AsyncParsableCommand {
     func run() async throws {
         let settings = try bus.settings()
         let logger = BrokerOptions.logger("berth.hosts", settings, quiet: true)
-        let reader = ServiceReportReader(urls: try BrokerOptions.urls(settings), logger: logger)
+        var reader = ServiceReportReader(urls: try BrokerOptions.urls(settings), logger: logger)
         let topic = settings.string(.topic) ?? "compute"
         let controlExchange = settings.string(.controlExchange) ?? "berth"
         let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        // A stopped broker fails the command within --timeout, as for every other command.
+        reader.connectTimeout = min(reader.connectTimeout, .milliseconds(Int(timeout * 1000)))
         while true {
             let entries: [ServiceRoster.Entry]
             do {
@@ -71,16 +73,18 @@ struct Hosts: AsyncParsableCommand {
                     .filter {
                         allTopics || ($0.report.topic == topic && $0.report.controlExchange == controlExchange)
                     }
+            } catch .noBroker(let error) {
+                throw CommandFailure.brokerUnreachable(error)
             } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
-                throw ExitCode(3)
+                throw CommandFailure("StreamUnavailable", error.description, status: ExitStatus.unreachable)
             }
             let up = entries.count { $0.status == .up }
             guard let wait, up < wait else { return show(entries) }
             if ContinuousClock.now >= deadline {
                 show(entries)
-                FileHandle.standardError.write(Data("only \(up) of \(wait) workers up after \(timeout) s\n".utf8))
-                throw ExitCode(2)
+                throw CommandFailure(
+                    "Timeout", "only \(up) of \(wait) workers up after \(timeout) s; see the list above for the others",
+                    status: ExitStatus.timeout)
             }
             try await Task.sleep(for: .milliseconds(500))
         }

@@ -18,7 +18,8 @@ struct Monitor: AsyncParsableCommand {
             second over the window. On a terminal the table is redrawn in place every --interval seconds.
 
             --format json prints the aggregate as one JSON object per line: with --duration only once, at the
-            end; without it, one per refresh and a last one ("final": true) on Ctrl-C or SIGTERM. --message-ids
+            end; without it, one per refresh and a last one ("final": true) on Ctrl-C or SIGTERM. --format yaml
+            prints the same objects as YAML documents, each starting with ---. --message-ids
             adds the message_id of every notification aggregated, to reconcile with another listener.
 
             Exit status: 0, or 3 when the broker cannot be reached (within --duration when it is given).
@@ -30,7 +31,7 @@ struct Monitor: AsyncParsableCommand {
             """)
 
     enum Format: String, ExpressibleByArgument, CaseIterable {
-        case table, json
+        case table, json, yaml
     }
 
     @OptionGroup var bus: BrokerOptions
@@ -38,7 +39,7 @@ struct Monitor: AsyncParsableCommand {
     @Option(help: "Group by image_id, host or flavor.")
     var by = "image_id"
 
-    @Option(name: [.short, .customLong("format")], help: "Output: table or json (see above).")
+    @Option(name: [.short, .customLong("format")], help: "Output: table, json or yaml (see above).")
     var format = Format.table
 
     /// The spelling before --format; kept for scripts.
@@ -87,16 +88,16 @@ struct Monitor: AsyncParsableCommand {
             try await client.start(connectTimeout: .milliseconds(Int(min(duration ?? 30, 30) * 1000)))
         } catch {
             await client.stop()
-            FileHandle.standardError.write(Data("cannot reach the broker: \(error)\n".utf8))
-            throw ExitCode(3)
+            throw CommandFailure.brokerUnreachable(error)
         }
         let service = MonitorService(
             client: client,
             aggregator: MetricsAggregator(
                 grouping: MetricsGrouping(rawValue: by) ?? .imageID, metricNames: Set(metrics),
                 keepsMessageIDs: messageIDs),
-            output: json || format == .json
-                ? .json(everyRefresh: duration == nil) : .table(inPlace: isatty(STDOUT_FILENO) == 1),
+            output: json || format != .table
+                ? .documents(yaml: !json && format == .yaml, everyRefresh: duration == nil)
+                : .table(inPlace: isatty(STDOUT_FILENO) == 1),
             interval: .milliseconds(Int(interval * 1000)),
             duration: duration.map { .milliseconds(Int($0 * 1000)) })
         let group = ServiceGroup(
@@ -112,7 +113,8 @@ struct Monitor: AsyncParsableCommand {
 final class MonitorService: Service, Sendable {
     enum Output {
         case table(inPlace: Bool)
-        case json(everyRefresh: Bool)
+        /// JSON lines, or YAML documents each after a `---`.
+        case documents(yaml: Bool, everyRefresh: Bool)
     }
 
     let client: AMQPClient
@@ -167,9 +169,10 @@ final class MonitorService: Service, Sendable {
     private func show(final: Bool) {
         let snapshot = aggregator.withLock { $0 }
         switch output {
-        case .json(let everyRefresh):
+        case .documents(let yaml, let everyRefresh):
             guard final || everyRefresh else { return }
-            write(JSONCodec.serializeString(snapshot.json(final: final)) + "\n")
+            let document = snapshot.json(final: final)
+            write(yaml ? "---\n" + YAMLWriter.document(document) : JSONCodec.serializeString(document) + "\n")
         case .table(let inPlace):
             // Home and clear, then the table: redrawn in place rather than scrolling.
             write((inPlace ? "\u{1B}[H\u{1B}[2J" : "") + MetricsTable.render(snapshot) + (inPlace ? "" : "\n"))

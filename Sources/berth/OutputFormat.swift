@@ -12,7 +12,7 @@ struct OutputOptions: ParsableArguments {
     @Option(
         name: [.customShort("f"), .long],
         help: ArgumentHelp(
-            "table (the default on a terminal), json (one object per line; the default when the output is a pipe or a file) or value (the values alone).",
+            "table (the default on a terminal), json (one object per line; the default when the output is a pipe or a file), yaml (a mapping, or a list of them) or value (the values alone).",
             valueName: "format"))
     var format: OutputFormat?
 
@@ -23,12 +23,15 @@ struct OutputOptions: ParsableArguments {
 
     var chosenFormat: OutputFormat { format ?? (isatty(STDOUT_FILENO) != 0 ? .table : .json) }
 
-    /// One record: a Field/Value table, one JSON object, or its values one per line.
+    /// One record: a Field/Value table, one JSON object, a YAML mapping, or its values one per line.
     func show(_ record: JSONObject) throws {
         let fields = try select(from: record.keys, available: record.keys)
+        let picked = columns.isEmpty ? record : Self.pick(fields, from: record)
         switch chosenFormat {
         case .json:
-            print(JSONCodec.serializeString(.object(columns.isEmpty ? record : Self.pick(fields, from: record))))
+            print(JSONCodec.serializeString(.object(picked)))
+        case .yaml:
+            print(YAMLWriter.document(.object(picked)), terminator: "")
         case .value:
             for field in fields { print(Self.text(record[field])) }
         case .table:
@@ -36,17 +39,18 @@ struct OutputOptions: ParsableArguments {
         }
     }
 
-    /// Several records: a table with `defaultColumns` (unless `-c` chooses), JSON lines with every field, or
-    /// each record's values on a line of their own.
+    /// Several records: a table with `defaultColumns` (unless `-c` chooses), JSON lines or a YAML list with
+    /// every field, or each record's values on a line of their own.
     func list(_ records: [JSONObject], defaultColumns: [String]) throws {
         var available: [String] = []
         for record in records { for key in record.keys where !available.contains(key) { available.append(key) } }
-        let fields = try select(from: chosenFormat == .json ? available : defaultColumns, available: available)
+        let fields = try select(from: chosenFormat.isTabular ? defaultColumns : available, available: available)
+        let picked = columns.isEmpty ? records : records.map { Self.pick(fields, from: $0) }
         switch chosenFormat {
         case .json:
-            for record in records {
-                print(JSONCodec.serializeString(.object(columns.isEmpty ? record : Self.pick(fields, from: record))))
-            }
+            for record in picked { print(JSONCodec.serializeString(.object(record))) }
+        case .yaml:
+            print(YAMLWriter.document(.array(picked.map(JSONValue.object))), terminator: "")
         case .value:
             for record in records { print(fields.map { Self.text(record[$0]) }.joined(separator: " ")) }
         case .table:
@@ -100,7 +104,11 @@ struct OutputOptions: ParsableArguments {
 }
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
-    case table, json, value
+    case table, json, yaml, value
+
+    /// Whether the format shows a list's default columns only (a line per record has room for no more); the
+    /// data formats carry every field.
+    var isTabular: Bool { self == .table || self == .value }
 }
 
 /// A table with ASCII borders, as the openstack CLI draws it, of cells that are single lines of printable

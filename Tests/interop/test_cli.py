@@ -1,5 +1,5 @@
 """The `berth` command line as openstack and virsh users expect it (issue 22): names wherever an id is
-taken, `-f/--format table|json|value` and `-c/--column`, a table on a terminal and JSON lines in a pipe,
+taken, `-f/--format table|json|yaml|value` and `-c/--column`, a table on a terminal and JSON lines in a pipe,
 one error style without a usage dump after a runtime error, documented exit statuses, a timeout that
 holds when the broker is down, `boot --wait`/`--no-wait` with progress, help wrapped by the terminal,
 and shell completion that can be found.
@@ -19,6 +19,7 @@ import time
 
 import oslo_messaging
 import pytest
+import yaml
 
 from conftest import request_context, rpc_client
 
@@ -118,6 +119,46 @@ def test_show_formats_and_columns(catalog):
     assert catalog.run("images", "show", "cli-unique", "-f", "value", "-c", "status").stdout == "active\n"
 
 
+# Quotes, a colon and a comment, a list item of booleans, a trailing space, unicode: in a name. Line breaks
+# and other control characters, which names may not hold, in a property (Glance's names may hold them).
+HOSTILE_NAME = '- say "hi": it\'s #1, yes: no été 日本語 😀 '
+HOSTILE_VALUE = 'two\nlines\r\n\ttab \x07bell \x1b[31mred ~ null'
+
+
+def test_yaml_reads_back_as_the_json(berth_bin, tmp_path):
+    root = tmp_path / "catalog"
+    root.mkdir()
+    (tmp_path / "disk.raw").write_bytes(b"\0" * 4096)
+    cat = Catalog(berth_bin, root)
+    assert yaml.safe_load(cat.run("images", "list", "-f", "yaml").stdout) == []
+    image = cat.json("images", "create", f"--name={HOSTILE_NAME}", "--disk-format", "raw",
+                     "--file", str(tmp_path / "disk.raw"))
+    cat.json("images", "create", "--name", "null", "--disk-format", "raw", "--file", str(tmp_path / "disk.raw"))
+    cat.json("images", "update", image["id"], "--property", "os_version=12.0", "--property", "hw:note=yes",
+             "--property", f"hostile={HOSTILE_VALUE}")
+
+    def both(*args):
+        as_yaml, as_json = cat.run(*args, "-f", "yaml"), cat.run(*args, "-f", "json")
+        assert as_yaml.returncode == 0 and as_json.returncode == 0, (explain(as_yaml), explain(as_json))
+        assert all(c == "\n" or c.isprintable() for c in as_yaml.stdout), as_yaml.stdout
+        return yaml.safe_load(as_yaml.stdout), [json.loads(line) for line in as_json.stdout.splitlines()]
+
+    records, lines = both("images", "list")
+    assert records == lines and {r["name"] for r in records} == {HOSTILE_NAME, "null"}, records
+    record, [line] = both("images", "show", image["id"])
+    assert record == line and record["name"] == HOSTILE_NAME, record
+    assert record["properties"] == {"os_version": "12.0", "hw:note": "yes", "hostile": HOSTILE_VALUE}, record
+    picked, picked_lines = both("images", "list", "-c", "name", "-c", "size")
+    assert picked == picked_lines and all(list(r) == ["name", "size"] for r in picked), picked
+
+
+def test_monitor_yaml_is_its_json_as_documents(berth_cli):
+    args = ["monitor", "--transport-url", berth_cli.url, "--control-exchange", berth_cli.names.exchange,
+            "--duration", "1"]
+    as_yaml, as_json = berth_cli.run(*args, "-f", "yaml"), berth_cli.run(*args, "-f", "json")
+    assert as_yaml.returncode == 0 and as_yaml.stdout.startswith("---\n"), explain(as_yaml)
+    assert list(yaml.safe_load_all(as_yaml.stdout)) == [json.loads(as_json.stdout)], (as_yaml.stdout, as_json.stdout)
+
 def test_an_unknown_column_is_a_usage_error_naming_the_fields(catalog):
     message = one_error(catalog.run("images", "list", "-c", "colour"), "InvalidArgument", 64)
     assert "disk_format" in message, message
@@ -174,7 +215,26 @@ def test_exit_statuses_are_in_the_help(berth_bin):
             "delivered, 64 usage error.") in proc.stdout, proc.stdout
 
 
-@pytest.mark.parametrize("command", [["call", "ping"], ["notify", "test.event"]])
+
+@pytest.mark.parametrize("args", [
+    ["call", "--version", "2"],                  # no method: ArgumentParser's version flag won, exit 0
+    ["call", "ping", "--version", "2"],
+    ["images", "list", "--version"],
+    ["--version", "images", "list"],
+])
+def test_version_anywhere_but_alone_is_a_usage_error_naming_api_version(berth_bin, args):
+    # Nothing listens on port 1: had anything been sent, the exit status would be 3, not 64.
+    proc = berth(berth_bin, *args, env={"BERTH_TRANSPORT_URL": "rabbit://127.0.0.1:1/"})
+    message = one_error(proc, "InvalidArgument", 64)
+    assert "--api-version" in message and "berth --version" in message and proc.stdout == "", explain(proc)
+
+
+def test_berth_version_alone_prints_the_version(berth_bin):
+    proc = berth(berth_bin, "--version")
+    assert proc.returncode == 0 and re.fullmatch(r"\S+\n", proc.stdout), explain(proc)
+
+
+@pytest.mark.parametrize("command", [["call", "ping"], ["notify", "test.event"], ["hosts"]])
 def test_a_stopped_broker_fails_within_the_timeout_in_one_line(berth_bin, command):
     # Nothing listens on port 1: what a client sees of a stopped broker (connection refused, retried).
     started = time.monotonic()
@@ -184,6 +244,14 @@ def test_a_stopped_broker_fails_within_the_timeout_in_one_line(berth_bin, comman
     assert 2.5 <= elapsed < 6, f"took {elapsed:.1f}s\n{explain(proc)}"
     assert "127.0.0.1:1" in message and "guest:guest" not in message, message
 
+
+
+def test_hosts_waiting_in_vain_is_one_timeout_line(berth_cli):
+    # This module's own control exchange: no worker reports there.
+    proc = berth_cli.run("hosts", "--transport-url", berth_cli.url, "--control-exchange", berth_cli.names.exchange,
+                         "--wait", "1", "--timeout", "1", "--format", "json")
+    assert "only 0 of 1 workers up" in one_error(proc, "Timeout", 2), explain(proc)
+    assert json.loads(proc.stdout)["hosts"] == [], explain(proc)
 
 # --- help, completion ------------------------------------------------------------------------------
 
