@@ -207,4 +207,12 @@ private actor BatchRecorder {
         #expect(identity.uniqueID.count == 32)
         #expect(identity.uniqueID.allSatisfy { $0.isHexDigit && !$0.isUppercase })
     }
+
+    /// The ids are a function of the request across versions too: a request redelivered to an upgraded worker
+    /// must emit its events with the ids the old one gave them. (Python: sha256 of the same text.)
+    @Test func theIDsAreStableAcrossVersions() {
+        let identity = EventIdentity(request: "r", eventType: "instance.create.end", occurrence: 0)
+        #expect(identity.messageID == "0d552436-023a-81c1-8fb9-511d2b0721e6")
+        #expect(identity.uniqueID == "f36b9c6f745ec5e3a4cb65ed2a8b0194")
+    }
 }
