@@ -37,8 +37,10 @@ let package = Package(
         .systemLibrary(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
-        // What Swift cannot call directly: variadic amqp_login, libvirt error capture.
-        .target(name: "CBerthShims", dependencies: ["CRabbitMQ", "CLibvirt"]),
+        // What Swift cannot call in librabbitmq: variadic amqp_login, the method numbers (macros with casts); and
+        // the AMQP I/O thread's eventfd. Seen only by BerthAMQP. libvirt needs no shim: BerthLibvirt calls it
+        // directly and reads its per-thread error in Swift (LibvirtCall).
+        .target(name: "CRabbitMQShims", dependencies: ["CRabbitMQ"]),
 
         .target(name: "BerthJSON", dependencies: ["CJSONC"]),
         // Optimised even in debug builds: OsloEnvelopeScanner follows every byte of bodies up to the broker's limit.
@@ -62,12 +64,12 @@ let package = Package(
         .target(
             name: "BerthAMQP",
             dependencies: [
-                "CRabbitMQ", "CBerthShims", .product(name: "Logging", package: "swift-log"),
+                "CRabbitMQ", "CRabbitMQShims", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]),
         .target(
             name: "BerthLibvirt",
-            dependencies: ["CLibvirt", "CBerthShims", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["CLibvirt", .product(name: "Logging", package: "swift-log")]),
         .target(
             name: "BerthWorker",
             dependencies: [
