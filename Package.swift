@@ -37,12 +37,18 @@ let package = Package(
         .systemLibrary(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
-        // What Swift cannot call directly: variadic amqp_login, libvirt error capture.
-        .target(name: "CBerthShims", dependencies: ["CRabbitMQ", "CLibvirt"]),
+        // What Swift cannot call in librabbitmq: variadic amqp_login, the method numbers (macros with casts); and
+        // the AMQP I/O thread's eventfd. Seen only by BerthAMQP. libvirt needs no shim: BerthLibvirt calls it
+        // directly and reads its per-thread error in Swift (LibvirtCall).
+        .target(name: "CRabbitMQShims", dependencies: ["CRabbitMQ"]),
 
         .target(name: "BerthJSON", dependencies: ["CJSONC"]),
+        // Pure: the AMQP objects (exchange, queue, binding declarations, field tables) oslo's topology asks for and
+        // the AMQP client declares; one model for both, with no librabbitmq in it.
+        .target(name: "BerthAMQPModel"),
         // Optimised even in debug builds: OsloEnvelopeScanner follows every byte of bodies up to the broker's limit.
-        .target(name: "BerthWire", dependencies: ["BerthJSON"], swiftSettings: [.unsafeFlags(["-O"])]),
+        .target(
+            name: "BerthWire", dependencies: ["BerthJSON", "BerthAMQPModel"], swiftSettings: [.unsafeFlags(["-O"])]),
         // MD5, SHA-256, SHA-384, SHA-512 through libcrypto's EVP interface: the one owner of libcrypto.
         .target(name: "BerthDigest", dependencies: ["CCrypto"]),
         // Pure rules: properties, kernel command line, boot variants, domain XML. No I/O.
@@ -62,12 +68,12 @@ let package = Package(
         .target(
             name: "BerthAMQP",
             dependencies: [
-                "CRabbitMQ", "CBerthShims", .product(name: "Logging", package: "swift-log"),
+                "CRabbitMQ", "CRabbitMQShims", "BerthAMQPModel", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]),
         .target(
             name: "BerthLibvirt",
-            dependencies: ["CLibvirt", "CBerthShims", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["CLibvirt", .product(name: "Logging", package: "swift-log")]),
         .target(
             name: "BerthWorker",
             dependencies: [

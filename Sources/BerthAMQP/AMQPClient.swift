@@ -1,4 +1,4 @@
-import CBerthShims
+import CRabbitMQShims
 import Foundation
 import Glibc
 import Logging

@@ -1,4 +1,4 @@
-import CBerthShims
+import CRabbitMQShims
 import CRabbitMQ
 import Glibc
 
@@ -128,17 +128,17 @@ final class AMQPConnection: AMQPCommandChannel {
 
     // MARK: Declarations
 
-    func declare(_ exchange: ExchangeSpec) throws(AMQPError) {
+    func declare(_ exchange: ExchangeDeclaration) throws(AMQPError) {
         let arena = CArena()
         _ = amqp_exchange_declare(
-            state, channel, arena.bytes(exchange.name), arena.bytes(exchange.type), 0, exchange.durable ? 1 : 0,
+            state, channel, arena.bytes(exchange.name), arena.bytes(exchange.type.rawValue), 0, exchange.durable ? 1 : 0,
             exchange.autoDelete ? 1 : 0, 0, amqp_empty_table)
         try check("declare exchange '\(exchange.name)'")
     }
 
     /// Returns the number of messages ready in the queue, as the broker's declare-ok counts them.
     @discardableResult
-    func declare(_ queue: QueueSpec) throws(AMQPError) -> UInt32 {
+    func declare(_ queue: QueueDeclaration) throws(AMQPError) -> UInt32 {
         let arena = CArena()
         let declared = amqp_queue_declare(
             state, channel, arena.bytes(queue.name), queue.passive ? 1 : 0, queue.durable ? 1 : 0,
@@ -147,7 +147,7 @@ final class AMQPConnection: AMQPCommandChannel {
         return declared?.pointee.message_count ?? 0
     }
 
-    func bind(_ binding: BindingSpec) throws(AMQPError) {
+    func bind(_ binding: Binding) throws(AMQPError) {
         let arena = CArena()
         _ = amqp_queue_bind(
             state, channel, arena.bytes(binding.queue), arena.bytes(binding.exchange), arena.bytes(binding.routingKey),

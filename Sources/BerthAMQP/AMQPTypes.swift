@@ -1,3 +1,5 @@
+@_exported import BerthAMQPModel
+
 /// An error from the broker connection, with a message that says what to do about it.
 public struct AMQPError: Error, Sendable, CustomStringConvertible, Equatable {
     public enum Kind: String, Sendable {
@@ -38,35 +40,6 @@ public struct AMQPError: Error, Sendable, CustomStringConvertible, Equatable {
         }
     }
 }
-
-/// A value in an AMQP field table (queue arguments, message headers).
-public enum AMQPFieldValue: Sendable, Equatable {
-    case string(String)
-    case int(Int64)
-    case bool(Bool)
-    case double(Double)
-    case table(AMQPTable)
-    case array([AMQPFieldValue])
-    case bytes([UInt8])
-    case void
-
-    public static func == (lhs: AMQPFieldValue, rhs: AMQPFieldValue) -> Bool {
-        switch (lhs, rhs) {
-        case (.string(let a), .string(let b)): a == b
-        case (.int(let a), .int(let b)): a == b
-        case (.bool(let a), .bool(let b)): a == b
-        case (.double(let a), .double(let b)): a == b
-        case (.table(let a), .table(let b)): a.map(\.key) == b.map(\.key) && a.map(\.value) == b.map(\.value)
-        case (.array(let a), .array(let b)): a == b
-        case (.bytes(let a), .bytes(let b)): a == b
-        case (.void, .void): true
-        default: false
-        }
-    }
-}
-
-/// An AMQP field table in wire order.
-public typealias AMQPTable = [(key: String, value: AMQPFieldValue)]
 
 /// The basic-class properties Berth reads and writes.
 public struct AMQPProperties: Sendable, Equatable {
@@ -160,63 +133,11 @@ public enum PublishOutcome: Sendable, Equatable {
     case returned(AMQPReturnedMessage)
 }
 
-public struct ExchangeSpec: Sendable, Equatable {
-    public var name: String
-    public var type: String
-    public var durable: Bool
-    public var autoDelete: Bool
-
-    public init(name: String, type: String, durable: Bool, autoDelete: Bool) {
-        self.name = name
-        self.type = type
-        self.durable = durable
-        self.autoDelete = autoDelete
-    }
-}
-
-public struct QueueSpec: Sendable {
-    public var name: String
-    public var durable: Bool
-    public var exclusive: Bool
-    public var autoDelete: Bool
-    public var arguments: AMQPTable
-    /// Only check that the queue exists (a 404 when it does not), whatever its arguments: for a reader that
-    /// must neither create the queue nor know how it was declared.
-    public var passive = false
-
-    public init(name: String, durable: Bool, exclusive: Bool = false, autoDelete: Bool, arguments: AMQPTable = []) {
-        self.name = name
-        self.durable = durable
-        self.exclusive = exclusive
-        self.autoDelete = autoDelete
-        self.arguments = arguments
-    }
-
-    /// A passive declaration of `name`.
-    public static func existing(_ name: String) -> QueueSpec {
-        var spec = QueueSpec(name: name, durable: false, autoDelete: false)
-        spec.passive = true
-        return spec
-    }
-}
-
-public struct BindingSpec: Sendable, Equatable {
-    public var queue: String
-    public var exchange: String
-    public var routingKey: String
-
-    public init(queue: String, exchange: String, routingKey: String) {
-        self.queue = queue
-        self.exchange = exchange
-        self.routingKey = routingKey
-    }
-}
-
 /// What a connection declares and consumes each time it (re)connects, so a reconnect restores it all.
 public struct AMQPTopology: Sendable {
-    public var exchanges: [ExchangeSpec] = []
-    public var queues: [QueueSpec] = []
-    public var bindings: [BindingSpec] = []
+    public var exchanges: [ExchangeDeclaration] = []
+    public var queues: [QueueDeclaration] = []
+    public var bindings: [Binding] = []
     /// Queues to consume with manual acknowledgement, by consumer tag.
     public var consumers: [(queue: String, consumerTag: String, arguments: AMQPTable)] = []
     /// `basic.qos` prefetch count; 0 sends no `basic.qos` (as oslo does by default).

@@ -1,4 +1,4 @@
-import CBerthShims
+import CRabbitMQShims
 import CRabbitMQ
 import Glibc
 

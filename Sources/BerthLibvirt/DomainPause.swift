@@ -1,14 +1,13 @@
-import CBerthShims
 import CLibvirt
 
 extension LibvirtDomain {
     /// Pauses the guest's vCPUs; its memory and devices stay as they are.
     public func suspend() throws {
-        _ = try LibvirtCall.check(doing: "cannot pause domain \(name)") { berth_virDomainSuspend(handle, $0) }
+        try LibvirtCall.check(doing: "cannot pause domain \(name)") { virDomainSuspend(handle) }
     }
 
     public func resume() throws {
-        _ = try LibvirtCall.check(doing: "cannot resume domain \(name)") { berth_virDomainResume(handle, $0) }
+        try LibvirtCall.check(doing: "cannot resume domain \(name)") { virDomainResume(handle) }
     }
 }
 

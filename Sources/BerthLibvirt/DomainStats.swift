@@ -1,5 +1,3 @@
-// Both: libvirt's constants can belong to either module, depending on which clang built first.
-import CBerthShims
 import CLibvirt
 
 /// One domain's figures from libvirt's bulk stats (`virsh domstats`), copied out of libvirt.
@@ -54,27 +52,27 @@ extension LibvirtConnection {
         // monitor instead of blocking the libvirt thread, which every boot shares, until the job ends.
         flags |= VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT.rawValue
         var list: UnsafeMutablePointer<virDomainStatsRecordPtr?>?
-        var err = berth_virt_error()
-        var count = berth_virConnectGetAllDomainStats(handle, groups.rawValue, flags, &list, &err)
-        if count < 0 {
-            let error = LibvirtError(err, doing: context)
-            // libvirt older than 4.5, or a driver that does not know the flag: ask again without it.
+        func stats(_ flags: UInt32) throws(LibvirtError) -> Int32 {
+            try LibvirtCall.check(doing: context) { virConnectGetAllDomainStats(handle, groups.rawValue, &list, flags) }
+        }
+        var count: Int32 = 0
+        do throws(LibvirtError) {
+            count = try stats(flags)
+        } catch {
             guard error.hasCode(VIR_ERR_INVALID_ARG) || error.hasCode(VIR_ERR_NO_SUPPORT) else { throw error }
-            flags &= ~VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT.rawValue
-            count = try LibvirtCall.check(doing: context) {
-                berth_virConnectGetAllDomainStats(handle, groups.rawValue, flags, &list, $0)
-            }
+            // libvirt older than 4.5, or a driver that does not know the flag: ask again without it.
+            count = try stats(flags & ~VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT.rawValue)
         }
         guard let list else { return [] }
         // Everything is copied out before the list (and the domain references it holds) is released.
-        defer { berth_virDomainStatsRecordListFree(list) }
+        defer { virDomainStatsRecordListFree(list) }
         var records: [DomainStatsRecord] = []
         records.reserveCapacity(Int(count))
         for index in 0..<Int(count) {
             guard let record = list[index]?.pointee, let domain = record.dom else { continue }
             var copied = DomainStatsRecord(
-                uuid: Self.uuidString(of: domain),
-                name: LibvirtCall.borrowedString { berth_virDomainGetName(domain, $0) },
+                uuid: LibvirtDomain.uuidString(of: domain),
+                name: LibvirtCall.borrowedString { virDomainGetName(domain) },
                 values: Self.numbers(record.params, count: Int(record.nparams)))
             Self.fillFromDomainInfo(&copied, domain: domain, groups: groups)
             records.append(copied)
@@ -86,14 +84,27 @@ extension LibvirtConnection {
         guard let params, count > 0 else { return [:] }
         var values: [String: Double] = [:]
         values.reserveCapacity(count)
-        var field = [CChar](repeating: 0, count: Int(VIR_TYPED_PARAM_FIELD_LENGTH) + 1)
-        for index in 0..<count {
-            var number = 0.0
-            guard berth_virTypedParameterNumber(params + index, &number) == 1 else { continue }
-            berth_virTypedParameterField(params + index, &field)
-            values[String(decoding: field.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)] = number
+        for param in UnsafeBufferPointer(start: params, count: count) {
+            guard let number = number(param) else { continue }
+            // The field may fill its whole buffer with no terminator of its own.
+            let field = withUnsafeBytes(of: param.field) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            values[field] = number
         }
         return values
+    }
+
+    /// A typed parameter's value as a `Double` for the numeric types; nil for strings and types newer than
+    /// this code, which are skipped.
+    private static func number(_ param: virTypedParameter) -> Double? {
+        switch virTypedParameterType(UInt32(bitPattern: param.type)) {
+        case VIR_TYPED_PARAM_INT: Double(param.value.i)
+        case VIR_TYPED_PARAM_UINT: Double(param.value.ui)
+        case VIR_TYPED_PARAM_LLONG: Double(param.value.l)
+        case VIR_TYPED_PARAM_ULLONG: Double(param.value.ul)
+        case VIR_TYPED_PARAM_DOUBLE: param.value.d
+        case VIR_TYPED_PARAM_BOOLEAN: param.value.b != 0 ? 1 : 0
+        default: nil
+        }
     }
 
     private static func fillFromDomainInfo(
@@ -103,9 +114,8 @@ extension LibvirtConnection {
         let wantsMemory = groups.contains(.balloon) && record.values["balloon.current"] == nil
         guard wantsCPU || wantsMemory else { return }
         var info = virDomainInfo()
-        var err = berth_virt_error()
         // A domain that stopped since the bulk call has nothing more to say; it keeps what it had.
-        guard berth_virDomainGetInfo(domain, &info, &err) == 0 else { return }
+        guard (try? LibvirtCall.check(doing: "") { virDomainGetInfo(domain, &info) }) != nil else { return }
         if wantsCPU {
             record.values["cpu.time"] = Double(info.cpuTime)
         }
@@ -113,13 +123,6 @@ extension LibvirtConnection {
             record.values["balloon.current"] = Double(info.memory)
             record.values["balloon.maximum"] = record.values["balloon.maximum"] ?? Double(info.maxMem)
         }
-    }
-
-    private static func uuidString(of domain: virDomainPtr) -> String {
-        var buffer = [CChar](repeating: 0, count: Int(VIR_UUID_STRING_BUFLEN))
-        var err = berth_virt_error()
-        guard berth_virDomainGetUUIDString(domain, &buffer, &err) == 0 else { return "" }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

@@ -1,11 +1,4 @@
-import CBerthShims
 import CLibvirt
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
 
 /// What `virNodeGetInfo` reports about the host.
 public struct NodeInfo: Sendable, Equatable {
@@ -43,13 +36,12 @@ public final class LibvirtConnection {
 
     /// Opens a connection; the error says whether libvirtd is down, the URI is wrong or access was refused.
     public init(uri: String) throws {
-        var err = berth_virt_error()
-        guard let handle = berth_virConnectOpen(uri, &err) else {
-            throw LibvirtError(
-                err, doing: "cannot connect to libvirt at \(uri)", hint: LibvirtError.openHint(for: err))
+        do throws(LibvirtError) {
+            self.handle = try LibvirtCall.run(doing: "cannot connect to libvirt at \(uri)") { virConnectOpen(uri) }
+        } catch {
+            throw error.adding(hint: error.openHint)
         }
         self.uri = uri
-        self.handle = handle
     }
 
     deinit {
@@ -61,8 +53,7 @@ public final class LibvirtConnection {
     public func close() {
         guard let handle else { return }
         self.handle = nil
-        var err = berth_virt_error()
-        _ = berth_virConnectClose(handle, &err)
+        LibvirtCall.release { virConnectClose(handle) }
     }
 
     public var isClosed: Bool { handle == nil }
@@ -71,13 +62,12 @@ public final class LibvirtConnection {
     /// socket state without a round trip, so it is cheap enough to ask before every call.
     public func isAlive() -> Bool {
         guard let handle else { return false }
-        var err = berth_virt_error()
-        return berth_virConnectIsAlive(handle, &err) == 1
+        return (try? LibvirtCall.flag(doing: "") { virConnectIsAlive(handle) }) ?? false
     }
 
     /// The capabilities document (`virsh capabilities`).
     public func capabilitiesXML() throws -> String {
-        try ownedString(doing: "cannot read libvirt capabilities") { berth_virConnectGetCapabilities($0, $1) }
+        try ownedString(doing: "cannot read libvirt capabilities") { virConnectGetCapabilities($0) }
     }
 
     public func capabilities() throws -> HostCapabilities {
@@ -85,26 +75,26 @@ public final class LibvirtConnection {
     }
 
     public func hostname() throws -> String {
-        try ownedString(doing: "cannot read the host name from libvirt") { berth_virConnectGetHostname($0, $1) }
+        try ownedString(doing: "cannot read the host name from libvirt") { virConnectGetHostname($0) }
     }
 
     /// The libvirt library version, e.g. "9.0.0".
     public func libVersion() throws -> String {
         var version: UInt = 0
-        try check(doing: "cannot read the libvirt version") { berth_virConnectGetLibVersion($0, &version, $1) }
+        try check(doing: "cannot read the libvirt version") { virConnectGetLibVersion($0, &version) }
         return Self.formatVersion(version)
     }
 
     /// The hypervisor's version as libvirt reports it (QEMU's for qemu://, e.g. "7.2.0").
     public func hypervisorVersion() throws -> String {
         var version: UInt = 0
-        try check(doing: "cannot read the hypervisor version") { berth_virConnectGetVersion($0, &version, $1) }
+        try check(doing: "cannot read the hypervisor version") { virConnectGetVersion($0, &version) }
         return Self.formatVersion(version)
     }
 
     public func nodeInfo() throws -> NodeInfo {
         var info = virNodeInfo()
-        try check(doing: "cannot read host CPU and memory from libvirt") { berth_virNodeGetInfo($0, &info, $1) }
+        try check(doing: "cannot read host CPU and memory from libvirt") { virNodeGetInfo($0, &info) }
         let model = withUnsafeBytes(of: &info.model) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         return NodeInfo(
             cpuModel: model, memoryKiB: UInt64(info.memory), cpus: Int(info.cpus), mhz: Int(info.mhz),
@@ -115,10 +105,14 @@ public final class LibvirtConnection {
     /// Free host memory in bytes. Drivers that cannot tell (some report "not supported") fall back to the
     /// node's total memory, so capacity reporting degrades instead of failing the whole `describe_host`.
     public func freeMemoryBytes() throws -> UInt64 {
-        var bytes: UInt64 = 0
+        let context = "cannot read free memory from libvirt"
         do {
-            try check(doing: "cannot read free memory from libvirt") { berth_virNodeGetFreeMemory($0, &bytes, $1) }
-            return bytes
+            let handle = try liveHandle(doing: context)
+            // 0 is both "no memory free" and "failed"; only a recorded error tells them apart.
+            return try LibvirtCall.run(doing: context) {
+                let bytes = virNodeGetFreeMemory(handle)
+                return bytes == 0 && virGetLastError() != nil ? nil : UInt64(bytes)
+            }
         } catch {
             guard isAlive() else { throw error }
             return try nodeInfo().memoryKiB * 1024
@@ -127,9 +121,11 @@ public final class LibvirtConnection {
 
     /// vCPUs used by running domains.
     public func activeVcpus() throws -> Int {
-        var vcpus: UInt64 = 0
-        try check(doing: "cannot list running domains") { berth_virConnectActiveVcpus($0, &vcpus, $1) }
-        return Int(vcpus)
+        // Every reference gets its owner (which frees it) before anything else happens.
+        try allDomains(flags: VIR_CONNECT_LIST_DOMAINS_ACTIVE.rawValue, doing: "cannot list running domains").reduce(0) { total, domain in
+            // A domain that stops between listing and asking no longer uses vCPUs: skip it, keep going.
+            total + ((try? domain.info().vcpus) ?? 0)
+        }
     }
 
     /// libvirt encodes versions as major * 1,000,000 + minor * 1,000 + release.
@@ -143,28 +139,16 @@ public final class LibvirtConnection {
         return handle
     }
 
-    private func check(
-        doing context: String, _ call: (virConnectPtr, UnsafeMutablePointer<berth_virt_error>) -> Int32
-    ) throws {
+    private func check(doing context: String, _ call: (virConnectPtr) -> Int32) throws {
         let handle = try liveHandle(doing: context)
-        var err = berth_virt_error()
-        if call(handle, &err) < 0 {
-            throw LibvirtError(err, doing: context)
-        }
+        try LibvirtCall.check(doing: context) { call(handle) }
     }
 
-    /// Copies a string libvirt allocated for the caller, then frees libvirt's copy.
-    private func ownedString(
-        doing context: String,
-        _ call: (virConnectPtr, UnsafeMutablePointer<berth_virt_error>) -> UnsafeMutablePointer<CChar>?
-    ) throws -> String {
+    private func ownedString(doing context: String, _ call: (virConnectPtr) -> UnsafeMutablePointer<CChar>?) throws
+        -> String
+    {
         let handle = try liveHandle(doing: context)
-        var err = berth_virt_error()
-        guard let cString = call(handle, &err) else {
-            throw LibvirtError(err, doing: context)
-        }
-        defer { free(cString) }
-        return String(cString: cString)
+        return try LibvirtCall.ownedString(doing: context) { call(handle) }
     }
 }
 

@@ -1,4 +1,3 @@
-import CBerthShims
 import CLibvirt
 
 #if canImport(Glibc)
@@ -92,30 +91,31 @@ public final class LibvirtDomain {
     /// Takes over a reference the caller owns.
     init(owning handle: virDomainPtr) {
         self.handle = handle
-        self.name = LibvirtCall.borrowedString { berth_virDomainGetName(handle, $0) }
-        var buffer = [CChar](repeating: 0, count: Int(VIR_UUID_STRING_BUFLEN))
-        var err = berth_virt_error()
-        self.uuidString =
-            berth_virDomainGetUUIDString(handle, &buffer, &err) == 0
-            ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+        self.name = LibvirtCall.borrowedString { virDomainGetName(handle) }
+        self.uuidString = Self.uuidString(of: handle)
     }
 
     deinit {
-        // A failed free means an invalid reference, which this type never holds; nothing to report.
-        var err = berth_virt_error()
-        _ = berth_virDomainFree(handle, &err)
+        LibvirtCall.release { virDomainFree(handle) }
+    }
+
+    /// "" for an invalid reference, which no owner holds (see `LibvirtCall.borrowedString`).
+    static func uuidString(of handle: virDomainPtr) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(VIR_UUID_STRING_BUFLEN))
+        guard virDomainGetUUIDString(handle, &buffer) == 0 else { return "" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Starts the defined domain (`virsh start`).
     public func create() throws {
-        try LibvirtCall.check(doing: "cannot start domain \(name)") { berth_virDomainCreate(handle, $0) }
+        try LibvirtCall.check(doing: "cannot start domain \(name)") { virDomainCreate(handle) }
     }
 
     public func state() throws -> DomainState {
         var state: Int32 = 0
         var reason: Int32 = 0
         try LibvirtCall.check(doing: "cannot read the state of domain \(name)") {
-            berth_virDomainGetState(handle, &state, &reason, $0)
+            virDomainGetState(handle, &state, &reason, 0)
         }
         return DomainState(libvirt: state)
     }
@@ -123,7 +123,7 @@ public final class LibvirtDomain {
     public func info() throws -> DomainInfo {
         var info = virDomainInfo()
         try LibvirtCall.check(doing: "cannot read CPU and memory of domain \(name)") {
-            berth_virDomainGetInfo(handle, &info, $0)
+            virDomainGetInfo(handle, &info)
         }
         return DomainInfo(
             state: DomainState(libvirt: Int32(info.state)), maxMemoryKiB: UInt64(info.maxMem),
@@ -131,20 +131,20 @@ public final class LibvirtDomain {
     }
 
     public func isActive() throws -> Bool {
-        try LibvirtCall.flag(doing: "cannot tell whether domain \(name) runs") { berth_virDomainIsActive(handle, $0) }
+        try LibvirtCall.flag(doing: "cannot tell whether domain \(name) runs") { virDomainIsActive(handle) }
     }
 
     /// False for a transient domain, which libvirt forgets when it stops.
     public func isPersistent() throws -> Bool {
         try LibvirtCall.flag(doing: "cannot tell whether domain \(name) is persistent") {
-            berth_virDomainIsPersistent(handle, $0)
+            virDomainIsPersistent(handle)
         }
     }
 
     /// The live definition when running, else the persistent one. Without secure information (passwords).
     public func xmlDesc() throws -> String {
         try LibvirtCall.ownedString(doing: "cannot read the XML of domain \(name)") {
-            berth_virDomainGetXMLDesc(handle, 0, $0)
+            virDomainGetXMLDesc(handle, 0)
         }
     }
 
@@ -152,16 +152,16 @@ public final class LibvirtDomain {
     /// caller wanted anyway.
     @discardableResult
     public func destroy() throws -> Bool {
-        var err = berth_virt_error()
-        if berth_virDomainDestroy(handle, &err) == 0 {
+        do throws(LibvirtError) {
+            try LibvirtCall.check(doing: "cannot stop domain \(name)") { virDomainDestroy(handle) }
             return true
+        } catch {
+            // libvirt says "domain is not running" as OPERATION_INVALID, a code other refusals share: ask again.
+            if error.hasCode(VIR_ERR_OPERATION_INVALID), (try? isActive()) == false {
+                return false
+            }
+            throw error
         }
-        let error = LibvirtError(err, doing: "cannot stop domain \(name)")
-        // libvirt says "domain is not running" as OPERATION_INVALID, a code other refusals share: ask again.
-        if error.hasCode(VIR_ERR_OPERATION_INVALID), (try? isActive()) == false {
-            return false
-        }
-        throw error
     }
 
     /// Removes the persistent definition, with its managed save image, NVRAM, and snapshot and checkpoint
@@ -171,15 +171,12 @@ public final class LibvirtDomain {
         let flags =
             VIR_DOMAIN_UNDEFINE_MANAGED_SAVE.rawValue | VIR_DOMAIN_UNDEFINE_NVRAM.rawValue
             | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA.rawValue | VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA.rawValue
-        var err = berth_virt_error()
-        if berth_virDomainUndefineFlags(handle, flags, &err) == 0 {
-            return
+        do throws(LibvirtError) {
+            try LibvirtCall.check(doing: "cannot undefine domain \(name)") { virDomainUndefineFlags(handle, flags) }
+        } catch {
+            guard error.hasCode(VIR_ERR_INVALID_ARG) || error.hasCode(VIR_ERR_NO_SUPPORT) else { throw error }
+            try LibvirtCall.check(doing: "cannot undefine domain \(name)") { virDomainUndefine(handle) }
         }
-        let error = LibvirtError(err, doing: "cannot undefine domain \(name)")
-        guard error.hasCode(VIR_ERR_INVALID_ARG) || error.hasCode(VIR_ERR_NO_SUPPORT) else {
-            throw error
-        }
-        try LibvirtCall.check(doing: "cannot undefine domain \(name)") { berth_virDomainUndefine(handle, $0) }
     }
 
     /// Sets (or with nil removes) the `<metadata>` element in namespace `uri`, written with prefix `key`, in
@@ -194,23 +191,21 @@ public final class LibvirtDomain {
         }
         let type = Int32(VIR_DOMAIN_METADATA_ELEMENT.rawValue)
         try LibvirtCall.check(doing: "cannot set metadata \(uri) of domain \(name)") {
-            berth_virDomainSetMetadata(handle, type, xml, key, uri, flags, $0)
+            virDomainSetMetadata(handle, type, xml, key, uri, flags)
         }
     }
 
     /// The `<metadata>` element in namespace `uri` (as libvirt rewrites it), nil when the domain has none.
     public func metadata(uri: String) throws -> String? {
-        var err = berth_virt_error()
         let type = Int32(VIR_DOMAIN_METADATA_ELEMENT.rawValue)
-        guard let cString = berth_virDomainGetMetadata(handle, type, uri, 0, &err) else {
-            let error = LibvirtError(err, doing: "cannot read metadata \(uri) of domain \(name)")
-            if error.hasCode(VIR_ERR_NO_DOMAIN_METADATA) {
-                return nil
+        do throws(LibvirtError) {
+            return try LibvirtCall.ownedString(doing: "cannot read metadata \(uri) of domain \(name)") {
+                virDomainGetMetadata(handle, type, uri, 0)
             }
-            throw error
+        } catch {
+            guard error.hasCode(VIR_ERR_NO_DOMAIN_METADATA) else { throw error }
+            return nil
         }
-        defer { free(cString) }
-        return String(cString: cString)
     }
 }
 
@@ -222,9 +217,7 @@ extension LibvirtConnection {
     /// Defines (or redefines, for the same name and uuid) a persistent domain; does not start it.
     public func defineDomain(xml: String) throws -> LibvirtDomain {
         let handle = try liveHandle(doing: "cannot define a libvirt domain")
-        let domain = try LibvirtCall.object(doing: "cannot define a libvirt domain") {
-            berth_virDomainDefineXML(handle, xml, $0)
-        }
+        let domain = try LibvirtCall.run(doing: "cannot define a libvirt domain") { virDomainDefineXML(handle, xml) }
         return LibvirtDomain(owning: domain)
     }
 
@@ -233,7 +226,7 @@ extension LibvirtConnection {
         let context = "cannot look up libvirt domain \(uuid)"
         let handle = try liveHandle(doing: context)
         return try LibvirtCall.lookup(doing: context, notFound: VIR_ERR_NO_DOMAIN) {
-            berth_virDomainLookupByUUIDString(handle, uuid, $0)
+            virDomainLookupByUUIDString(handle, uuid)
         }.map(LibvirtDomain.init(owning:))
     }
 
@@ -242,20 +235,23 @@ extension LibvirtConnection {
         let context = "cannot look up libvirt domain \(name)"
         let handle = try liveHandle(doing: context)
         return try LibvirtCall.lookup(doing: context, notFound: VIR_ERR_NO_DOMAIN) {
-            berth_virDomainLookupByName(handle, name, $0)
+            virDomainLookupByName(handle, name)
         }.map(LibvirtDomain.init(owning:))
     }
 
     /// Every domain, running or defined, whose name starts with `namePrefix` (all for ""), ordered by name.
     public func listDomains(namePrefix: String = "") throws -> [LibvirtDomain] {
-        let context = "cannot list libvirt domains"
+        try allDomains(flags: 0, doing: "cannot list libvirt domains").filter { $0.name.hasPrefix(namePrefix) }.sorted { $0.name < $1.name }
+    }
+
+    /// `virConnectListAllDomains`. Every reference gets its owner before anything else happens, so those a
+    /// caller filters out are freed too.
+    func allDomains(flags: UInt32, doing context: String) throws -> [LibvirtDomain] {
         let handle = try liveHandle(doing: context)
         var list: UnsafeMutablePointer<virDomainPtr?>?
-        let count = try LibvirtCall.check(doing: context) { berth_virConnectListAllDomains(handle, &list, 0, $0) }
+        let count = try LibvirtCall.check(doing: context) { virConnectListAllDomains(handle, &list, flags) }
         guard let list else { return [] }
-        // Every reference gets its owner before anything else happens, so those filtered out are freed too.
-        let all = (0..<Int(count)).compactMap { list[$0].map(LibvirtDomain.init(owning:)) }
-        free(list)
-        return all.filter { $0.name.hasPrefix(namePrefix) }.sorted { $0.name < $1.name }
+        defer { free(list) }
+        return (0..<Int(count)).compactMap { list[$0].map(LibvirtDomain.init(owning:)) }
     }
 }

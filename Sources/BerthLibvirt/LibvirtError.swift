@@ -1,4 +1,3 @@
-import CBerthShims
 import CLibvirt
 
 /// A failed libvirt call: libvirt's own error number and domain, plus a message that says what Berth was doing
@@ -28,20 +27,9 @@ public struct LibvirtError: Error, Sendable, Equatable, CustomStringConvertible 
             .contains { Int32($0.rawValue) == code }
     }
 
-    init(_ raw: berth_virt_error, doing context: String, hint: String? = nil) {
-        let text = Self.text(of: raw)
-        var message = "\(context): \(text)"
-        if let hint {
-            message += "; \(hint)"
-        }
-        self.init(code: raw.code, domain: raw.domain, message: message, libvirtMessage: text)
-    }
-
-    static func text(of raw: berth_virt_error) -> String {
-        var raw = raw
-        return withUnsafeBytes(of: &raw.message) { bytes in
-            String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
-        }
+    /// The same failure with advice for the operator appended.
+    func adding(hint: String) -> LibvirtError {
+        LibvirtError(code: code, domain: domain, message: "\(message); \(hint)", libvirtMessage: libvirtMessage)
     }
 
     static func closed(uri: String, doing context: String) -> LibvirtError {
@@ -52,12 +40,12 @@ public struct LibvirtError: Error, Sendable, Equatable, CustomStringConvertible 
     }
 
     /// The advice that fits why `virConnectOpen` failed; the wrong advice costs an operator more than none.
-    static func openHint(for raw: berth_virt_error) -> String {
+    var openHint: String {
         let refused = [VIR_ERR_AUTH_FAILED, VIR_ERR_AUTH_UNAVAILABLE, VIR_ERR_AUTH_CANCELLED, VIR_ERR_OPERATION_DENIED]
-        if refused.contains(where: { Int32($0.rawValue) == raw.code }) {
+        if refused.contains(where: hasCode) {
             return "run the worker as root or as a member of the libvirt group"
         }
-        if text(of: raw).contains("no connection driver available") {
+        if libvirtMessage.contains("no connection driver available") {
             return "check the URI (for example qemu:///system, or test:///default for tests)"
         }
         return "is libvirtd running? (libvirtd -d)"

@@ -1,5 +1,3 @@
-// Both: libvirt's constants can belong to either module, depending on which clang built first.
-import CBerthShims
 import CLibvirt
 
 /// A domain as the worker sees it, copied out of libvirt so it can leave the libvirt thread.

@@ -1,4 +1,3 @@
-import CBerthShims
 import CLibvirt
 import Foundation
 
@@ -20,51 +19,50 @@ public final class LibvirtStoragePool {
 
     init(owning handle: virStoragePoolPtr) {
         self.handle = handle
-        self.name = LibvirtCall.borrowedString { berth_virStoragePoolGetName(handle, $0) }
+        self.name = LibvirtCall.borrowedString { virStoragePoolGetName(handle) }
     }
 
     deinit {
-        var err = berth_virt_error()
-        _ = berth_virStoragePoolFree(handle, &err)
+        LibvirtCall.release { virStoragePoolFree(handle) }
     }
 
     public func isActive() throws -> Bool {
         try LibvirtCall.flag(doing: "cannot tell whether storage pool \(name) is active") {
-            berth_virStoragePoolIsActive(handle, $0)
+            virStoragePoolIsActive(handle)
         }
     }
 
     /// Creates what the pool stands on; for a `dir` pool, its directory (existing is fine).
     public func build() throws {
-        try LibvirtCall.check(doing: "cannot build storage pool \(name)") { berth_virStoragePoolBuild(handle, 0, $0) }
+        try LibvirtCall.check(doing: "cannot build storage pool \(name)") { virStoragePoolBuild(handle, 0) }
     }
 
     /// Activates the defined pool (`virsh pool-start`); libvirt scans its volumes.
     public func start() throws {
-        try LibvirtCall.check(doing: "cannot start storage pool \(name)") { berth_virStoragePoolCreate(handle, $0) }
+        try LibvirtCall.check(doing: "cannot start storage pool \(name)") { virStoragePoolCreate(handle, 0) }
     }
 
     public func setAutostart(_ autostart: Bool) throws {
         try LibvirtCall.check(doing: "cannot set autostart of storage pool \(name)") {
-            berth_virStoragePoolSetAutostart(handle, autostart ? 1 : 0, $0)
+            virStoragePoolSetAutostart(handle, autostart ? 1 : 0)
         }
     }
 
     /// Rescans the pool, so files that appeared or went behind libvirt's back are seen as they are.
     public func refresh() throws {
-        try LibvirtCall.check(doing: "cannot refresh storage pool \(name)") { berth_virStoragePoolRefresh(handle, $0) }
+        try LibvirtCall.check(doing: "cannot refresh storage pool \(name)") { virStoragePoolRefresh(handle, 0) }
     }
 
     public func xmlDesc() throws -> String {
         try LibvirtCall.ownedString(doing: "cannot read the XML of storage pool \(name)") {
-            berth_virStoragePoolGetXMLDesc(handle, $0)
+            virStoragePoolGetXMLDesc(handle, 0)
         }
     }
 
     /// Creates a volume from `<volume>` XML (see `StorageXML.overlayVolume`).
     public func createVolume(xml: String) throws -> LibvirtStorageVolume {
-        let volume = try LibvirtCall.object(doing: "cannot create a volume in storage pool \(name)") {
-            berth_virStorageVolCreateXML(handle, xml, 0, $0)
+        let volume = try LibvirtCall.run(doing: "cannot create a volume in storage pool \(name)") {
+            virStorageVolCreateXML(handle, xml, 0)
         }
         return LibvirtStorageVolume(owning: volume)
     }
@@ -73,13 +71,13 @@ public final class LibvirtStoragePool {
     public func lookupVolume(name volumeName: String) throws -> LibvirtStorageVolume? {
         try LibvirtCall.lookup(
             doing: "cannot look up volume \(volumeName) in storage pool \(name)", notFound: VIR_ERR_NO_STORAGE_VOL
-        ) { berth_virStorageVolLookupByName(handle, volumeName, $0) }.map(LibvirtStorageVolume.init(owning:))
+        ) { virStorageVolLookupByName(handle, volumeName) }.map(LibvirtStorageVolume.init(owning:))
     }
 
     /// Removes the definition of an inactive pool; its directory and files stay.
     func undefine() throws {
         try LibvirtCall.check(doing: "cannot undefine storage pool \(name)") {
-            berth_virStoragePoolUndefine(handle, $0)
+            virStoragePoolUndefine(handle)
         }
     }
 }
@@ -94,24 +92,23 @@ public final class LibvirtStorageVolume {
 
     init(owning handle: virStorageVolPtr) {
         self.handle = handle
-        self.name = LibvirtCall.borrowedString { berth_virStorageVolGetName(handle, $0) }
+        self.name = LibvirtCall.borrowedString { virStorageVolGetName(handle) }
     }
 
     deinit {
-        var err = berth_virt_error()
-        _ = berth_virStorageVolFree(handle, &err)
+        LibvirtCall.release { virStorageVolFree(handle) }
     }
 
     /// The file (or device) path QEMU opens; what a `<disk type='file'>` names.
     public func path() throws -> String {
         try LibvirtCall.ownedString(doing: "cannot read the path of volume \(name)") {
-            berth_virStorageVolGetPath(handle, $0)
+            virStorageVolGetPath(handle)
         }
     }
 
     /// Deletes the volume and its file.
     public func delete() throws {
-        try LibvirtCall.check(doing: "cannot delete volume \(name)") { berth_virStorageVolDelete(handle, $0) }
+        try LibvirtCall.check(doing: "cannot delete volume \(name)") { virStorageVolDelete(handle, 0) }
     }
 }
 
@@ -124,7 +121,7 @@ extension LibvirtConnection {
         let context = "cannot look up storage pool \(name)"
         let handle = try liveHandle(doing: context)
         return try LibvirtCall.lookup(doing: context, notFound: VIR_ERR_NO_STORAGE_POOL) {
-            berth_virStoragePoolLookupByName(handle, name, $0)
+            virStoragePoolLookupByName(handle, name)
         }.map(LibvirtStoragePool.init(owning:))
     }
 
@@ -132,7 +129,7 @@ extension LibvirtConnection {
     public func defineStoragePool(xml: String) throws -> LibvirtStoragePool {
         let context = "cannot define a storage pool"
         let handle = try liveHandle(doing: context)
-        let pool = try LibvirtCall.object(doing: context) { berth_virStoragePoolDefineXML(handle, xml, $0) }
+        let pool = try LibvirtCall.run(doing: context) { virStoragePoolDefineXML(handle, xml, 0) }
         return LibvirtStoragePool(owning: pool)
     }
 

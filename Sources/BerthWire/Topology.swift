@@ -1,3 +1,6 @@
+// The declarations are BerthAMQPModel's, the same types the AMQP client declares.
+@_exported import BerthAMQPModel
+
 /// The `[oslo_messaging_rabbit]` options that change what is declared on the broker. Berth must declare its
 /// queues and exchanges with exactly the flags and arguments oslo would use for the same options, or RabbitMQ
 /// closes the channel with 406 PRECONDITION_FAILED.
@@ -70,83 +73,6 @@ public struct RabbitOptions: Sendable, Hashable {
     public var topicQueuesDurable: Bool { amqpDurableQueues || rabbitQuorumQueue }
 }
 
-public enum ExchangeType: String, Sendable, Hashable {
-    case topic, fanout, direct
-}
-
-public struct ExchangeDeclaration: Sendable, Hashable {
-    public var name: String
-    public var type: ExchangeType
-    public var durable: Bool
-    public var autoDelete: Bool
-
-    public init(name: String, type: ExchangeType, durable: Bool, autoDelete: Bool) {
-        self.name = name
-        self.type = type
-        self.durable = durable
-        self.autoDelete = autoDelete
-    }
-}
-
-/// A queue argument value; the AMQP field-table types oslo's arguments use (long string, signed 64-bit).
-public enum QueueArgument: Sendable, Hashable, CustomStringConvertible {
-    case string(String)
-    case int(Int64)
-
-    public var description: String {
-        switch self {
-        case .string(let text): "\"\(text)\""
-        case .int(let value): String(value)
-        }
-    }
-}
-
-public struct QueueDeclaration: Sendable, Equatable, CustomStringConvertible {
-    public var name: String
-    public var durable: Bool
-    public var autoDelete: Bool
-    public var exclusive: Bool
-    /// In oslo's insertion order (x-ha-policy, x-queue-type, quorum limits, x-expires).
-    public var arguments: [(String, QueueArgument)]
-
-    public init(
-        name: String, durable: Bool, autoDelete: Bool, exclusive: Bool = false,
-        arguments: [(String, QueueArgument)] = []
-    ) {
-        self.name = name
-        self.durable = durable
-        self.autoDelete = autoDelete
-        self.exclusive = exclusive
-        self.arguments = arguments
-    }
-
-    public func argument(_ key: String) -> QueueArgument? {
-        arguments.first { $0.0 == key }?.1
-    }
-
-    public static func == (lhs: QueueDeclaration, rhs: QueueDeclaration) -> Bool {
-        lhs.name == rhs.name && lhs.durable == rhs.durable && lhs.autoDelete == rhs.autoDelete
-            && lhs.exclusive == rhs.exclusive && lhs.arguments.elementsEqual(rhs.arguments, by: { $0 == $1 })
-    }
-
-    public var description: String {
-        let args = arguments.map { "\($0.0)=\($0.1)" }.joined(separator: ", ")
-        return "queue '\(name)' durable=\(durable) auto_delete=\(autoDelete) exclusive=\(exclusive) [\(args)]"
-    }
-}
-
-public struct Binding: Sendable, Hashable {
-    public var exchange: String
-    public var queue: String
-    public var routingKey: String
-
-    public init(exchange: String, queue: String, routingKey: String) {
-        self.exchange = exchange
-        self.queue = queue
-        self.routingKey = routingKey
-    }
-}
-
 // The declarations oslo makes, one function per kind of object, so server, client and notifier agree.
 extension RabbitOptions {
     /// The control exchange, declared by servers, clients before publishing, notifiers and listeners.
@@ -191,8 +117,8 @@ extension RabbitOptions {
     }
 
     /// oslo's `_get_queue_arguments`, in its insertion order.
-    func queueArguments(quorum: Bool, ttlSeconds: Int) -> [(String, QueueArgument)] {
-        var arguments: [(String, QueueArgument)] = []
+    func queueArguments(quorum: Bool, ttlSeconds: Int) -> AMQPTable {
+        var arguments: AMQPTable = []
         if rabbitHAQueues { arguments.append(("x-ha-policy", .string("all"))) }
         if quorum {
             arguments.append(("x-queue-type", .string("quorum")))
@@ -229,7 +155,7 @@ public struct RPCServerTopology: Sendable, Equatable {
     public var deletesFanoutQueueOnShutdown: Bool { !options.rabbitStreamFanout }
 
     /// With stream fanout the consumer must pass `x-stream-offset` (oslo starts at "last").
-    public var fanoutConsumerArguments: [(String, QueueArgument)] {
+    public var fanoutConsumerArguments: AMQPTable {
         options.rabbitStreamFanout ? [("x-stream-offset", .string("last"))] : []
     }
 
@@ -248,7 +174,7 @@ public struct RPCServerTopology: Sendable, Equatable {
         let serverQueueName = "\(topic).\(server)"
         let fanoutQueue: QueueDeclaration
         if options.rabbitStreamFanout {
-            var arguments: [(String, QueueArgument)] = [("x-queue-type", .string("stream"))]
+            var arguments: AMQPTable = [("x-queue-type", .string("stream"))]
             if options.transientQueuesTTL > 0 {
                 arguments.append(("x-max-age", .string("\(options.transientQueuesTTL)s")))
             }

@@ -41,7 +41,7 @@ public final class DeadLetterQueue: Sendable {
     ) async throws(Failure) {
         let consumerTag = "berth-dead-letters-" + OsloIDs.uuid4Hex()
         var topology = AMQPTopology()
-        topology.queues = [QueueSpec.existing(queue)]
+        topology.queues = [.existing(queue)]
         topology.consumers = [(queue, consumerTag, [])]
         // Everything taken stays unacked until the pass decides, so the prefetch is the whole pass.
         topology.prefetchCount = UInt16(clamping: max(1, limit))

@@ -30,11 +30,11 @@ public final class MeteringNotifier: MetricsPublisher {
     /// The declarations the publisher needs: the control exchange and, per topic, `<topic>.sample` bound to it.
     public static func topology(options: RabbitOptions, topics: [String]) -> AMQPTopology {
         var topology = AMQPTopology()
-        topology.exchanges = [ExchangeSpec(options.controlExchangeDeclaration)]
+        topology.exchanges = [options.controlExchangeDeclaration]
         for topic in topics {
             let (queue, binding) = options.notificationQueue(topic: topic, priority: .sample)
-            topology.queues.append(QueueSpec(queue))
-            topology.bindings.append(BindingSpec(binding))
+            topology.queues.append(queue)
+            topology.bindings.append(binding)
         }
         return topology
     }
@@ -88,11 +88,11 @@ public final class MeteringNotifier: MetricsPublisher {
 public enum MetricsMonitorTopology {
     public static func make(options: RabbitOptions, topic: String, queue: String, consumerTag: String) -> AMQPTopology {
         var topology = AMQPTopology()
-        topology.exchanges = [ExchangeSpec(options.controlExchangeDeclaration)]
-        topology.queues = [QueueSpec(name: queue, durable: false, exclusive: true, autoDelete: true)]
+        topology.exchanges = [options.controlExchangeDeclaration]
+        topology.queues = [QueueDeclaration(name: queue, durable: false, autoDelete: true, exclusive: true)]
         topology.bindings = [
-            BindingSpec(
-                queue: queue, exchange: options.controlExchange,
+            Binding(
+                exchange: options.controlExchange, queue: queue,
                 routingKey: "\(topic).\(OsloNotification.Priority.sample.routingSuffix)")
         ]
         topology.consumers = [(queue, consumerTag, [])]

@@ -16,12 +16,12 @@ public struct Notifier: Sendable {
     /// The declarations a notifier needs, to include in its client's topology.
     public static func topology(options: RabbitOptions, topics: [String]) -> AMQPTopology {
         var topology = AMQPTopology()
-        topology.exchanges = [ExchangeSpec(options.controlExchangeDeclaration)]
+        topology.exchanges = [options.controlExchangeDeclaration]
         for topic in topics {
             for priority in [OsloNotification.Priority.info, .error] {
                 let (queue, binding) = options.notificationQueue(topic: topic, priority: priority)
-                topology.queues.append(QueueSpec(queue))
-                topology.bindings.append(BindingSpec(binding))
+                topology.queues.append(queue)
+                topology.bindings.append(binding)
             }
         }
         return topology

@@ -41,9 +41,9 @@ public final class OsloRPCClient: Sendable {
         self.replyQueue = replyQueue.name
         var topology = AMQPTopology()
         topology.exchanges = [
-            ExchangeSpec(options.controlExchangeDeclaration), ExchangeSpec(options.fanoutExchange(topic: topic)),
+            options.controlExchangeDeclaration, options.fanoutExchange(topic: topic),
         ]
-        topology.queues = [QueueSpec(replyQueue)]
+        topology.queues = [replyQueue]
         topology.consumers = [(replyQueue.name, "berth-client-\(replyQueue.name)", [])]
         client = AMQPClient(
             configuration: .init(urls: urls, connectionName: "berth-client", topology: topology), logger: logger)

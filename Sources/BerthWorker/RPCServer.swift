@@ -122,9 +122,9 @@ public final class RPCServer: Service, EventSink, Sendable {
             options: configuration.options, topic: configuration.topic, server: configuration.host)
         self.topology = topology
         var amqp = AMQPTopology()
-        amqp.exchanges = topology.exchanges.map(ExchangeSpec.init) + [configuration.deadLetter.exchangeSpec]
-        amqp.queues = topology.queues.map(QueueSpec.init) + [configuration.deadLetter.queueSpec(quorum: configuration.options.rabbitQuorumQueue)]
-        amqp.bindings = topology.bindings.map(BindingSpec.init) + [configuration.deadLetter.binding]
+        amqp.exchanges = topology.exchanges + [configuration.deadLetter.exchangeDeclaration]
+        amqp.queues = topology.queues + [configuration.deadLetter.queueDeclaration(quorum: configuration.options.rabbitQuorumQueue)]
+        amqp.bindings = topology.bindings + [configuration.deadLetter.binding]
         // Declared as oslo's notifier declares them, so events wait for a listener that starts later.
         let notifications = Notifier.topology(options: configuration.options, topics: configuration.notificationTopics)
         amqp.queues += notifications.queues
@@ -134,7 +134,7 @@ public final class RPCServer: Service, EventSink, Sendable {
         amqp.consumers = [
             (topology.topicQueue.name, "berth-\(configuration.host)-topic", []),
             (topology.serverQueue.name, "berth-\(configuration.host)-server", []),
-            (topology.fanoutQueue.name, "berth-\(configuration.host)-fanout", AMQPTable(topology.fanoutConsumerArguments)),
+            (topology.fanoutQueue.name, "berth-\(configuration.host)-fanout", topology.fanoutConsumerArguments),
         ]
         var clientConfiguration = AMQPClient.Configuration(
             urls: configuration.urls, connectionName: "berth-worker \(configuration.host)", topology: amqp)

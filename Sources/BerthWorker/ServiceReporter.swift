@@ -21,12 +21,12 @@ public enum ServiceReportTopology {
     /// Small segments, so the retention above is kept closely instead of in 500 MB steps.
     public static let segmentBytes: Int64 = 4 << 20
 
-    public static var exchangeSpec: ExchangeSpec {
-        ExchangeSpec(name: exchange, type: "topic", durable: true, autoDelete: false)
+    public static var exchangeDeclaration: ExchangeDeclaration {
+        ExchangeDeclaration(name: exchange, type: .topic, durable: true, autoDelete: false)
     }
 
-    public static var streamSpec: QueueSpec {
-        QueueSpec(
+    public static var streamDeclaration: QueueDeclaration {
+        QueueDeclaration(
             name: stream, durable: true, autoDelete: false,
             arguments: [
                 (key: "x-queue-type", value: .string("stream")), (key: "x-max-age", value: .string(maxAge)),
@@ -34,12 +34,12 @@ public enum ServiceReportTopology {
             ])
     }
 
-    public static var binding: BindingSpec { BindingSpec(queue: stream, exchange: exchange, routingKey: "#") }
+    public static var binding: Binding { Binding(exchange: exchange, queue: stream, routingKey: "#") }
 
     /// The declarations, to add to a client's topology.
     public static func add(to topology: inout AMQPTopology) {
-        topology.exchanges.append(exchangeSpec)
-        topology.queues.append(streamSpec)
+        topology.exchanges.append(exchangeDeclaration)
+        topology.queues.append(streamDeclaration)
         topology.bindings.append(binding)
     }
 }

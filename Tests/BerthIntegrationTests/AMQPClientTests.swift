@@ -14,10 +14,10 @@ struct AMQPClientTests {
     func consumingClient(queue: String, exchange: String? = nil, name: String = "test") -> AMQPClient {
         var topology = AMQPTopology()
         if let exchange {
-            topology.exchanges = [ExchangeSpec(name: exchange, type: "topic", durable: false, autoDelete: true)]
-            topology.bindings = [BindingSpec(queue: queue, exchange: exchange, routingKey: "#")]
+            topology.exchanges = [ExchangeDeclaration(name: exchange, type: .topic, durable: false, autoDelete: true)]
+            topology.bindings = [Binding(exchange: exchange, queue: queue, routingKey: "#")]
         }
-        topology.queues = [QueueSpec(name: queue, durable: false, autoDelete: true)]
+        topology.queues = [QueueDeclaration(name: queue, durable: false, autoDelete: true)]
         topology.consumers = [(queue, "c-\(queue)", [])]
         topology.prefetchCount = 4
         return AMQPClient(
@@ -100,7 +100,7 @@ struct AMQPClientTests {
         let first = consumingClient(queue: queue)
         try await first.start()
         var topology = AMQPTopology()
-        topology.queues = [QueueSpec(name: queue, durable: true, autoDelete: false)]
+        topology.queues = [QueueDeclaration(name: queue, durable: true, autoDelete: false)]
         let second = AMQPClient(
             configuration: .init(urls: [Services.amqpURL], connectionName: "conflict", topology: topology), logger: logger)
         do {
@@ -182,7 +182,7 @@ struct AMQPClientTests {
         url.heartbeat = 2
         let queue = Services.unique("berth-test-q")
         var topology = AMQPTopology()
-        topology.queues = [QueueSpec(name: queue, durable: false, autoDelete: true)]
+        topology.queues = [QueueDeclaration(name: queue, durable: false, autoDelete: true)]
         topology.consumers = [(queue, "c-\(queue)", [])]
         let client = AMQPClient(
             configuration: .init(urls: [url], connectionName: "heartbeat", topology: topology), logger: logger)

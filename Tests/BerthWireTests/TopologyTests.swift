@@ -47,8 +47,8 @@ struct TopologyTests {
     }
 
     /// Parses rabbitmqctl's `[{"x-expires",1800000},{"x-queue-type","quorum"}]`.
-    static func parseArguments(_ text: String) -> [String: QueueArgument] {
-        var result: [String: QueueArgument] = [:]
+    static func parseArguments(_ text: String) -> [String: AMQPFieldValue] {
+        var result: [String: AMQPFieldValue] = [:]
         var rest = Substring(text)
         while let open = rest.firstIndex(of: "{"), let close = rest[open...].firstIndex(of: "}") {
             let body = rest[rest.index(after: open)..<close]

@@ -1,4 +1,5 @@
 import BerthAMQP
+import BerthWire
 import Testing
 
 @testable import BerthWorker
@@ -6,9 +7,8 @@ import Testing
 @Suite struct DeadLetterRouteTests {
     @Test func classicByDefaultQuorumWithQuorumQueues() {
         let route = DeadLetterRoute()
-        #expect(route.queueSpec.arguments.isEmpty)
-        #expect(route.queueSpec(quorum: false).arguments.isEmpty)
-        let quorum = route.queueSpec(quorum: true)
+        #expect(route.queueDeclaration(quorum: false).arguments.isEmpty)
+        let quorum = route.queueDeclaration(quorum: true)
         #expect(quorum.durable && !quorum.autoDelete)
         #expect(quorum.arguments.map(\.key) == ["x-queue-type"])
         #expect(quorum.arguments.first?.value == .string("quorum"))

@@ -253,7 +253,7 @@ struct MetricsPollerTests {
         #expect(topology.queues.map(\.name) == ["metering.sample"])
         #expect(
             topology.bindings == [
-                BindingSpec(queue: "metering.sample", exchange: options.controlExchange, routingKey: "metering.sample")
+                Binding(exchange: options.controlExchange, queue: "metering.sample", routingKey: "metering.sample")
             ])
 
         let client = AMQPClient(
@@ -281,7 +281,7 @@ struct MetricsPollerTests {
         let topology = MetricsMonitorTopology.make(options: options, topic: "meter", queue: "q", consumerTag: "c")
         #expect(topology.queues.count == 1)
         #expect(topology.queues[0].exclusive && topology.queues[0].autoDelete && !topology.queues[0].durable)
-        #expect(topology.bindings == [BindingSpec(queue: "q", exchange: "ex", routingKey: "meter.sample")])
+        #expect(topology.bindings == [Binding(exchange: "ex", queue: "q", routingKey: "meter.sample")])
         #expect(topology.consumers.map(\.queue) == ["q"])
         #expect(MetricsMonitorTopology.queueName().hasPrefix("berth-monitor-"))
     }
