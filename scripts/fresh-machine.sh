@@ -2,7 +2,7 @@
 # README command 1 on a fresh Debian 12 machine, made on this one: a debootstrap'd bookworm root run with
 # systemd-nspawn in its own network namespace, so its RabbitMQ, epmd and libvirtd do not meet the host's on
 # 127.0.0.1. A manual check (issue 22's "once on a fresh machine"), not part of CI: it downloads a Debian
-# system and every package the demo installs, and takes about half an hour on two cores.
+# system and every package the demo installs: 17 minutes on two busy cores (docs/fresh-machine.md).
 #
 #   scripts/fresh-machine.sh create   # debootstrap, network, Swift's own Debian packages, a clone of the repo
 #   scripts/fresh-machine.sh demo     # scripts/demo.sh inside it, as root, from the clone's root (log kept)
