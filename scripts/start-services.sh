@@ -20,6 +20,11 @@ fi
 
 # Erlang's port mapper (started by the first rabbitmqctl or by the broker) listens on loopback only.
 export ERL_EPMD_ADDRESS=127.0.0.1
+# The daemons started here are not the caller's service, so they must not report to its service manager.
+# A systemd-nspawn container (NOTIFY_SOCKET=/run/host/notify) or a Type=notify unit running this script
+# sets it; RabbitMQ's systemd support then fails to open that socket and the node dies at boot
+# ("failed_to_start_child,systemd ... systemd_sup,notify_socket").
+unset NOTIFY_SOCKET
 
 log() { echo "start-services: $*"; }
 die() { echo "start-services: ERROR: $*" >&2; exit 1; }
