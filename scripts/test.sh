@@ -20,6 +20,10 @@ ROOT=$PWD
 export BERTH_REQUIRE_SERVICES=1
 export BERTH_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/
 export BERTH_LIBVIRT_URI=qemu:///system
+# The RabbitMQ nodes the suite starts (start-services.sh, test_security's TLS node, test_cluster's three) are
+# not this script's service: under a systemd unit or an nspawn container they would report to its
+# NOTIFY_SOCKET, fail to, and die at boot (docs/fresh-machine.md).
+unset NOTIFY_SOCKET
 STEP_TIMEOUT=${BERTH_STEP_TIMEOUT:-1800}
 SCRATCH=()
 [[ -n ${BERTH_SCRATCH_PATH:-} ]] && SCRATCH=(--scratch-path "$BERTH_SCRATCH_PATH")
