@@ -39,25 +39,57 @@ struct BerthLogHandler: LogHandler {
 
     func log(event: LogEvent) {
         let level = event.level
-        let message = event.message
-        let source = event.source
         var merged = metadata
         if let explicit = event.metadata { merged.merge(explicit) { _, new in new } }
-        var text = journal ? "<\(Self.syslogPriority(level))>" : ""
+        // Built by appending into one string and written with one write(2): this runs for every request the
+        // worker logs, and the interpolations, joined arrays and Foundation `FileHandle`/`Data` it replaced
+        // cost ~8 µs a line, 3 % of a ping's CPU at K = 32.
+        var text = ""
+        text.reserveCapacity(256)
+        if journal { text += "<\(Self.syslogPriority(level))>" }
         switch LogSettings.shared.format {
         case .text:
-            let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            text += "\(Self.timestamp()) \(level) \(label):\(fields.isEmpty ? "" : " " + fields) [\(source)] \(message)"
+            text += Self.timestamp()
+            text += " "
+            text += level.rawValue
+            text += " "
+            text += label
+            text += ":"
+            for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
+                text += " "
+                text += key
+                text += "="
+                text += value.description
+            }
+            text += " ["
+            text += event.source
+            text += "] "
+            text += event.message.description
         case .json:
             var object: [String: Any] = [
-                "time": Self.timestamp(), "level": level.rawValue, "logger": label, "source": source,
-                "message": message.description,
+                "time": Self.timestamp(), "level": level.rawValue, "logger": label, "source": event.source,
+                "message": event.message.description,
             ]
             for (key, value) in merged where object[key] == nil { object[key] = Self.plain(value) }
             let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
             text += String(decoding: data, as: UTF8.self)
         }
-        FileHandle.standardError.write(Data((text + "\n").utf8))
+        text += "\n"
+        text.withUTF8 { Self.writeAll($0) }
+    }
+
+    /// Writes the whole line to stderr, retrying a short or interrupted write; a line that cannot be written
+    /// (stderr closed, disk full) is dropped, as swift-log's stream handler drops it.
+    private static func writeAll(_ bytes: UnsafeBufferPointer<UInt8>) {
+        guard var next = UnsafeRawPointer(bytes.baseAddress) else { return }
+        var left = bytes.count
+        while left > 0 {
+            let written = write(STDERR_FILENO, next, left)
+            if written < 0, errno == EINTR { continue }
+            guard written > 0 else { return }
+            next += written
+            left -= written
+        }
     }
 
     /// syslog(3) priorities: err 3, warning 4, notice 5, info 6, debug 7.
@@ -85,9 +117,12 @@ struct BerthLogHandler: LogHandler {
         var now = time(nil)
         var parts = tm()
         localtime_r(&now, &parts)
-        var buffer = [Int8](repeating: 0, count: 64)
-        let count = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%S%z", &parts)
-        return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 64) { buffer in
+            let count = strftime(buffer.baseAddress!, buffer.count, "%Y-%m-%dT%H:%M:%S%z", &parts)
+            return buffer.baseAddress!.withMemoryRebound(to: UInt8.self, capacity: count) {
+                String(decoding: UnsafeBufferPointer(start: $0, count: count), as: UTF8.self)
+            }
+        }
     }
 }
 
@@ -96,17 +131,21 @@ final class LogSettings: Sendable {
     static let shared = LogSettings()
 
     /// Read on every log call of every thread (swift-log asks the handler's level before building a message):
-    /// an atomic, not a lock, so the check costs a load.
-    private let levelIndex = Atomic<Int>(Logger.Level.allCases.firstIndex(of: .info)!)
-    private let formatState = Mutex<BerthLogHandler.Format>(.text)
+    /// atomics, not a lock, so the check costs a load.
+    private let levelIndex = Atomic<Int>(levels.firstIndex(of: .info)!)
+    private let formatIndex = Atomic<Int>(formats.firstIndex(of: .text)!)
+
+    /// `allCases` builds a new array on every call: indexed once here instead.
+    private static let levels = Logger.Level.allCases
+    private static let formats = BerthLogHandler.Format.allCases
 
     var level: Logger.Level {
-        get { Logger.Level.allCases[levelIndex.load(ordering: .relaxed)] }
-        set { levelIndex.store(Logger.Level.allCases.firstIndex(of: newValue)!, ordering: .relaxed) }
+        get { Self.levels[levelIndex.load(ordering: .relaxed)] }
+        set { levelIndex.store(Self.levels.firstIndex(of: newValue)!, ordering: .relaxed) }
     }
 
     var format: BerthLogHandler.Format {
-        get { formatState.withLock { $0 } }
-        set { formatState.withLock { $0 = newValue } }
+        get { Self.formats[formatIndex.load(ordering: .relaxed)] }
+        set { formatIndex.store(Self.formats.firstIndex(of: newValue)!, ordering: .relaxed) }
     }
 }
