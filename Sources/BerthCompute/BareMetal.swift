@@ -1,5 +1,6 @@
 import BerthCatalog
 import BerthCore
+import BerthWire
 import BerthDiskImage
 import BerthJSON
 import Foundation

@@ -1,5 +1,6 @@
 import BerthCatalog
 import BerthCore
+import BerthWire
 import BerthDiskImage
 import BerthJSON
 import BerthLibvirt
@@ -36,11 +37,6 @@ public struct ComputeConfiguration: Sendable {
     public static func defaultDomainType(libvirtURI: String) -> DomainSpec.DomainType {
         libvirtURI.hasPrefix("test:") ? .test : .qemu
     }
-}
-
-/// Something that publishes status events (oslo notifications). The worker's RPC server is one.
-public protocol EventSink: Sendable {
-    func emit(_ eventType: String, payload: JSONObject, error: Bool) async
 }
 
 /// Boots, describes and deletes instances on this host: the catalog says what to boot, BerthCore decides how,
