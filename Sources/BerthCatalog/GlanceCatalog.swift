@@ -344,7 +344,7 @@ public final class GlanceCatalog: Catalog {
             case .snapshot:
                 do throws(CatalogError) {
                     _ = try await volumes.snapshot(id: id.value)
-                } catch where error.kind == .snapshotNotFound {
+                } catch  where error.kind == .snapshotNotFound {
                     throw .invalidProperty(
                         "\(location) names volume snapshot \(id), which is not in this host's volume catalog "
                             + "(\(volumes.root)); snapshot the volume first and use the snapshot's id")
@@ -352,7 +352,7 @@ public final class GlanceCatalog: Catalog {
             case .volume:
                 do throws(CatalogError) {
                     _ = try await volumes.volume(id: id.value)
-                } catch where error.kind == .volumeNotFound {
+                } catch  where error.kind == .volumeNotFound {
                     throw .invalidProperty(
                         "\(location) names volume \(id), which is not in this host's volume catalog "
                             + "(\(volumes.root)); use the id of an existing volume")

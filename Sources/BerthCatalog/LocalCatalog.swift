@@ -59,7 +59,8 @@ public final class LocalCatalog: Catalog {
     // MARK: Running operations
 
     /// Runs blocking file work on the catalog's queue and resumes the caller with its result.
-    func perform<T: Sendable>(_ body: @escaping @Sendable () throws(CatalogError) -> T) async throws(CatalogError) -> T {
+    func perform<T: Sendable>(_ body: @escaping @Sendable () throws(CatalogError) -> T) async throws(CatalogError) -> T
+    {
         let result: Result<T, CatalogError> = await withCheckedContinuation { continuation in
             queue.async { continuation.resume(returning: Result<T, CatalogError>(catching: body)) }
         }

@@ -150,7 +150,7 @@ public struct ComputeService: Sendable {
             case .snapshot(let id): return try await catalog.snapshot(id: id).volumeImageMetadata
             case .volume(let id): return try await catalog.volume(id: id).volumeImageMetadata
             }
-        } catch where error.kind == .snapshotNotFound || error.kind == .volumeNotFound {
+        } catch  where error.kind == .snapshotNotFound || error.kind == .volumeNotFound {
             let what: String
             switch root.source {
             case .snapshot(let id): what = "snapshot \(id)"
@@ -313,7 +313,7 @@ public struct ComputeService: Sendable {
         let image: CatalogImage
         do throws(CatalogError) {
             image = try await catalog.image(id: id)
-        } catch where error.kind == .imageNotFound {
+        } catch  where error.kind == .imageNotFound {
             throw .invalidImage("the image's \(role) \(id) is not in the catalog; upload it or fix the property")
         } catch {
             throw .buildFailed("cannot read the catalog: \(error)")

@@ -20,7 +20,8 @@ struct ComputeServiceTests {
         let compute: ComputeService
 
         init() async throws {
-            directory = FileManager.default.temporaryDirectory
+            directory =
+                FileManager.default.temporaryDirectory
                 .appendingPathComponent("berth-compute-\(UUID().uuidString)").path
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             catalog = LocalCatalog(root: "\(directory)/catalog")
