@@ -74,10 +74,34 @@ let package = Package(
         .target(
             name: "BerthLibvirt",
             dependencies: ["CLibvirt", .product(name: "Logging", package: "swift-log")]),
+        // The bus side of the worker: the oslo RPC server (intake, admission, attempts, hand-off, delivery), its
+        // event outbox and notifier, the RPC client, the metering publisher, dead letters, service reports. Never
+        // libvirt: what it runs is handed to it as RPC methods.
+        .target(
+            name: "BerthRPC",
+            dependencies: [
+                "BerthJSON", "BerthWire", "BerthAMQP", "BerthDigest",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]),
+        // The host side of the worker: VMs on libvirt, snapshots, bare-metal deploys, the metrics poller. Never the
+        // broker: events and samples leave through protocols the composition binds to BerthRPC.
+        .target(
+            name: "BerthCompute",
+            dependencies: [
+                "BerthJSON", "BerthWire", "BerthLibvirt", "BerthCore", "BerthCatalog", "BerthDiskImage",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
+        // The worker assembled: the compute RPC API (RPC methods onto the compute service), the service reports'
+        // host capacity from libvirt, /metrics and /healthz, systemd readiness.
         .target(
             name: "BerthWorker",
             dependencies: [
-                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt", "BerthCore", "BerthCatalog", "BerthDiskImage",
+                "BerthJSON", "BerthWire", "BerthRPC", "BerthCompute", "BerthLibvirt", "BerthCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -87,7 +111,8 @@ let package = Package(
         .executableTarget(
             name: "berth",
             dependencies: [
-                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt", "BerthWorker", "BerthConfig",
+                "BerthJSON", "BerthWire", "BerthAMQP", "BerthLibvirt", "BerthRPC", "BerthCompute", "BerthWorker",
+                "BerthConfig", "BerthCatalog", "BerthCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -95,10 +120,18 @@ let package = Package(
 
         .testTarget(name: "BerthJSONTests", dependencies: ["BerthJSON"]),
         .testTarget(name: "BerthWireTests", dependencies: ["BerthWire", "BerthJSON"], exclude: ["Fixtures"]),
+        .testTarget(name: "BerthAMQPTests", dependencies: ["BerthAMQP", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "BerthRPCTests", dependencies: ["BerthRPC", "BerthWire", "BerthJSON", "BerthAMQP", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "BerthComputeTests",
+            dependencies: [
+                "BerthCompute", "BerthLibvirt", "BerthCatalog", "BerthCore", "BerthWire", "BerthJSON",
+                "BerthDiskImage", .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         .testTarget(
             name: "BerthWorkerTests",
             dependencies: [
-                "BerthWorker", "BerthWire", "BerthJSON", "BerthAMQP", "BerthDiskImage",
+                "BerthWorker", "BerthRPC", "BerthCompute", "BerthWire", "BerthJSON",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]),
         .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON"]),
@@ -110,7 +143,7 @@ let package = Package(
         .testTarget(name: "BerthLibvirtTests", dependencies: ["BerthLibvirt"]),
         .testTarget(
             name: "BerthIntegrationTests",
-            dependencies: ["BerthAMQP", "BerthLibvirt", "BerthWire", "BerthJSON", "BerthWorker"]),
+            dependencies: ["BerthAMQP", "BerthLibvirt", "BerthWire", "BerthJSON", "BerthRPC"]),
     ],
     swiftLanguageModes: [.v6]
 )

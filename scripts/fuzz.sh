@@ -56,7 +56,8 @@ max_len() {
     esac
 }
 
-SWIFT_FLAGS=(-O -g -swift-version 6 -parse-as-library "-sanitize=fuzzer,address" -I "$OUT/modules" -I Sources/CJSONC -I Sources/CZlib -I Sources/CCrypto)
+# One package name for every module, as SwiftPM gives them, so `package` declarations are seen across modules.
+SWIFT_FLAGS=(-O -g -swift-version 6 -parse-as-library -package-name Berth "-sanitize=fuzzer,address" -I "$OUT/modules" -I Sources/CJSONC -I Sources/CZlib -I Sources/CCrypto)
 
 # newer OUTPUT INPUT...: true when OUTPUT is missing or older than any input.
 newer() {

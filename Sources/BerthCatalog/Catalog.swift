@@ -18,9 +18,9 @@ public enum ImageDataSource: Sendable, Equatable {
 public protocol Catalog: Sendable {
     // MARK: Images
 
-    func image(id: String) async throws -> CatalogImage
+    func image(id: String) async throws(CatalogError) -> CatalogImage
     /// Newest first, as Glance lists them.
-    func images() async throws -> [CatalogImage]
+    func images() async throws(CatalogError) -> [CatalogImage]
 
     /// Creates an image; with `data`, uploads it in the same step (status `active`), without, stores a
     /// record only: a placeholder (`active`, size 0) when `properties` has a `block_device_mapping`,
@@ -30,53 +30,53 @@ public protocol Catalog: Sendable {
     func createImage(
         id: String?, name: String, diskFormat: String, containerFormat: String, properties: [String: String],
         data: ImageDataSource?
-    ) async throws -> CatalogImage
+    ) async throws(CatalogError) -> CatalogImage
 
     /// Uploads the data of a `queued` image, which becomes `active`.
-    func uploadImageData(id: String, data: ImageDataSource) async throws -> CatalogImage
+    func uploadImageData(id: String, data: ImageDataSource) async throws(CatalogError) -> CatalogImage
 
     /// Sets and removes properties in one write; removing a property the image lacks is not an error, so
     /// a repeated request has the same effect.
-    func updateImage(id: String, setProperties: [String: String], removeProperties: Set<String>) async throws
+    func updateImage(id: String, setProperties: [String: String], removeProperties: Set<String>) async throws(CatalogError)
         -> CatalogImage
 
-    func deleteImage(id: String) async throws
+    func deleteImage(id: String) async throws(CatalogError)
 
     /// A file on this host holding the image's data, verified against the image's checksum before it is
     /// first handed out (local catalog: its own file, checked once per process while the file is unchanged;
     /// Glance: the host-cache copy, checked while downloading). Read it; never write it.
-    func localImageData(id: String) async throws -> String
+    func localImageData(id: String) async throws(CatalogError) -> String
 
     /// Re-reads the image's data and compares it with the stored `os_hash_value` and `checksum`.
-    func verifyImageData(id: String) async throws
+    func verifyImageData(id: String) async throws(CatalogError)
 
     // MARK: Volumes
 
-    func volume(id: String) async throws -> CatalogVolume
-    func volumes() async throws -> [CatalogVolume]
+    func volume(id: String) async throws(CatalogError) -> CatalogVolume
+    func volumes() async throws(CatalogError) -> [CatalogVolume]
 
     /// A blank volume, or a copy of an image's data (with the image's properties as
     /// `volume_image_metadata`, as Cinder does) or of a snapshot's data and metadata. `sizeGB` may exceed
     /// the source; the rest reads as zeros.
     func createVolume(
         id: String?, name: String, sizeGB: Int, fromImage: String?, fromSnapshot: String?, bootable: Bool
-    ) async throws -> CatalogVolume
+    ) async throws(CatalogError) -> CatalogVolume
 
     /// Refused while an image's `block_device_mapping` names the volume or it is `in-use`, unless `force`.
-    func deleteVolume(id: String, force: Bool) async throws
+    func deleteVolume(id: String, force: Bool) async throws(CatalogError)
 
     /// The file holding the volume's blocks (raw), for attaching it to a domain.
-    func volumeDataPath(id: String) async throws -> String
+    func volumeDataPath(id: String) async throws(CatalogError) -> String
 
     // MARK: Volume snapshots
 
-    func snapshotVolume(id volumeID: String, snapshotID: String?, name: String) async throws -> VolumeSnapshot
-    func snapshot(id: String) async throws -> VolumeSnapshot
-    func snapshots() async throws -> [VolumeSnapshot]
+    func snapshotVolume(id volumeID: String, snapshotID: String?, name: String) async throws(CatalogError) -> VolumeSnapshot
+    func snapshot(id: String) async throws(CatalogError) -> VolumeSnapshot
+    func snapshots() async throws(CatalogError) -> [VolumeSnapshot]
 
     /// Refused while a placeholder image's `block_device_mapping` names the snapshot, unless `force`
     /// (after which booting that placeholder fails with VolumeNotFound).
-    func deleteSnapshot(id: String, force: Bool) async throws
+    func deleteSnapshot(id: String, force: Bool) async throws(CatalogError)
 }
 
 extension Catalog {
@@ -85,7 +85,7 @@ extension Catalog {
     public func createImage(
         name: String, diskFormat: String, containerFormat: String? = nil, properties: [String: String] = [:],
         data: ImageDataSource? = nil
-    ) async throws -> CatalogImage {
+    ) async throws(CatalogError) -> CatalogImage {
         let container = containerFormat ?? (["aki", "ari", "ami"].contains(diskFormat) ? diskFormat : "bare")
         return try await createImage(
             id: nil, name: name, diskFormat: diskFormat, containerFormat: container, properties: properties, data: data)
@@ -93,17 +93,17 @@ extension Catalog {
 
     public func createVolume(
         name: String, sizeGB: Int, fromImage: String? = nil, fromSnapshot: String? = nil, bootable: Bool = false
-    ) async throws -> CatalogVolume {
+    ) async throws(CatalogError) -> CatalogVolume {
         try await createVolume(
             id: nil, name: name, sizeGB: sizeGB, fromImage: fromImage, fromSnapshot: fromSnapshot, bootable: bootable)
     }
 
-    public func snapshotVolume(id volumeID: String, name: String) async throws -> VolumeSnapshot {
+    public func snapshotVolume(id volumeID: String, name: String) async throws(CatalogError) -> VolumeSnapshot {
         try await snapshotVolume(id: volumeID, snapshotID: nil, name: name)
     }
 
-    public func deleteVolume(id: String) async throws { try await deleteVolume(id: id, force: false) }
-    public func deleteSnapshot(id: String) async throws { try await deleteSnapshot(id: id, force: false) }
+    public func deleteVolume(id: String) async throws(CatalogError) { try await deleteVolume(id: id, force: false) }
+    public func deleteSnapshot(id: String) async throws(CatalogError) { try await deleteSnapshot(id: id, force: false) }
 }
 
 /// `--property k=v` arguments of `berth images create|update` as a property set.

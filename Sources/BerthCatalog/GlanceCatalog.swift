@@ -58,7 +58,7 @@ public final class GlanceCatalog: Catalog {
 
     // MARK: Images
 
-    public func image(id: String) async throws -> CatalogImage {
+    public func image(id: String) async throws(CatalogError) -> CatalogImage {
         try await fetch(try LocalCatalog.existingID(id, notFound: CatalogError.imageNotFound, kind: "image"))
     }
 
@@ -68,7 +68,7 @@ public final class GlanceCatalog: Catalog {
         return try GlanceRecord.image(answer)
     }
 
-    public func images() async throws -> [CatalogImage] {
+    public func images() async throws(CatalogError) -> [CatalogImage] {
         var images: [CatalogImage] = []
         var next: String? = endpoint.images(limit: Self.pageSize)
         var pages = 0
@@ -88,7 +88,7 @@ public final class GlanceCatalog: Catalog {
     public func createImage(
         id: String?, name: String, diskFormat: String, containerFormat: String, properties: [String: String],
         data: ImageDataSource?
-    ) async throws -> CatalogImage {
+    ) async throws(CatalogError) -> CatalogImage {
         // The local catalog's rules first, so both catalogs accept and refuse the same images with the same words.
         let id = try LocalCatalog.newID(id, kind: "image")
         try ImageRules.checkName(name, of: "image")
@@ -114,7 +114,7 @@ public final class GlanceCatalog: Catalog {
         return try await fetch(id)
     }
 
-    public func uploadImageData(id: String, data: ImageDataSource) async throws -> CatalogImage {
+    public func uploadImageData(id: String, data: ImageDataSource) async throws(CatalogError) -> CatalogImage {
         let id = try LocalCatalog.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
         let image = try await fetch(id)
         guard image.status == "queued", !image.isPlaceholder else {
@@ -127,7 +127,7 @@ public final class GlanceCatalog: Catalog {
         return try await fetch(id)
     }
 
-    public func updateImage(id: String, setProperties: [String: String], removeProperties: Set<String>) async throws
+    public func updateImage(id: String, setProperties: [String: String], removeProperties: Set<String>) async throws(CatalogError)
         -> CatalogImage
     {
         let id = try LocalCatalog.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
@@ -152,7 +152,7 @@ public final class GlanceCatalog: Catalog {
         return try GlanceRecord.image(answer)
     }
 
-    public func deleteImage(id: String) async throws {
+    public func deleteImage(id: String) async throws(CatalogError) {
         let id = try LocalCatalog.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
         _ = try await transport.json("DELETE", endpoint.image(id), operation: .delete(imageID: id.value), expect: [204])
         let path = cachePath(id)
@@ -162,12 +162,12 @@ public final class GlanceCatalog: Catalog {
         }
     }
 
-    public func localImageData(id: String) async throws -> String {
+    public func localImageData(id: String) async throws(CatalogError) -> String {
         let id = try LocalCatalog.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
         return try await cachedData(try await fetch(id), always: false)
     }
 
-    public func verifyImageData(id: String) async throws {
+    public func verifyImageData(id: String) async throws(CatalogError) {
         let id = try LocalCatalog.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
         _ = try await cachedData(try await fetch(id), always: true)
     }
@@ -342,36 +342,29 @@ public final class GlanceCatalog: Catalog {
                 }
                 try reference.checkBootFile(image)
             case .snapshot:
-                do {
+                do throws(CatalogError) {
                     _ = try await volumes.snapshot(id: id.value)
-                } catch let error as CatalogError where error.kind == .snapshotNotFound {
+                } catch  where error.kind == .snapshotNotFound {
                     throw .invalidProperty(
                         "\(location) names volume snapshot \(id), which is not in this host's volume catalog "
                             + "(\(volumes.root)); snapshot the volume first and use the snapshot's id")
-                } catch let error as CatalogError {
-                    throw error
-                } catch {
-                    throw .unavailable("cannot read the volume catalog: \(error)")
                 }
             case .volume:
-                do {
+                do throws(CatalogError) {
                     _ = try await volumes.volume(id: id.value)
-                } catch let error as CatalogError where error.kind == .volumeNotFound {
+                } catch  where error.kind == .volumeNotFound {
                     throw .invalidProperty(
                         "\(location) names volume \(id), which is not in this host's volume catalog "
                             + "(\(volumes.root)); use the id of an existing volume")
-                } catch let error as CatalogError {
-                    throw error
-                } catch {
-                    throw .unavailable("cannot read the volume catalog: \(error)")
                 }
             }
         }
     }
 
     /// Placeholders in Glance that name the volume or snapshot: the local catalog cannot see them.
-    private func placeholdersReferencing(volume: String? = nil, snapshot: String? = nil) async throws -> [CatalogImage]
-    {
+    private func placeholdersReferencing(
+        volume: String? = nil, snapshot: String? = nil
+    ) async throws(CatalogError) -> [CatalogImage] {
         try await images().filter { image in
             let references = ImageRules.blockDeviceReferences(image.properties)
             return (volume.map { references.volumes.contains($0.lowercased()) } ?? false)
@@ -381,12 +374,12 @@ public final class GlanceCatalog: Catalog {
 
     // MARK: Volumes and snapshots: the local catalog
 
-    public func volume(id: String) async throws -> CatalogVolume { try await volumes.volume(id: id) }
-    public func volumes() async throws -> [CatalogVolume] { try await volumes.volumes() }
+    public func volume(id: String) async throws(CatalogError) -> CatalogVolume { try await volumes.volume(id: id) }
+    public func volumes() async throws(CatalogError) -> [CatalogVolume] { try await volumes.volumes() }
 
     public func createVolume(
         id: String?, name: String, sizeGB: Int, fromImage: String?, fromSnapshot: String?, bootable: Bool
-    ) async throws -> CatalogVolume {
+    ) async throws(CatalogError) -> CatalogVolume {
         guard let fromImage else {
             return try await volumes.createVolume(
                 id: id, name: name, sizeGB: sizeGB, fromImage: nil, fromSnapshot: fromSnapshot, bootable: bootable)
@@ -403,7 +396,7 @@ public final class GlanceCatalog: Catalog {
             bootable: bootable)
     }
 
-    public func deleteVolume(id: String, force: Bool) async throws {
+    public func deleteVolume(id: String, force: Bool) async throws(CatalogError) {
         if !force {
             let users = try await placeholdersReferencing(volume: id)
             if !users.isEmpty {
@@ -415,16 +408,16 @@ public final class GlanceCatalog: Catalog {
         try await volumes.deleteVolume(id: id, force: force)
     }
 
-    public func volumeDataPath(id: String) async throws -> String { try await volumes.volumeDataPath(id: id) }
+    public func volumeDataPath(id: String) async throws(CatalogError) -> String { try await volumes.volumeDataPath(id: id) }
 
-    public func snapshotVolume(id volumeID: String, snapshotID: String?, name: String) async throws -> VolumeSnapshot {
+    public func snapshotVolume(id volumeID: String, snapshotID: String?, name: String) async throws(CatalogError) -> VolumeSnapshot {
         try await volumes.snapshotVolume(id: volumeID, snapshotID: snapshotID, name: name)
     }
 
-    public func snapshot(id: String) async throws -> VolumeSnapshot { try await volumes.snapshot(id: id) }
-    public func snapshots() async throws -> [VolumeSnapshot] { try await volumes.snapshots() }
+    public func snapshot(id: String) async throws(CatalogError) -> VolumeSnapshot { try await volumes.snapshot(id: id) }
+    public func snapshots() async throws(CatalogError) -> [VolumeSnapshot] { try await volumes.snapshots() }
 
-    public func deleteSnapshot(id: String, force: Bool) async throws {
+    public func deleteSnapshot(id: String, force: Bool) async throws(CatalogError) {
         if !force {
             let users = try await placeholdersReferencing(snapshot: id)
             if !users.isEmpty {

@@ -6,14 +6,14 @@ import Foundation
 #endif
 
 extension LocalCatalog {
-    public func image(id: String) async throws -> CatalogImage {
+    public func image(id: String) async throws(CatalogError) -> CatalogImage {
         try await perform { () throws(CatalogError) in
             let id = try Self.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
             return try self.withLock(exclusive: false) { () throws(CatalogError) in try self.loadImage(id) }
         }
     }
 
-    public func images() async throws -> [CatalogImage] {
+    public func images() async throws(CatalogError) -> [CatalogImage] {
         try await perform { () throws(CatalogError) in
             try self.withLock(exclusive: false) { () throws(CatalogError) in
                 try self.listRecords(CatalogImage.self, in: self.layout.images, recordID: \.id)
@@ -24,7 +24,7 @@ extension LocalCatalog {
     public func createImage(
         id: String?, name: String, diskFormat: String, containerFormat: String, properties: [String: String],
         data: ImageDataSource?
-    ) async throws -> CatalogImage {
+    ) async throws(CatalogError) -> CatalogImage {
         try await perform { () throws(CatalogError) in
             let id = try Self.newID(id, kind: "image")
             try ImageRules.checkName(name, of: "image")
@@ -62,7 +62,7 @@ extension LocalCatalog {
         }
     }
 
-    public func uploadImageData(id: String, data: ImageDataSource) async throws -> CatalogImage {
+    public func uploadImageData(id: String, data: ImageDataSource) async throws(CatalogError) -> CatalogImage {
         try await perform { () throws(CatalogError) in
             let id = try Self.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
             let queued = try self.withLock(exclusive: false) { () throws(CatalogError) in try self.loadImage(id) }
@@ -98,7 +98,7 @@ extension LocalCatalog {
         }
     }
 
-    public func updateImage(id: String, setProperties: [String: String], removeProperties: Set<String>) async throws
+    public func updateImage(id: String, setProperties: [String: String], removeProperties: Set<String>) async throws(CatalogError)
         -> CatalogImage
     {
         try await perform { () throws(CatalogError) in
@@ -120,7 +120,7 @@ extension LocalCatalog {
         }
     }
 
-    public func deleteImage(id: String) async throws {
+    public func deleteImage(id: String) async throws(CatalogError) {
         try await perform { () throws(CatalogError) in
             let id = try Self.existingID(id, notFound: CatalogError.imageNotFound, kind: "image")
             try self.withLock(exclusive: true) { () throws(CatalogError) in
@@ -135,11 +135,11 @@ extension LocalCatalog {
         }
     }
 
-    public func localImageData(id: String) async throws -> String {
+    public func localImageData(id: String) async throws(CatalogError) -> String {
         try await perform { () throws(CatalogError) in try self.checkedImageData(id, always: false) }
     }
 
-    public func verifyImageData(id: String) async throws {
+    public func verifyImageData(id: String) async throws(CatalogError) {
         _ = try await perform { () throws(CatalogError) in try self.checkedImageData(id, always: true) }
     }
 

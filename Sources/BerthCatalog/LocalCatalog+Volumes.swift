@@ -8,14 +8,14 @@ import Foundation
 extension LocalCatalog {
     // MARK: Volumes
 
-    public func volume(id: String) async throws -> CatalogVolume {
+    public func volume(id: String) async throws(CatalogError) -> CatalogVolume {
         try await perform { () throws(CatalogError) in
             let id = try Self.existingID(id, notFound: CatalogError.volumeNotFound, kind: "volume")
             return try self.withLock(exclusive: false) { () throws(CatalogError) in try self.loadVolume(id) }
         }
     }
 
-    public func volumes() async throws -> [CatalogVolume] {
+    public func volumes() async throws(CatalogError) -> [CatalogVolume] {
         try await perform { () throws(CatalogError) in
             try self.withLock(exclusive: false) { () throws(CatalogError) in
                 try self.listRecords(CatalogVolume.self, in: self.layout.volumes, recordID: \.id)
@@ -25,7 +25,7 @@ extension LocalCatalog {
 
     public func createVolume(
         id: String?, name: String, sizeGB: Int, fromImage: String?, fromSnapshot: String?, bootable: Bool
-    ) async throws -> CatalogVolume {
+    ) async throws(CatalogError) -> CatalogVolume {
         try await createVolume(
             id: id, name: name, sizeGB: sizeGB, imageSource: fromImage.map(ImageForVolume.catalog),
             fromSnapshot: fromSnapshot, bootable: bootable)
@@ -40,7 +40,7 @@ extension LocalCatalog {
     func createVolume(
         id: String?, name: String, sizeGB: Int, imageSource fromImage: ImageForVolume?, fromSnapshot: String?,
         bootable: Bool
-    ) async throws -> CatalogVolume {
+    ) async throws(CatalogError) -> CatalogVolume {
         try await perform { () throws(CatalogError) in
             let id = try Self.newID(id, kind: "volume")
             try ImageRules.checkName(name, of: "volume")
@@ -84,7 +84,7 @@ extension LocalCatalog {
         }
     }
 
-    public func deleteVolume(id: String, force: Bool) async throws {
+    public func deleteVolume(id: String, force: Bool) async throws(CatalogError) {
         try await perform { () throws(CatalogError) in
             let id = try Self.existingID(id, notFound: CatalogError.volumeNotFound, kind: "volume")
             try self.withLock(exclusive: true) { () throws(CatalogError) in
@@ -109,7 +109,7 @@ extension LocalCatalog {
         }
     }
 
-    public func volumeDataPath(id: String) async throws -> String {
+    public func volumeDataPath(id: String) async throws(CatalogError) -> String {
         try await perform { () throws(CatalogError) in
             let id = try Self.existingID(id, notFound: CatalogError.volumeNotFound, kind: "volume")
             return try self.withLock(exclusive: false) { () throws(CatalogError) in
@@ -127,7 +127,7 @@ extension LocalCatalog {
 
     // MARK: Snapshots
 
-    public func snapshotVolume(id volumeID: String, snapshotID: String?, name: String) async throws -> VolumeSnapshot {
+    public func snapshotVolume(id volumeID: String, snapshotID: String?, name: String) async throws(CatalogError) -> VolumeSnapshot {
         try await perform { () throws(CatalogError) in
             let volumeID = try Self.existingID(volumeID, notFound: CatalogError.volumeNotFound, kind: "volume")
             let id = try Self.newID(snapshotID, kind: "snapshot")
@@ -161,14 +161,14 @@ extension LocalCatalog {
         }
     }
 
-    public func snapshot(id: String) async throws -> VolumeSnapshot {
+    public func snapshot(id: String) async throws(CatalogError) -> VolumeSnapshot {
         try await perform { () throws(CatalogError) in
             let id = try Self.existingID(id, notFound: CatalogError.snapshotNotFound, kind: "snapshot")
             return try self.withLock(exclusive: false) { () throws(CatalogError) in try self.loadSnapshot(id) }
         }
     }
 
-    public func snapshots() async throws -> [VolumeSnapshot] {
+    public func snapshots() async throws(CatalogError) -> [VolumeSnapshot] {
         try await perform { () throws(CatalogError) in
             try self.withLock(exclusive: false) { () throws(CatalogError) in
                 try self.listRecords(VolumeSnapshot.self, in: self.layout.snapshots, recordID: \.id)
@@ -176,7 +176,7 @@ extension LocalCatalog {
         }
     }
 
-    public func deleteSnapshot(id: String, force: Bool) async throws {
+    public func deleteSnapshot(id: String, force: Bool) async throws(CatalogError) {
         try await perform { () throws(CatalogError) in
             let id = try Self.existingID(id, notFound: CatalogError.snapshotNotFound, kind: "snapshot")
             try self.withLock(exclusive: true) { () throws(CatalogError) in

@@ -52,19 +52,19 @@ public final class LocalCatalog: Catalog {
     }
 
     /// Creates the catalog directories if needed; for a command that sets up a host. Writes do it anyway.
-    public func prepare() async throws {
+    public func prepare() async throws(CatalogError) {
         try await perform { () throws(CatalogError) in try self.prepareLayout() }
     }
 
     // MARK: Running operations
 
     /// Runs blocking file work on the catalog's queue and resumes the caller with its result.
-    func perform<T: Sendable>(_ body: @escaping @Sendable () throws(CatalogError) -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            queue.async {
-                continuation.resume(with: Result<T, CatalogError>(catching: body))
-            }
+    func perform<T: Sendable>(_ body: @escaping @Sendable () throws(CatalogError) -> T) async throws(CatalogError) -> T
+    {
+        let result: Result<T, CatalogError> = await withCheckedContinuation { continuation in
+            queue.async { continuation.resume(returning: Result<T, CatalogError>(catching: body)) }
         }
+        return try result.get()
     }
 
     func prepareLayout() throws(CatalogError) {
@@ -286,7 +286,7 @@ public final class LocalCatalog: Catalog {
 
     /// `fsck` for the catalog: removes what a crash can leave behind and reports what it cannot repair.
     /// Safe while other workers run: temporary files of live writers are locked and kept.
-    public func sweep() async throws -> SweepReport {
+    public func sweep() async throws(CatalogError) -> SweepReport {
         try await perform { () throws(CatalogError) in
             try self.withLock(exclusive: true) { () throws(CatalogError) in try self.sweepLocked() }
         }

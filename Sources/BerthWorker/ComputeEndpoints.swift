@@ -1,16 +1,12 @@
+import BerthCompute
 import BerthCore
-import Foundation
 import BerthJSON
 import BerthLibvirt
+import BerthRPC
 import BerthWire
+import Foundation
 import Logging
 import Synchronization
-
-public enum BerthVersion {
-    public static let string = "0.1.0"
-    /// The RPC API version this worker serves (DESIGN §3).
-    public static let rpcAPI = RPCVersion(major: 1, minor: 0)
-}
 
 /// The compute RPC API (namespace none, version 1.0). Methods arrive issue by issue; those not yet here are
 /// answered with oslo's `NoSuchMethod`.

@@ -1,3 +1,5 @@
+import BerthRPC
+
 #if canImport(Glibc)
     import Glibc
 #endif

@@ -1,3 +1,5 @@
+import BerthCompute
+import BerthRPC
 import FlyingFox
 import FlyingSocks
 import Foundation
@@ -69,12 +71,6 @@ public struct MetricsListenError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// What `/healthz` says: 200 only while the worker takes requests, so a load balancer or an orchestrator
-/// stops counting on a worker that drains or has lost the broker.
-public enum WorkerHealth: String, Sendable {
-    case consuming, draining, disconnected
-}
-
 /// The worker's HTTP endpoint: `/metrics` (Prometheus text exposition of the registry swift-metrics reports
 /// into, plus the per-instance series) and `/healthz`. A Service that keeps serving while the rest of the
 /// worker drains, so a scraper sees the drain (503) rather than a refused connection; put it first in the
@@ -97,10 +93,10 @@ public final class MetricsEndpoint: Service, Sendable {
         factory.durationHistogramBuckets = [
             WorkerMetrics.requestDuration: [0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800].map(Duration.seconds),
             // From accepting a boot to the domain running: image download and conversion included.
-            WorkerMetrics.bootDuration: [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300].map(Duration.seconds),
+            MetricsRecorder.bootDurationLabel: [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300].map(Duration.seconds),
         ]
         factory.valueHistogramBuckets = [
-            WorkerMetrics.deployThroughput: [1, 4, 16, 64, 128, 256, 512, 1024, 2048].map { $0 * 1_048_576 }
+            MetricsRecorder.deployThroughputLabel: [1, 4, 16, 64, 128, 256, 512, 1024, 2048].map { $0 * 1_048_576 }
         ]
         MetricsSystem.bootstrap(factory)
         return registry

@@ -1,10 +1,12 @@
 import ArgumentParser
 import BerthAMQP
 import BerthCatalog
+import BerthCompute
 import BerthConfig
 import BerthCore
 import BerthJSON
 import BerthLibvirt
+import BerthRPC
 import BerthWire
 import BerthWorker
 import Foundation
@@ -436,7 +438,9 @@ struct Worker: AsyncParsableCommand {
         } catch {
             logger.warning("libvirt is not reachable yet; methods that need it will fail until it is", metadata: ["error": "\(error)"])
         }
-        configuration.hostCapacity = { try? await libvirt.capacity(domainPrefix: DomainSpec.namePrefix) }
+        configuration.hostCapacity = {
+            (try? await libvirt.capacity(domainPrefix: DomainSpec.namePrefix)).map(ReportedCapacity.init)
+        }
         let domainType =
             settings.string(.virtType).flatMap(DomainSpec.DomainType.init(rawValue:))
             ?? ComputeConfiguration.defaultDomainType(libvirtURI: libvirtURI)

@@ -1,10 +1,10 @@
 import ArgumentParser
 import BerthCatalog
+import BerthCompute
 import BerthConfig
 import BerthCore
 import BerthJSON
 import BerthLibvirt
-import BerthWorker
 import Foundation
 
 /// Where the catalog is: `local:PATH` (the default, `local:/var/lib/berth/catalog`) or `glance:URL` (images in

@@ -1,7 +1,7 @@
 import ArgumentParser
 import BerthCatalog
 import BerthCore
-import BerthWorker
+import BerthRPC
 import Foundation
 
 /// The exit statuses every command shares, listed in `berth --help` and docs/cli.md. 64 is sysexits'

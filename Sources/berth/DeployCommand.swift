@@ -1,7 +1,7 @@
 import ArgumentParser
+import BerthCompute
 import BerthCore
 import BerthJSON
-import BerthWorker
 import Foundation
 import Logging
 

@@ -1,7 +1,7 @@
 import ArgumentParser
 import BerthJSON
+import BerthRPC
 import BerthWire
-import BerthWorker
 import Foundation
 
 struct Hosts: AsyncParsableCommand {

@@ -1,8 +1,8 @@
 import ArgumentParser
 import BerthAMQP
 import BerthJSON
+import BerthRPC
 import BerthWire
-import BerthWorker
 import Foundation
 import Logging
 import ServiceLifecycle

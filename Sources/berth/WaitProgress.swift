@@ -1,5 +1,5 @@
 import BerthJSON
-import BerthWorker
+import BerthRPC
 import Foundation
 import Synchronization
 

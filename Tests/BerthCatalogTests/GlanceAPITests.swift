@@ -236,10 +236,10 @@ import Testing
             endpoint: try GlanceEndpoint("http://127.0.0.1:9"), token: "secret-token-value",
             cacheDirectory: "\(directory.path)/cache", volumes: LocalCatalog(root: "\(directory.path)/volumes"))
         let id = "0f8e3c52-5b8a-4c1e-9a8e-2f6d0c7b1a90"
-        do {
+        do throws(CatalogError) {
             _ = try await catalog.localImageData(id: id)
             Issue.record("no error without Glance")
-        } catch let error as CatalogError {
+        } catch {
             #expect(error.kind == .catalogUnavailable)
             #expect(error.message.contains("cannot reach Glance at http://127.0.0.1:9"), "\(error.message)")
             #expect(!error.message.contains("secret-token-value"))

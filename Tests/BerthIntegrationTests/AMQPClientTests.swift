@@ -4,7 +4,7 @@ import Foundation
 import Logging
 import Testing
 
-@testable import BerthWorker
+@testable import BerthRPC
 
 /// The librabbitmq client against the real broker.
 @Suite(.enabled(if: Services.runBrokerTests, Services.brokerSkipReason))

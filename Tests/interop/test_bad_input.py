@@ -5,8 +5,8 @@ requeued forever and never crashes the worker).
 
 Dead letters: the worker republishes such a message to exchange `berth.dlx`
 (topic, durable), bound to queue `berth.dead-letter` with `#`, with the reason
-in header `x-berth-reason`, then acks the original (Sources/BerthWorker/
-TopologyBridge.swift `DeadLetterRoute`). Override with BERTH_TEST_DLX /
+in header `x-berth-reason`, then acks the original (BerthRPC's
+`DeadLetterRoute`). Override with BERTH_TEST_DLX /
 BERTH_TEST_DLQ if that changes.
 
 Each case carries a random marker in its body, so the test finds its own dead

@@ -60,6 +60,10 @@ EVENT_TYPES = sorted(p.name[: -len(".json")] for p in (SCHEMAS / "events").glob(
 METRICS_EVENT = "berth.metrics"
 SERVICE_REPORT_EXCHANGE = "berth.services"
 SERVICE_REPORT_SCHEMA = "services/berth.service.report.json"
+SERVICE_REPORT_EVENT = "berth.service.report"
+# Where the worker names its RPC methods and the events it emits: the composition (the method tables), the bus
+# and host sides, and the wire types whose event types they publish (metrics batches, service reports).
+WORKER_SOURCES = ("BerthWorker", "BerthRPC", "BerthCompute", "BerthWire")
 
 # Minimum captures, so the test cannot pass on nothing.
 MINIMUM = {
@@ -201,8 +205,8 @@ def test_asyncapi_document_references_existing_schemas():
 
 def test_asyncapi_covers_every_schema_and_what_the_worker_source_uses():
     """Every args, result and event schema has its AsyncAPI message, and every RPC method and event type the
-    worker's source names (Sources/BerthWorker) is in contracts/: a method or event added without its contract
-    fails here, before any traffic is captured."""
+    worker's source names (the worker's modules and the wire types they publish: WORKER_SOURCES) is in
+    contracts/: a method or event added without its contract fails here, before any traffic is captured."""
     doc = yaml.safe_load((CONTRACTS / "asyncapi.yaml").read_text())
     messages = doc["components"]["messages"]
 
@@ -222,7 +226,8 @@ def test_asyncapi_covers_every_schema_and_what_the_worker_source_uses():
     replies = {ref["$ref"].split("/")[-1] for ref in doc["channels"]["replyQueue"]["messages"].values()}
     assert {n for n, m in messages.items() if "x-berth-result" in m} <= replies
 
-    source = "\n".join(p.read_text() for p in sorted((REPO_ROOT / "Sources" / "BerthWorker").glob("*.swift")))
+    source = "\n".join(p.read_text() for module in WORKER_SOURCES
+                         for p in sorted((REPO_ROOT / "Sources" / module).glob("*.swift")))
     compute = set(re.findall(r'methods\["(\w+)"\]\s*=', source))
     debug_block = source[source.index("enum DebugEndpoints"):]
     debug_block = debug_block[:debug_block.index("\n}\n")]
@@ -234,7 +239,7 @@ def test_asyncapi_covers_every_schema_and_what_the_worker_source_uses():
         emitted |= {f"{operation}.start", f"{operation}.end", f"{operation}.error"}
     emitted |= set(re.findall(r'static let eventType = "([a-z_.]+)"', source))
     assert emitted, "the event emitters moved: update this test"
-    contracted = set(EVENT_TYPES) | {METRICS_EVENT}
+    contracted = set(EVENT_TYPES) | {METRICS_EVENT, SERVICE_REPORT_EVENT}
     assert emitted == contracted, f"emitted, not in contracts/: {sorted(emitted - contracted)}; in contracts/, " \
                                   f"never emitted: {sorted(contracted - emitted)}"
 

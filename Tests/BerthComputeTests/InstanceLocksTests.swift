@@ -3,7 +3,7 @@ import Foundation
 import Synchronization
 import Testing
 
-@testable import BerthWorker
+@testable import BerthCompute
 
 @Suite struct InstanceLocksTests {
     @Test func aUuidAlwaysMapsToTheSameStripe() {

@@ -83,14 +83,12 @@ extension ComputeService {
         }
         let properties = SnapshotProperties.imageSnapshot(base: base, instanceUUID: uuid, extra: extra)
         let image: CatalogImage
-        do {
+        do throws(CatalogError) {
             image = try await catalog.createImage(
                 name: name, diskFormat: "qcow2", containerFormat: "bare", properties: properties,
                 data: .file(temporary))
-        } catch let error as CatalogError {
-            throw BerthError.snapshotCatalog(error)
         } catch {
-            throw .snapshotFailed("cannot store the snapshot in the catalog: \(error)")
+            throw .snapshotCatalog(error)
         }
         logger.info("snapshot stored", metadata: ["instance_uuid": "\(uuid)", "snapshot_image_id": "\(image.id)"])
         return SnapshotResult(imageID: image.id, kind: "image", instanceImageID: base.id)
@@ -101,12 +99,10 @@ extension ComputeService {
         extra: [String: String], logger: Logger
     ) async throws(BerthError) -> SnapshotResult {
         let snapshot = try await whilePaused(uuid, logger: logger) { () async throws(BerthError) -> VolumeSnapshot in
-            do {
+            do throws(CatalogError) {
                 return try await catalog.snapshotVolume(id: volumeID, snapshotID: nil, name: name)
-            } catch let error as CatalogError {
-                throw BerthError.snapshotCatalog(error)
             } catch {
-                throw .snapshotFailed("cannot snapshot volume \(volumeID): \(error)")
+                throw .snapshotCatalog(error)
             }
         }
         let root = RootBlockDevice(source: .snapshot(snapshot.id), volumeSizeGB: snapshot.sizeGB)
@@ -115,7 +111,7 @@ extension ComputeService {
         inherited.merge(base?.properties ?? [:]) { _, image in image }
         let properties = SnapshotProperties.placeholder(
             root: root, inheritedFrom: inherited, instanceUUID: uuid, baseImageID: instanceImageID, extra: extra)
-        do {
+        do throws(CatalogError) {
             let image = try await catalog.createImage(
                 name: name, diskFormat: "raw", containerFormat: "bare", properties: properties, data: nil)
             logger.info(
@@ -126,8 +122,7 @@ extension ComputeService {
         } catch {
             // No placeholder, so nothing refers to the snapshot: remove it rather than leave half a result.
             try? await catalog.deleteSnapshot(id: snapshot.id, force: true)
-            if let error = error as? CatalogError { throw BerthError.snapshotCatalog(error) }
-            throw .snapshotFailed("cannot store the placeholder image: \(error)")
+            throw .snapshotCatalog(error)
         }
     }
 
@@ -146,30 +141,27 @@ extension ComputeService {
         try checkImageName(name)
         let root: RootBlockDevice
         let metadata: [String: String]
-        do {
-            switch (volumeID, snapshotID) {
-            case (let volume?, nil):
-                let record = try await catalog.volume(id: volume)
-                root = RootBlockDevice(source: .volume(record.id), volumeSizeGB: record.sizeGB, deleteOnTermination: false)
-                metadata = record.volumeImageMetadata
-            case (nil, let snapshot?):
-                let record = try await catalog.snapshot(id: snapshot)
-                root = RootBlockDevice(source: .snapshot(record.id), volumeSizeGB: record.sizeGB)
-                metadata = record.volumeImageMetadata
-            default:
-                throw BerthError.invalidRequest(
-                    "create_placeholder_image takes exactly one of volume_id and snapshot_id")
+        switch (volumeID, snapshotID) {
+        case (let volume?, nil):
+            let record = try await BerthError.catalog { () async throws(CatalogError) in
+                try await catalog.volume(id: volume)
             }
-            let properties = SnapshotProperties.placeholder(
-                root: root, inheritedFrom: metadata, instanceUUID: nil, baseImageID: metadata["image_id"], extra: extra)
-            return try await catalog.createImage(
+            root = RootBlockDevice(source: .volume(record.id), volumeSizeGB: record.sizeGB, deleteOnTermination: false)
+            metadata = record.volumeImageMetadata
+        case (nil, let snapshot?):
+            let record = try await BerthError.catalog { () async throws(CatalogError) in
+                try await catalog.snapshot(id: snapshot)
+            }
+            root = RootBlockDevice(source: .snapshot(record.id), volumeSizeGB: record.sizeGB)
+            metadata = record.volumeImageMetadata
+        default:
+            throw .invalidRequest("create_placeholder_image takes exactly one of volume_id and snapshot_id")
+        }
+        let properties = SnapshotProperties.placeholder(
+            root: root, inheritedFrom: metadata, instanceUUID: nil, baseImageID: metadata["image_id"], extra: extra)
+        return try await BerthError.catalog { () async throws(CatalogError) in
+            try await catalog.createImage(
                 name: name, diskFormat: "raw", containerFormat: "bare", properties: properties, data: nil)
-        } catch let error as BerthError {
-            throw error
-        } catch let error as CatalogError {
-            throw BerthError.from(error)
-        } catch {
-            throw .buildFailed("cannot create the placeholder image: \(error)")
         }
     }
 

@@ -1,4 +1,5 @@
 import BerthCore
+import BerthWire
 import BerthLibvirt
 import Foundation
 import Logging
@@ -19,6 +20,15 @@ extension LibvirtHost: DomainStatsSource {
     }
 }
 
+/// Where the metrics poller sends each interval's samples.
+public protocol MetricsPublisher: Sendable {
+    /// Connects, when the publisher has a connection of its own; called once before the first `publish`.
+    func start() async throws
+    /// Sends one batch; throws when it did not reach the broker (the poller then drops it).
+    func publish(_ samples: [MetricsSample]) async throws
+    func stop() async
+}
+
 /// Samples that do not come from polling: boot durations and deploy throughput, reported by the code that
 /// measured them and published with the poller's next batch.
 public final class MetricsRecorder: Sendable {
@@ -26,9 +36,13 @@ public final class MetricsRecorder: Sendable {
     /// Past this many waiting samples (the broker away for long) the oldest are dropped.
     public let capacity: Int
     private let pending = Mutex<[MetricsSample]>([])
-    private let bootTimer = Metrics.Timer(label: WorkerMetrics.bootDuration)
-    private let deployThroughput = Recorder(label: WorkerMetrics.deployThroughput)
+    private let bootTimer = Metrics.Timer(label: MetricsRecorder.bootDurationLabel)
+    private let deployThroughput = Recorder(label: MetricsRecorder.deployThroughputLabel)
     private let dropped = Counter(label: "berth_metrics_samples_dropped_total")
+
+    /// The swift-metrics labels of the two figures (`/metrics` gives them buckets; docs/metrics.md lists them).
+    public static let bootDurationLabel = "berth_boot_duration_seconds"
+    public static let deployThroughputLabel = "berth_deploy_throughput_bytes_per_second"
 
     public init(host: String, capacity: Int = 10_000) {
         self.host = host

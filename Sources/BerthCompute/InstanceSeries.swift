@@ -1,3 +1,4 @@
+import BerthWire
 import Prometheus
 import Synchronization
 

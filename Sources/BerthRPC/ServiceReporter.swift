@@ -1,5 +1,4 @@
 import BerthAMQP
-import BerthLibvirt
 import BerthWire
 import Foundation
 import Logging
@@ -44,6 +43,21 @@ public enum ServiceReportTopology {
     }
 }
 
+/// The host's size and what is left of it, as a service report gives them. The worker reads them from libvirt;
+/// the RPC side only carries them.
+public struct ReportedCapacity: Sendable, Equatable {
+    public var total: ServiceReport.Resources
+    public var free: ServiceReport.Resources
+    /// Berth's domains on the host.
+    public var instances: Int
+
+    public init(total: ServiceReport.Resources, free: ServiceReport.Resources, instances: Int) {
+        self.total = total
+        self.free = free
+        self.instances = instances
+    }
+}
+
 /// Builds and publishes one worker's service reports over the RPC server's connection, so a worker whose RPC
 /// connection is gone stops reporting and shows down, as it should.
 struct ServiceReporter: Sendable {
@@ -64,9 +78,7 @@ struct ServiceReporter: Sendable {
             uptimeSeconds: Double((ContinuousClock.now - started).components.seconds),
             reportIntervalSeconds: configuration.reportInterval.map(Self.seconds) ?? 0,
             broker: client.connectedBroker, concurrency: configuration.concurrency, inFlight: inFlight,
-            capacity: capacity.map { .init(vcpus: $0.vcpus, memoryMB: $0.memoryMB) },
-            free: capacity.map { .init(vcpus: $0.freeVcpus, memoryMB: $0.freeMemoryMB) },
-            instances: capacity?.domains)
+            capacity: capacity?.total, free: capacity?.free, instances: capacity?.instances)
         do {
             let body = OsloEnvelope.wrap(try report.notification().encode())
             let outcome = try await client.publish(

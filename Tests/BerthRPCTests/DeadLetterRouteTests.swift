@@ -2,7 +2,7 @@ import BerthAMQP
 import BerthWire
 import Testing
 
-@testable import BerthWorker
+@testable import BerthRPC
 
 @Suite struct DeadLetterRouteTests {
     @Test func classicByDefaultQuorumWithQuorumQueues() {

@@ -1,5 +1,6 @@
 import BerthCatalog
 import BerthCore
+import BerthWire
 import BerthDiskImage
 import BerthJSON
 import BerthLibvirt
@@ -36,11 +37,6 @@ public struct ComputeConfiguration: Sendable {
     public static func defaultDomainType(libvirtURI: String) -> DomainSpec.DomainType {
         libvirtURI.hasPrefix("test:") ? .test : .qemu
     }
-}
-
-/// Something that publishes status events (oslo notifications). The worker's RPC server is one.
-public protocol EventSink: Sendable {
-    func emit(_ eventType: String, payload: JSONObject, error: Bool) async
 }
 
 /// Boots, describes and deletes instances on this host: the catalog says what to boot, BerthCore decides how,
@@ -149,12 +145,12 @@ public struct ComputeService: Sendable {
 
     /// The image metadata a volume or snapshot carries, or a clear error when the placeholder's source is gone.
     private func sourceMetadata(_ root: RootBlockDevice) async throws(BerthError) -> [String: String] {
-        do {
+        do throws(CatalogError) {
             switch root.source {
             case .snapshot(let id): return try await catalog.snapshot(id: id).volumeImageMetadata
             case .volume(let id): return try await catalog.volume(id: id).volumeImageMetadata
             }
-        } catch let error as CatalogError where error.kind == .snapshotNotFound || error.kind == .volumeNotFound {
+        } catch  where error.kind == .snapshotNotFound || error.kind == .volumeNotFound {
             let what: String
             switch root.source {
             case .snapshot(let id): what = "snapshot \(id)"
@@ -174,9 +170,9 @@ public struct ComputeService: Sendable {
     private func volumeRoot(
         _ root: RootBlockDevice, request: BootRequest, create: Bool
     ) async throws(BerthError) -> RootDisk {
-        do {
-            switch root.source {
-            case .snapshot(let snapshotID):
+        switch root.source {
+        case .snapshot(let snapshotID):
+            return try await BerthError.catalog { () async throws(CatalogError) -> RootDisk in
                 let made = try? await catalog.volume(id: request.uuid)
                 if !create || made != nil {
                     return .volume(
@@ -190,21 +186,25 @@ public struct ComputeService: Sendable {
                     fromSnapshot: snapshotID, bootable: true)
                 return .volume(
                     id: volume.id, path: try await catalog.volumeDataPath(id: volume.id), createdForInstance: true)
-            case .volume(let volumeID):
-                if create, let user = try await instanceUsing(volume: volumeID) {
-                    throw BerthError.invalidRequest(
+            }
+        case .volume(let volumeID):
+            if create {
+                let user: String?
+                do {
+                    user = try await instanceUsing(volume: volumeID)
+                } catch {
+                    throw .buildFailed("cannot prepare the root volume: \(error)")
+                }
+                if let user {
+                    throw .invalidRequest(
                         "volume \(volumeID) is the root disk of instance \(user) already; a volume boots one instance "
                             + "at a time. Snapshot it and make a placeholder from the snapshot to boot copies")
                 }
-                return .volume(
-                    id: volumeID, path: try await catalog.volumeDataPath(id: volumeID), createdForInstance: false)
             }
-        } catch let error as BerthError {
-            throw error
-        } catch let error as CatalogError {
-            throw BerthError.from(error)
-        } catch {
-            throw .buildFailed("cannot prepare the root volume: \(error)")
+            let path = try await BerthError.catalog { () async throws(CatalogError) in
+                try await catalog.volumeDataPath(id: volumeID)
+            }
+            return .volume(id: volumeID, path: path, createdForInstance: false)
         }
     }
 
@@ -226,13 +226,7 @@ public struct ComputeService: Sendable {
     }
 
     private func lookupImage(_ id: String) async throws(BerthError) -> CatalogImage {
-        do {
-            return try await catalog.image(id: id)
-        } catch let error as CatalogError {
-            throw BerthError.from(error)
-        } catch {
-            throw .buildFailed("cannot read the catalog: \(error)")
-        }
+        try await BerthError.catalog { () async throws(CatalogError) in try await catalog.image(id: id) }
     }
 
     private func hostCapabilities() async throws(BerthError) -> HostCapabilities {
@@ -317,9 +311,9 @@ public struct ComputeService: Sendable {
         _ id: String, role: String, mustBe check: KeyPath<CatalogImage, Bool>, format: String
     ) async throws(BerthError) -> String {
         let image: CatalogImage
-        do {
+        do throws(CatalogError) {
             image = try await catalog.image(id: id)
-        } catch let error as CatalogError where error.kind == .imageNotFound {
+        } catch  where error.kind == .imageNotFound {
             throw .invalidImage("the image's \(role) \(id) is not in the catalog; upload it or fix the property")
         } catch {
             throw .buildFailed("cannot read the catalog: \(error)")
@@ -522,6 +516,15 @@ extension HostCapabilities: HostRunCheck {
 }
 
 extension BerthError {
+    /// Runs catalog work, its failure in the worker's terms (`from`).
+    static func catalog<T>(_ body: () async throws(CatalogError) -> T) async throws(BerthError) -> T {
+        do {
+            return try await body()
+        } catch {
+            throw from(error)
+        }
+    }
+
     static func from(_ error: CatalogError) -> BerthError {
         switch error.rpcClassName {
         case "ImageNotFound": BerthError(.imageNotFound, error.message)
@@ -650,12 +653,8 @@ final class ImageCache: Sendable {
         let target = "\(directory)/\(image.id)"
         if FileManager.default.fileExists(atPath: target) { return target }
         let source: String
-        do {
-            source = try await catalog.localImageData(id: image.id)
-        } catch let error as CatalogError {
-            throw BerthError.from(error)
-        } catch {
-            throw .buildFailed("cannot read image \(image.id) from the catalog: \(error)")
+        source = try await BerthError.catalog { () async throws(CatalogError) in
+            try await catalog.localImageData(id: image.id)
         }
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

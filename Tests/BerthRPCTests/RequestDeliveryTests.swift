@@ -3,7 +3,7 @@ import BerthJSON
 import BerthWire
 import Testing
 
-@testable import BerthWorker
+@testable import BerthRPC
 
 /// The delivery rules without a socket or a broker: every sequence of what can happen to one request, and
 /// what the server must do next. The rule under all of them: acked only after everything the request sent

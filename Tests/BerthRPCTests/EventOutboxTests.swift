@@ -2,7 +2,7 @@ import BerthAMQP
 import Logging
 import Testing
 
-@testable import BerthWorker
+@testable import BerthRPC
 
 /// The buffer behind "no event emitted while the broker is away is lost, within the buffer" (DESIGN §7):
 /// Tests/interop/test_broker_restart.py shows the delivery after a real restart; this pins the bound.

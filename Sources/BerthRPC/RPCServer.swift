@@ -1,11 +1,21 @@
 import BerthAMQP
 import BerthJSON
-import BerthLibvirt
 import BerthWire
 import Foundation
 import Logging
 import ServiceLifecycle
 import Synchronization
+
+public enum BerthVersion {
+    public static let string = "0.1.0"
+    /// The RPC API version this worker serves (DESIGN §3).
+    public static let rpcAPI = RPCVersion(major: 1, minor: 0)
+}
+
+/// Something that publishes status events (oslo notifications). The worker's RPC server is one.
+public protocol EventSink: Sendable {
+    func emit(_ eventType: String, payload: JSONObject, error: Bool) async
+}
 
 /// What a method sees of its call.
 public struct RPCCall: Sendable {
@@ -67,13 +77,19 @@ public struct RPCServerConfiguration: Sendable {
     public var maxHandOffs = 16
     /// How often the worker publishes its service report (`ServiceReporter`); nil: never.
     public var reportInterval: Duration? = .seconds(10)
-    /// The host's capacity for the service reports; nil when it cannot be read right now.
-    public var hostCapacity: @Sendable () async -> HostCapacity? = { nil }
+    /// The host's size and what is left of it for the service reports; nil when it cannot be read right now.
+    public var hostCapacity: @Sendable () async -> ReportedCapacity? = { nil }
 
     public init(urls: [AMQPURL], host: String) {
         self.urls = urls
         self.host = host
     }
+}
+
+/// What `/healthz` says: 200 only while the worker takes requests, so a load balancer or an orchestrator
+/// stops counting on a worker that drains or has lost the broker.
+public enum WorkerHealth: String, Sendable {
+    case consuming, draining, disconnected
 }
 
 /// The RPC server: consumes `<topic>`, `<topic>.<host>` and the fanout queue, runs each request, answers

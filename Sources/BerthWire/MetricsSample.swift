@@ -1,7 +1,4 @@
-import BerthCore
 import BerthJSON
-import BerthLibvirt
-import BerthWire
 import Foundation
 
 /// One measurement in a `berth.metrics` notification (DESIGN §7): what, how much, and whose.
@@ -92,7 +89,7 @@ public struct MetricsSample: Sendable, Hashable {
 
     /// Whole numbers go out as JSON integers, so a listener adding them up (Python ints) gets exact sums and
     /// nanosecond counters keep every digit a double can hold.
-    static func number(_ value: Double) -> JSONValue {
+    package static func number(_ value: Double) -> JSONValue {
         if value.isFinite, value == value.rounded(), abs(value) < 9.2e18 {
             return .int(Int64(value))
         }
@@ -118,15 +115,8 @@ public struct InstanceTags: Sendable, Hashable {
         self.userID = userID
     }
 
-    /// The tags Berth's metadata in a domain gives its instance.
-    public init(_ metadata: DomainMetadata, uuid: String) {
-        self.init(
-            instanceUUID: uuid, imageID: metadata.imageID, flavor: metadata.flavor.name,
-            projectID: metadata.projectID, userID: metadata.userID)
-    }
-
     /// A sample of this instance.
-    func sample(
+    package func sample(
         _ name: String, _ unit: String, _ type: MetricsSample.Kind, _ value: Double, host: String, at timestamp: Date
     ) -> MetricsSample {
         MetricsSample(
@@ -145,47 +135,6 @@ public enum Meters {
     public static let networkOutgoingBytes = "network.outgoing.bytes"
     public static let bootDuration = "boot.duration"
     public static let deployThroughput = "deploy.throughput"
-
-    /// The samples one domain's bulk stats become, in a fixed order. A figure libvirt did not report (no disks,
-    /// no NICs, a busy domain under NOWAIT) gives no sample rather than a made-up zero.
-    public static func samples(
-        from record: DomainStatsRecord, tags: InstanceTags, host: String, at timestamp: Date
-    ) -> [MetricsSample] {
-        func sample(_ name: String, _ unit: String, _ type: MetricsSample.Kind, _ value: Double) -> MetricsSample {
-            tags.sample(name, unit, type, value, host: host, at: timestamp)
-        }
-        var samples: [MetricsSample] = []
-        if let cpu = record["cpu.time"] {
-            samples.append(sample(cpuTime, "ns", .cumulative, cpu))
-        }
-        // balloon.current is what the guest has been given; rss (what QEMU really holds) when there is no balloon.
-        if let memory = record["balloon.current"] ?? record["balloon.rss"] {
-            samples.append(sample(memoryUsed, "B", .gauge, memory * 1024))
-        }
-        let perDevice: [(name: String, group: String, field: String)] = [
-            (diskReadBytes, "block", "rd.bytes"), (diskWriteBytes, "block", "wr.bytes"),
-            (networkIncomingBytes, "net", "rx.bytes"), (networkOutgoingBytes, "net", "tx.bytes"),
-        ]
-        for meter in perDevice {
-            if let total = sumOverDevices(record.values, group: meter.group, field: meter.field) {
-                samples.append(sample(meter.name, "B", .cumulative, total))
-            }
-        }
-        return samples
-    }
-
-    /// The sum of `<group>.<n>.<field>` over every device n; nil when no device reported it.
-    static func sumOverDevices(_ values: [String: Double], group: String, field: String) -> Double? {
-        let head = group + "."
-        let tail = "." + field
-        var total: Double?
-        for (key, value) in values where key.hasPrefix(head) && key.hasSuffix(tail) {
-            let index = key.dropFirst(head.count).dropLast(tail.count)
-            guard !index.isEmpty, index.allSatisfy(\.isASCIIDigit) else { continue }
-            total = (total ?? 0) + value
-        }
-        return total
-    }
 
     public static func bootDurationSample(
         seconds: Double, tags: InstanceTags, host: String, at timestamp: Date
@@ -241,8 +190,4 @@ public enum ISO8601UTC {
         let body = text.hasSuffix("Z") ? text.dropLast() : text.dropLast(6)
         return PythonDateTime.parse(String(body))
     }
-}
-
-extension Character {
-    fileprivate var isASCIIDigit: Bool { isASCII && isNumber }
 }

@@ -1,7 +1,7 @@
 import BerthAMQP
 import Testing
 
-@testable import BerthWorker
+@testable import BerthRPC
 
 @Suite struct HostHandOffTests {
     @Test func aFreshMessageHasNoHandOff() {

@@ -4,7 +4,7 @@ import Foundation
 import Testing
 
 @testable import BerthAMQP
-@testable import BerthWorker
+@testable import BerthRPC
 
 @Suite("Dead letters")
 struct DeadLetterTests {

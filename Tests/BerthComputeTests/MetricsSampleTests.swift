@@ -4,7 +4,7 @@ import BerthWire
 import Foundation
 import Testing
 
-@testable import BerthWorker
+@testable import BerthCompute
 
 /// Bulk stats → samples, and the samples' wire shape (DESIGN §7).
 struct MetricsSampleTests {

@@ -1,5 +1,6 @@
 import BerthCatalog
 import BerthCore
+import BerthWire
 import BerthDiskImage
 import BerthJSON
 import Foundation
@@ -121,22 +122,16 @@ public struct BareMetalService: Sendable {
             throw .deployFailed(
                 "node \(node.name) holds instance \(holder.uuid); delete that instance before deploying another")
         }
-        let image: CatalogImage
-        let imagePath: String
-        do {
-            image = try await catalog.image(id: request.imageID)
-            guard !image.isPlaceholder, !image.isKernel, !image.isRamdisk, image.size > 0 else {
-                throw BerthError.invalidImage(
-                    "image \(image.id) has no disk data to write (a placeholder, kernel or ramdisk); deploy a raw or "
-                        + "qcow2 disk image")
-            }
-            imagePath = try await catalog.localImageData(id: image.id)
-        } catch let error as BerthError {
-            throw error
-        } catch let error as CatalogError {
-            throw BerthError.from(error)
-        } catch {
-            throw .deployFailed("cannot read the catalog: \(error)")
+        let image = try await BerthError.catalog { () async throws(CatalogError) in
+            try await catalog.image(id: request.imageID)
+        }
+        guard !image.isPlaceholder, !image.isKernel, !image.isRamdisk, image.size > 0 else {
+            throw .invalidImage(
+                "image \(image.id) has no disk data to write (a placeholder, kernel or ramdisk); deploy a raw or "
+                    + "qcow2 disk image")
+        }
+        let imagePath = try await BerthError.catalog { () async throws(CatalogError) in
+            try await catalog.localImageData(id: image.id)
         }
         let content = ConfigDriveContent(request: request)
         let started = ContinuousClock.now

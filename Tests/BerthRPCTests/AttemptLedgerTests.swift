@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-@testable import BerthWorker
+@testable import BerthRPC
 
 @Suite struct AttemptLedgerTests {
     private func directory() -> String {

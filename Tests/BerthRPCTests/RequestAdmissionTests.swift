@@ -1,7 +1,7 @@
 import Synchronization
 import Testing
 
-@testable import BerthWorker
+@testable import BerthRPC
 
 /// "A crash must not dead-letter innocent requests" (issue 16): a request that may have crashed the worker runs
 /// alone, so the next crash counts against it only.

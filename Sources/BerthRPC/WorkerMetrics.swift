@@ -3,7 +3,7 @@ import Metrics
 /// The worker's own figures, reported through swift-metrics: labels and dimensions in one place, so the names
 /// `/metrics` shows (and docs/metrics.md lists) cannot drift apart between the places that report them.
 /// Without a backend (no `--metrics-listen`) every call is a no-op.
-enum WorkerMetrics {
+package enum WorkerMetrics {
     /// A request the worker ran: `outcome` is `success`, `timeout`, `cancelled` or the failure's class name
     /// (a fixed set in Berth's code, never text from the bus). `method` is one the dispatcher routed, so both
     /// labels have few values.
@@ -11,12 +11,10 @@ enum WorkerMetrics {
         let dimensions = [("method", method), ("outcome", outcome)]
         Counter(label: "berth_requests_total", dimensions: dimensions).increment()
         Metrics.Timer(label: requestDuration, dimensions: [("method", method)]).recordNanoseconds(
-            MetricsPoller.nanoseconds(duration))
+            Int64(duration / .nanoseconds(1)))
     }
 
-    static let requestDuration = "berth_request_duration_seconds"
-    static let bootDuration = "berth_boot_duration_seconds"
-    static let deployThroughput = "berth_deploy_throughput_bytes_per_second"
+    package static let requestDuration = "berth_request_duration_seconds"
 
     /// A message republished to the dead-letter exchange.
     static func deadLettered() {

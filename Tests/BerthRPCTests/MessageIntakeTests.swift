@@ -2,7 +2,7 @@ import BerthJSON
 import BerthWire
 import Testing
 
-@testable import BerthWorker
+@testable import BerthRPC
 
 /// Every way an RPC delivery can be wrong, decided without a broker.
 struct MessageIntakeTests {

@@ -4,15 +4,6 @@ import BerthWire
 import Foundation
 import Logging
 
-/// Where the metrics poller sends each interval's samples.
-public protocol MetricsPublisher: Sendable {
-    /// Connects, when the publisher has a connection of its own; called once before the first `publish`.
-    func start() async throws
-    /// Sends one batch; throws when it did not reach the broker (the poller then drops it).
-    func publish(_ samples: [MetricsSample]) async throws
-    func stop() async
-}
-
 /// Publishes `berth.metrics` as oslo `messagingv2` notifications with priority `sample` (routing key
 /// `<topic>.sample`, default `metering.sample`) on the control exchange, publisher_id `compute.<host>`,
 /// confirmed by the broker.
@@ -20,7 +11,7 @@ public protocol MetricsPublisher: Sendable {
 /// It has a connection of its own by default, so a burst of samples never queues behind RPC replies on the
 /// worker's connection, and the RPC server's declarations stay as they are. Like oslo's notifier it declares
 /// `<topic>.sample`, so samples wait for a metering listener (Ceilometer) that starts later.
-public final class MeteringNotifier: MetricsPublisher {
+public final class MeteringNotifier: Sendable {
     public let client: AMQPClient
     public let options: RabbitOptions
     public let topics: [String]

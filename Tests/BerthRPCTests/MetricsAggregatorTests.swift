@@ -3,7 +3,7 @@ import BerthWire
 import Foundation
 import Testing
 
-@testable import BerthWorker
+@testable import BerthRPC
 
 /// `berth monitor`'s arithmetic: every sample added as received, per group and metric.
 struct MetricsAggregatorTests {

@@ -1,4 +1,3 @@
-import BerthAMQP
 import BerthJSON
 import BerthLibvirt
 import BerthWire
@@ -7,7 +6,7 @@ import Logging
 import Synchronization
 import Testing
 
-@testable import BerthWorker
+@testable import BerthCompute
 
 /// libvirt as the poller sees it: records to report, metadata per uuid, and how often each was asked for.
 final class FakeStatsSource: DomainStatsSource {
@@ -36,6 +35,9 @@ final class FakeStatsSource: DomainStatsSource {
 }
 
 final class FakePublisher: MetricsPublisher {
+    /// What a publish that did not reach the broker throws.
+    struct BrokerAway: Error {}
+
     struct State {
         var batches: [[MetricsSample]] = []
         var failing = false
@@ -50,7 +52,7 @@ final class FakePublisher: MetricsPublisher {
 
     func publish(_ samples: [MetricsSample]) async throws {
         try state.withLock { state in
-            if state.failing { throw AMQPError(.notConnected, "broker away") }
+            if state.failing { throw BrokerAway() }
             state.batches.append(samples)
         }
     }
@@ -245,44 +247,5 @@ struct MetricsPollerTests {
         let untagged = collector.learn(definitions: ["u1": "<domain><metadata>"], for: ["u1"])
         #expect(untagged.first?.reason.contains("unreadable") == true)
         #expect(collector.samples(from: records, host: "h", at: Date()).skipped == 1)
-    }
-
-    @Test func notificationsAreOsloSamplesFromComputeHost() {
-        let options = RabbitOptions()
-        let topology = MeteringNotifier.topology(options: options, topics: ["metering"])
-        #expect(topology.queues.map(\.name) == ["metering.sample"])
-        #expect(
-            topology.bindings == [
-                Binding(exchange: options.controlExchange, queue: "metering.sample", routingKey: "metering.sample")
-            ])
-
-        let client = AMQPClient(
-            configuration: .init(
-                urls: [try! AMQPURL.parse("amqp://guest:guest@127.0.0.1:5672/")], connectionName: "t",
-                topology: AMQPTopology()),
-            logger: Logger(label: "test"))
-        let notifier = Notifier(client: client, options: options, host: "host-a", topics: ["metering"])
-        let sample = Meters.bootDurationSample(
-            seconds: 1, tags: InstanceTags(instanceUUID: "u", imageID: "i", flavor: "f"), host: "host-a",
-            at: Date(timeIntervalSince1970: 1_800_000_000.5))
-        let messages = notifier.messages(
-            eventType: MetricsBatch.eventType, payload: MetricsBatch.payload([sample]), priority: .sample)
-        #expect(messages.map(\.routingKey) == ["metering.sample"])
-        let decoded = try? OsloNotification.decode(OsloEnvelope.unwrap(messages[0].body))
-        #expect(decoded?.publisherID == "compute.host-a")
-        #expect(decoded?.priority == .sample)
-        #expect(decoded?.eventType == "berth.metrics")
-        #expect(decoded.map { MetricsBatch.samples(from: $0.payload).samples } == [sample])
-    }
-
-    @Test func monitorQueueIsItsOwnAndBoundToTheSampleKey() {
-        var options = RabbitOptions()
-        options.controlExchange = "ex"
-        let topology = MetricsMonitorTopology.make(options: options, topic: "meter", queue: "q", consumerTag: "c")
-        #expect(topology.queues.count == 1)
-        #expect(topology.queues[0].exclusive && topology.queues[0].autoDelete && !topology.queues[0].durable)
-        #expect(topology.bindings == [Binding(exchange: "ex", queue: "q", routingKey: "meter.sample")])
-        #expect(topology.consumers.map(\.queue) == ["q"])
-        #expect(MetricsMonitorTopology.queueName().hasPrefix("berth-monitor-"))
     }
 }
