@@ -42,7 +42,11 @@ let package = Package(
         // directly and reads its per-thread error in Swift (LibvirtCall).
         .target(name: "CRabbitMQShims", dependencies: ["CRabbitMQ"]),
 
-        .target(name: "BerthJSON", dependencies: ["CJSONC"]),
+        // Pure: JSON as a Swift value, its Codable bridge and errors. No json-c, so BerthCore can use it.
+        .target(name: "BerthJSONValue"),
+        // json-c's parser and serialiser with the limits on hostile input, and the YAML writer; re-exports
+        // BerthJSONValue.
+        .target(name: "BerthJSON", dependencies: ["BerthJSONValue", "CJSONC"]),
         // Pure: the AMQP objects (exchange, queue, binding declarations, field tables) oslo's topology asks for and
         // the AMQP client declares; one model for both, with no librabbitmq in it.
         .target(name: "BerthAMQPModel"),
