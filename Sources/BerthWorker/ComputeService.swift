@@ -1,5 +1,6 @@
 import BerthCatalog
 import BerthCore
+import BerthDigest
 import BerthDiskImage
 import BerthJSON
 import BerthLibvirt
@@ -101,7 +102,7 @@ public struct ComputeService: Sendable {
             }
             var spec = try await domainSpec(
                 for: request, image: image, resolved: resolved, root: root, requestID: requestID)
-            spec.metadata.fingerprint = spec.fingerprint
+            spec.metadata.fingerprint = SHA256Digest.fingerprint(spec.canonicalText)
             if let existing {
                 return try repeatOrConflict(existing, spec: spec)
             }
