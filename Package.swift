@@ -55,8 +55,9 @@ let package = Package(
             name: "BerthWire", dependencies: ["BerthJSON", "BerthAMQPModel"], swiftSettings: [.unsafeFlags(["-O"])]),
         // MD5, SHA-256, SHA-384, SHA-512 through libcrypto's EVP interface: the one owner of libcrypto.
         .target(name: "BerthDigest", dependencies: ["CCrypto"]),
-        // Pure rules: properties, kernel command line, boot variants, domain XML. No I/O.
-        .target(name: "BerthCore", dependencies: ["BerthJSON"]),
+        // Pure rules: properties, kernel command line, boot variants, domain XML. No I/O and no C library: the
+        // JSON held in image properties is parsed by the codec (JSONTextCodec) its caller passes in.
+        .target(name: "BerthCore", dependencies: ["BerthJSONValue"]),
         // Pure: the worker's settings from oslo.config-style files, the environment and the command line.
         .target(name: "BerthConfig"),
         // The image/volume catalog: the local directory catalog and Glance. Every image it takes or hands out goes

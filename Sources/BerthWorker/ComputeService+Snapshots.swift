@@ -114,7 +114,8 @@ extension ComputeService {
         var inherited = snapshot.volumeImageMetadata
         inherited.merge(base?.properties ?? [:]) { _, image in image }
         let properties = SnapshotProperties.placeholder(
-            root: root, inheritedFrom: inherited, instanceUUID: uuid, baseImageID: instanceImageID, extra: extra)
+            root: root, inheritedFrom: inherited, instanceUUID: uuid, baseImageID: instanceImageID, extra: extra,
+            codec: JSONCodec.self)
         do {
             let image = try await catalog.createImage(
                 name: name, diskFormat: "raw", containerFormat: "bare", properties: properties, data: nil)
@@ -161,7 +162,8 @@ extension ComputeService {
                     "create_placeholder_image takes exactly one of volume_id and snapshot_id")
             }
             let properties = SnapshotProperties.placeholder(
-                root: root, inheritedFrom: metadata, instanceUUID: nil, baseImageID: metadata["image_id"], extra: extra)
+                root: root, inheritedFrom: metadata, instanceUUID: nil, baseImageID: metadata["image_id"], extra: extra,
+                codec: JSONCodec.self)
             return try await catalog.createImage(
                 name: name, diskFormat: "raw", containerFormat: "bare", properties: properties, data: nil)
         } catch let error as BerthError {

@@ -85,7 +85,8 @@ public struct ComputeService: Sendable {
         if let rootDevice { volumeImageMetadata = try await sourceMetadata(rootDevice) }
         let capabilities = try await hostCapabilities()
         let resolved = try ResolvedBoot.resolve(
-            image: image, volumeImageMetadata: volumeImageMetadata, overrides: request.overrides, host: capabilities)
+            image: image, volumeImageMetadata: volumeImageMetadata, overrides: request.overrides, host: capabilities,
+            codec: JSONCodec.self)
         try await checkFlavorFits(request.flavor)
 
         // Everything below touches shared state: one builder per instance uuid on this host.
@@ -145,7 +146,8 @@ public struct ComputeService: Sendable {
     }
 
     private func placeholderRoot(_ image: CatalogImage) throws(BerthError) -> RootBlockDevice {
-        try RootBlockDevice.parse(blockDeviceMapping: image.properties["block_device_mapping"] ?? "", imageID: image.id)
+        try RootBlockDevice.parse(
+            blockDeviceMapping: image.properties["block_device_mapping"] ?? "", imageID: image.id, codec: JSONCodec.self)
     }
 
     /// The image metadata a volume or snapshot carries, or a clear error when the placeholder's source is gone.
