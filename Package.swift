@@ -42,7 +42,11 @@ let package = Package(
         // directly and reads its per-thread error in Swift (LibvirtCall).
         .target(name: "CRabbitMQShims", dependencies: ["CRabbitMQ"]),
 
-        .target(name: "BerthJSON", dependencies: ["CJSONC"]),
+        // Pure: JSON as a Swift value, its Codable bridge and errors. No json-c, so BerthCore can use it.
+        .target(name: "BerthJSONValue"),
+        // json-c's parser and serialiser with the limits on hostile input, and the YAML writer; re-exports
+        // BerthJSONValue.
+        .target(name: "BerthJSON", dependencies: ["BerthJSONValue", "CJSONC"]),
         // Pure: the AMQP objects (exchange, queue, binding declarations, field tables) oslo's topology asks for and
         // the AMQP client declares; one model for both, with no librabbitmq in it.
         .target(name: "BerthAMQPModel"),
@@ -51,8 +55,9 @@ let package = Package(
             name: "BerthWire", dependencies: ["BerthJSON", "BerthAMQPModel"], swiftSettings: [.unsafeFlags(["-O"])]),
         // MD5, SHA-256, SHA-384, SHA-512 through libcrypto's EVP interface: the one owner of libcrypto.
         .target(name: "BerthDigest", dependencies: ["CCrypto"]),
-        // Pure rules: properties, kernel command line, boot variants, domain XML. No I/O.
-        .target(name: "BerthCore", dependencies: ["BerthJSON", "BerthDigest"]),
+        // Pure rules: properties, kernel command line, boot variants, domain XML. No I/O and no C library: the
+        // JSON held in image properties is parsed by the codec (JSONTextCodec) its caller passes in.
+        .target(name: "BerthCore", dependencies: ["BerthJSONValue"]),
         // Pure: the worker's settings from oslo.config-style files, the environment and the command line.
         .target(name: "BerthConfig"),
         // The image/volume catalog: the local directory catalog and Glance. Every image it takes or hands out goes
@@ -90,7 +95,7 @@ let package = Package(
         .target(
             name: "BerthCompute",
             dependencies: [
-                "BerthJSON", "BerthWire", "BerthLibvirt", "BerthCore", "BerthCatalog", "BerthDiskImage",
+                "BerthJSON", "BerthWire", "BerthLibvirt", "BerthCore", "BerthCatalog", "BerthDiskImage", "BerthDigest",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -134,7 +139,7 @@ let package = Package(
                 "BerthWorker", "BerthRPC", "BerthCompute", "BerthWire", "BerthJSON",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]),
-        .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON"]),
+        .testTarget(name: "BerthCoreTests", dependencies: ["BerthCore", "BerthJSON", "BerthDigest"]),
         .testTarget(name: "BerthDigestTests", dependencies: ["BerthDigest"]),
         .testTarget(name: "BerthConfigTests", dependencies: ["BerthConfig"]),
         .testTarget(name: "BerthDiskImageTests", dependencies: ["BerthDiskImage", "BerthCore", "BerthJSON", "BerthDigest"]),

@@ -24,7 +24,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=.build-fuzz
 
 # The package's modules the targets link, in dependency order (Package.swift).
-MODULES=(BerthJSON BerthAMQPModel BerthDigest BerthCore BerthWire BerthDiskImage)
+MODULES=(BerthJSONValue BerthJSON BerthAMQPModel BerthDigest BerthCore BerthWire BerthDiskImage)
 
 SECONDS_PER_TARGET=60
 JOBS=1

@@ -110,7 +110,8 @@ extension ComputeService {
         var inherited = snapshot.volumeImageMetadata
         inherited.merge(base?.properties ?? [:]) { _, image in image }
         let properties = SnapshotProperties.placeholder(
-            root: root, inheritedFrom: inherited, instanceUUID: uuid, baseImageID: instanceImageID, extra: extra)
+            root: root, inheritedFrom: inherited, instanceUUID: uuid, baseImageID: instanceImageID, extra: extra,
+            codec: JSONCodec.self)
         do throws(CatalogError) {
             let image = try await catalog.createImage(
                 name: name, diskFormat: "raw", containerFormat: "bare", properties: properties, data: nil)
@@ -158,7 +159,8 @@ extension ComputeService {
             throw .invalidRequest("create_placeholder_image takes exactly one of volume_id and snapshot_id")
         }
         let properties = SnapshotProperties.placeholder(
-            root: root, inheritedFrom: metadata, instanceUUID: nil, baseImageID: metadata["image_id"], extra: extra)
+            root: root, inheritedFrom: metadata, instanceUUID: nil, baseImageID: metadata["image_id"], extra: extra,
+            codec: JSONCodec.self)
         return try await BerthError.catalog { () async throws(CatalogError) in
             try await catalog.createImage(
                 name: name, diskFormat: "raw", containerFormat: "bare", properties: properties, data: nil)

@@ -1,9 +1,10 @@
 import BerthCatalog
 import BerthCore
-import BerthWire
+import BerthDigest
 import BerthDiskImage
 import BerthJSON
 import BerthLibvirt
+import BerthWire
 import Foundation
 import Glibc
 import Logging
@@ -80,7 +81,8 @@ public struct ComputeService: Sendable {
         if let rootDevice { volumeImageMetadata = try await sourceMetadata(rootDevice) }
         let capabilities = try await hostCapabilities()
         let resolved = try ResolvedBoot.resolve(
-            image: image, volumeImageMetadata: volumeImageMetadata, overrides: request.overrides, host: capabilities)
+            image: image, volumeImageMetadata: volumeImageMetadata, overrides: request.overrides, host: capabilities,
+            codec: JSONCodec.self)
         try await checkFlavorFits(request.flavor)
 
         // Everything below touches shared state: one builder per instance uuid on this host.
@@ -97,7 +99,7 @@ public struct ComputeService: Sendable {
             }
             var spec = try await domainSpec(
                 for: request, image: image, resolved: resolved, root: root, requestID: requestID)
-            spec.metadata.fingerprint = spec.fingerprint
+            spec.metadata.fingerprint = SHA256Digest.fingerprint(spec.canonicalText)
             if let existing {
                 return try repeatOrConflict(existing, spec: spec)
             }
@@ -140,7 +142,8 @@ public struct ComputeService: Sendable {
     }
 
     private func placeholderRoot(_ image: CatalogImage) throws(BerthError) -> RootBlockDevice {
-        try RootBlockDevice.parse(blockDeviceMapping: image.properties["block_device_mapping"] ?? "", imageID: image.id)
+        try RootBlockDevice.parse(
+            blockDeviceMapping: image.properties["block_device_mapping"] ?? "", imageID: image.id, codec: JSONCodec.self)
     }
 
     /// The image metadata a volume or snapshot carries, or a clear error when the placeholder's source is gone.

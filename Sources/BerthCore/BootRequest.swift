@@ -1,4 +1,4 @@
-import BerthJSON
+import BerthJSONValue
 
 /// The `instance` argument of `boot_instance` (DESIGN §3), decoded and checked field by field so a bad request
 /// is answered with the path of the field, what it must be and what was sent:

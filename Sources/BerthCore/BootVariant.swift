@@ -1,4 +1,4 @@
-import BerthJSON
+import BerthJSONValue
 
 /// One way to boot a multi-hypervisor image (seed 004, virt-image's `<boot>` elements): the host it needs and
 /// the kernel and disk bus it uses there. Parsed from the image property `boot_options`, a JSON list such as
@@ -95,12 +95,14 @@ public struct BootVariant: Sendable, Hashable, CustomStringConvertible {
         return .object(object)
     }
 
-    /// Parses a `boot_options` value. `source` names the image in messages. Throws `InvalidImage` naming the
-    /// variant (1-based, as an operator counts) and the field.
-    public static func parseList(_ text: String, source: String = "image") throws(BerthError) -> [BootVariant] {
+    /// Parses a `boot_options` value with `codec`. `source` names the image in messages. Throws `InvalidImage`
+    /// naming the variant (1-based, as an operator counts) and the field.
+    public static func parseList(
+        _ text: String, source: String = "image", codec: any JSONTextCodec.Type
+    ) throws(BerthError) -> [BootVariant] {
         let json: JSONValue
         do {
-            json = try JSONCodec.parse(text)
+            json = try codec.parse(text, limits: .default)
         } catch {
             throw .invalidImage(
                 "\(source) property boot_options is not valid JSON (\(error.message)); it must be a JSON list of "
@@ -229,15 +231,17 @@ public struct BootVariantSelection: Sendable, Hashable {
 
     /// Picks the variant before anything is created, so an image this host cannot run costs nothing.
     ///
-    /// - Parameter properties: the image layer (or the effective properties: the overrides cannot change what
-    ///   is checked here).
+    /// - Parameters:
+    ///   - properties: the image layer (or the effective properties: the overrides cannot change what is checked
+    ///     here).
+    ///   - codec: parses `boot_options`.
     /// - Throws: `InvalidImage` for a malformed `boot_options`, `HostIncompatible` listing every variant and why
     ///   it cannot run.
-    public static func select(properties: [String: String], host: some HostRunCheck) throws(BerthError)
-        -> BootVariantSelection
-    {
+    public static func select(
+        properties: [String: String], host: some HostRunCheck, codec: any JSONTextCodec.Type
+    ) throws(BerthError) -> BootVariantSelection {
         if let text = properties[ImageProperty.bootOptions] {
-            let variants = try BootVariant.parseList(text)
+            let variants = try BootVariant.parseList(text, codec: codec)
             var rejections: [String] = []
             for (offset, listed) in variants.enumerated() {
                 let variant = listed.inheritingConstraints(from: properties)

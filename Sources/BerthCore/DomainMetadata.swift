@@ -28,7 +28,7 @@ public struct DomainMetadata: Sendable, Hashable {
     public var bootVariant: String?
     /// The config drive's filesystem (`vfat`) when one is attached; nil: none.
     public var configDrive: String?
-    /// `DomainSpec.fingerprint`, written by `DomainXML.render`; nil in a spec not yet rendered.
+    /// The digest of `DomainSpec.canonicalText` (`sha256:<hex>`), set by the worker before it renders the domain.
     public var fingerprint: String?
 
     public init(

@@ -1,4 +1,3 @@
-import BerthDigest
 /// Everything Berth decides about a libvirt domain, before it is XML. The worker fills in the host-side parts
 /// (pool, paths, domain type); `DomainXML.render` turns it into libvirt's domain XML.
 public struct DomainSpec: Sendable, Hashable {
@@ -93,15 +92,11 @@ public struct DomainSpec: Sendable, Hashable {
         }
     }
 
-    /// A digest of what the boot request determined, without the request id: a redelivered or retried request
-    /// produces the same fingerprint and is answered as a repeat; any other difference means `InstanceExists`.
-    /// Stored in the domain metadata so the check works from the existing domain alone.
-    public var fingerprint: String {
-        "sha256:" + SHA256Digest.hex(Array(canonicalText.utf8))
-    }
-
-    /// One line per field, values escaped so no value can imitate another field.
-    var canonicalText: String {
+    /// What the boot request determined, without the request id, one line per field, values escaped so no value
+    /// can imitate another field. The worker stores its digest (`SHA256Digest.fingerprint`) in the domain
+    /// metadata: a redelivered or retried request produces the same fingerprint and is answered as a repeat; any
+    /// other difference means `InstanceExists`, and the check works from the existing domain alone.
+    public var canonicalText: String {
         var lines: [String] = []
         func put(_ key: String, _ value: String?) {
             lines.append(key + "=" + (value.map { quoted($0, limit: .max) } ?? "nil"))

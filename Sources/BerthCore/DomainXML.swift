@@ -1,9 +1,9 @@
 /// libvirt domain XML for a `DomainSpec` (https://libvirt.org/formatdomain.html), built with `XMLWriter` so every
-/// value is escaped. Call `DomainSpec.validate()` first: rendering does not refuse anything.
+/// value is escaped. Call `DomainSpec.validate()` first: rendering does not refuse anything. The metadata's
+/// fingerprint is written as the caller set it (the digest of `DomainSpec.canonicalText`).
 public enum DomainXML {
     public static func render(_ spec: DomainSpec) -> String {
         var metadata = spec.metadata
-        metadata.fingerprint = spec.fingerprint
         if case .kernel(_, _, let cmdline) = spec.boot {
             metadata.kernelCmdline = cmdline
         }

@@ -1,3 +1,5 @@
+import BerthJSONValue
+
 /// The properties a boot actually uses (DESIGN §4), lowest layer first:
 /// 1. a volume-backed image's volume `volume_image_metadata` (the properties of the image the volume was made
 ///    from),
@@ -6,12 +8,14 @@
 /// 4. the per-VM overrides from the boot request's metadata.
 public enum EffectiveProperties {
     /// All layers merged. Every image-side value Berth interprets is validated, so a bad image fails here with
-    /// `InvalidImage` naming the property instead of half-way through building the domain.
+    /// `InvalidImage` naming the property instead of half-way through building the domain. `codec` parses the
+    /// properties that hold JSON (`boot_options`).
     public static func resolve(
         image: CatalogImage, volumeImageMetadata: [String: String]? = nil, variant: BootVariant? = nil,
-        overrides: VMOverrides = VMOverrides()
+        overrides: VMOverrides = VMOverrides(), codec: any JSONTextCodec.Type
     ) throws(BerthError) -> [String: String] {
-        var merged = try imageLayer(image: image, volumeImageMetadata: volumeImageMetadata, variant: variant)
+        var merged = try imageLayer(
+            image: image, volumeImageMetadata: volumeImageMetadata, variant: variant, codec: codec)
         merged.merge(overrides.properties) { _, override in override }
         return merged
     }
@@ -19,12 +23,15 @@ public enum EffectiveProperties {
     /// Layers 1–3: what the image side says, before the boot request has its say. `KernelCommandLine` needs
     /// this layer apart from the overrides to blame the right party for a bad line.
     public static func imageLayer(
-        image: CatalogImage, volumeImageMetadata: [String: String]? = nil, variant: BootVariant? = nil
+        image: CatalogImage, volumeImageMetadata: [String: String]? = nil, variant: BootVariant? = nil,
+        codec: any JSONTextCodec.Type
     ) throws(BerthError) -> [String: String] {
         if let volumeImageMetadata {
-            try validate(volumeImageMetadata, source: "volume_image_metadata of image \(quoted(image.id))'s volume")
+            try validate(
+                volumeImageMetadata, source: "volume_image_metadata of image \(quoted(image.id))'s volume",
+                codec: codec)
         }
-        try validate(image.properties, source: "image \(quoted(image.id))")
+        try validate(image.properties, source: "image \(quoted(image.id))", codec: codec)
         var merged = volumeImageMetadata ?? [:]
         merged.merge(image.properties) { _, imageValue in imageValue }
         if let variant {
@@ -34,7 +41,9 @@ public enum EffectiveProperties {
     }
 
     /// Checks the interpreted properties of one layer. `source` names the layer in messages.
-    public static func validate(_ properties: [String: String], source: String) throws(BerthError) {
+    public static func validate(
+        _ properties: [String: String], source: String, codec: any JSONTextCodec.Type
+    ) throws(BerthError) {
         func bad(_ key: String, _ value: String, _ what: String) -> BerthError {
             .invalidImage(
                 "\(source) property \(key) \(quoted(value)) is not valid: \(what). Fix it with "
@@ -58,7 +67,7 @@ public enum EffectiveProperties {
             }
         }
         if let value = properties[ImageProperty.bootOptions] {
-            _ = try BootVariant.parseList(value, source: source)
+            _ = try BootVariant.parseList(value, source: source, codec: codec)
         }
     }
 }

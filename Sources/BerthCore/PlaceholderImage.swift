@@ -1,4 +1,4 @@
-import BerthJSON
+import BerthJSONValue
 
 /// The root entry of a placeholder image's `block_device_mapping` (Nova's image BDM, v2 format): where a
 /// volume-backed instance's root disk comes from.
@@ -39,11 +39,13 @@ public struct RootBlockDevice: Sendable, Hashable {
         return .object(entry)
     }
 
-    /// The boot entry (`boot_index` 0) of a `block_device_mapping` property.
-    public static func parse(blockDeviceMapping text: String, imageID: String) throws(BerthError) -> RootBlockDevice {
+    /// The boot entry (`boot_index` 0) of a `block_device_mapping` property, parsed with `codec`.
+    public static func parse(
+        blockDeviceMapping text: String, imageID: String, codec: any JSONTextCodec.Type
+    ) throws(BerthError) -> RootBlockDevice {
         let value: JSONValue
         do {
-            value = try JSONCodec.parse(text, limits: JSONLimits(maxBytes: 65536, maxDepth: 8))
+            value = try codec.parse(text, limits: JSONLimits(maxBytes: 65536, maxDepth: 8))
         } catch {
             throw .invalidImage("image \(imageID): block_device_mapping is not JSON (\(error.message))")
         }
@@ -99,13 +101,14 @@ public enum SnapshotProperties {
         return properties
     }
 
-    /// A content-free placeholder image for a volume snapshot or a volume (DESIGN §5).
+    /// A content-free placeholder image for a volume snapshot or a volume (DESIGN §5); `codec` writes its
+    /// `block_device_mapping`.
     public static func placeholder(
         root: RootBlockDevice, inheritedFrom base: [String: String], instanceUUID: String?, baseImageID: String?,
-        extra: [String: String]
+        extra: [String: String], codec: any JSONTextCodec.Type
     ) -> [String: String] {
         var properties = inherited(from: base)
-        properties["block_device_mapping"] = JSONCodec.serializeString(.array([root.jsonValue]))
+        properties["block_device_mapping"] = codec.serializeString(.array([root.jsonValue]))
         properties["bdm_v2"] = "True"
         properties["root_device_name"] = root.deviceName
         if let instanceUUID {

@@ -1,3 +1,5 @@
+import BerthJSONValue
+
 /// Everything DESIGN §4 decides for one boot, in the order it must be decided: image layer, host check and
 /// boot variant, kernel command line, then the per-VM overrides. Pure, so the worker calls it before it
 /// touches the catalog's data, libvirt or a disk, and an image this host cannot boot costs nothing.
@@ -20,12 +22,14 @@ public struct ResolvedBoot: Sendable, Hashable {
     public var architecture: String?
     public var clock: DomainSpec.Clock
 
+    /// `codec` parses the image properties that hold JSON (`boot_options`).
     public static func resolve(
         image: CatalogImage, volumeImageMetadata: [String: String]? = nil, overrides: VMOverrides,
-        host: some HostRunCheck
+        host: some HostRunCheck, codec: any JSONTextCodec.Type
     ) throws(BerthError) -> ResolvedBoot {
-        let base = try EffectiveProperties.imageLayer(image: image, volumeImageMetadata: volumeImageMetadata)
-        let selection = try BootVariantSelection.select(properties: base, host: host)
+        let base = try EffectiveProperties.imageLayer(
+            image: image, volumeImageMetadata: volumeImageMetadata, codec: codec)
+        let selection = try BootVariantSelection.select(properties: base, host: host, codec: codec)
         // The implicit variant is the image's own properties; applying it changes nothing but is harmless.
         let imageProperties = selection.variant.map { $0.applied(to: base) } ?? base
         let kernelCommandLine = try KernelCommandLine.resolve(image: imageProperties, overrides: overrides)

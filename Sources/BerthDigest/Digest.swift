@@ -1,7 +1,7 @@
 import CCrypto
 
 // Streaming hashers: image checksums (Glance's `os_hash_algo`/`os_hash_value` and the legacy md5 `checksum`) in
-// the catalog and the deploy path, and the short digests of `DomainSpec.fingerprint`, event ids and ledger
+// the catalog and the deploy path, and the domain fingerprint (`SHA256Digest.fingerprint`), event ids and ledger
 // names. OpenSSL's libcrypto does the work (it is linked already, through librabbitmq and libcurl): its
 // assembly uses SHA-NI and AVX2 where the CPU has them, ~1.4 GB/s SHA-256 and ~0.55 GB/s SHA-512 on the CI
 // machine against ~0.4 GB/s for the portable Swift code this replaced. MD5 only for Glance's legacy field,
@@ -132,6 +132,12 @@ public struct SHA256Digest: Sendable {
         var hasher = Self()
         hasher.update(bytes)
         return hasher.finalize()
+    }
+
+    /// `sha256:<hex>` of `text`'s UTF-8: how Berth records a fingerprint (the domain's, of
+    /// `DomainSpec.canonicalText`), the algorithm named so it can change without old records matching new ones.
+    public static func fingerprint(_ text: String) -> String {
+        "sha256:" + hex(Array(text.utf8))
     }
 }
 

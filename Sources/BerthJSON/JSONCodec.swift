@@ -1,3 +1,4 @@
+@_exported import BerthJSONValue
 import CJSONC
 
 /// Bytes to `JSONValue` and back, through json-c. Nothing outside this file sees a json-c pointer.
@@ -8,7 +9,7 @@ import CJSONC
 ///
 /// Known json-c limits: object keys end at an embedded NUL (`"a\u0000b"` becomes `"a"`; NUL inside
 /// string values is kept), and integers beyond the 64-bit range saturate instead of failing.
-public enum JSONCodec {
+public enum JSONCodec: JSONTextCodec {
     // MARK: Parsing
 
     public static func parse(_ bytes: [UInt8], limits: JSONLimits = .default) throws(JSONError) -> JSONValue {

@@ -1,3 +1,5 @@
+import BerthJSONValue
+
 /// A JSON value written as a YAML block document, as `openstack … -f yaml` prints records: a mapping per
 /// record, a sequence of them for a list. Every value the writer gets is read back (by PyYAML's `safe_load`,
 /// libyaml, any YAML 1.1 or 1.2 reader) as the same JSON value, whatever the strings hold: names come from the

@@ -298,7 +298,8 @@ struct Images: AsyncParsableCommand {
             let capabilities = try await libvirt.capabilities()
             let image = try await CatalogLookup.image(self.image, in: catalog)
             let overrides = try VMOverrides(metadata: metadata)
-            let resolved = try ResolvedBoot.resolve(image: image, overrides: overrides, host: capabilities)
+            let resolved = try ResolvedBoot.resolve(
+                image: image, overrides: overrides, host: capabilities, codec: JSONCodec.self)
             try output.show([
                 "image_id": .string(image.id), "runnable": true,
                 "boot_variant": resolved.selection.summary.map(JSONValue.string) ?? .null,

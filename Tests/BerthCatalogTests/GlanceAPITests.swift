@@ -59,7 +59,8 @@ import Testing
         // A null base-schema property (kernel_id) is absent, not an empty string.
         #expect(image.properties["kernel_id"] == nil)
         #expect(throws: Never.self) {
-            try RootBlockDevice.parse(blockDeviceMapping: image.properties["block_device_mapping"]!, imageID: image.id)
+            try RootBlockDevice.parse(
+                blockDeviceMapping: image.properties["block_device_mapping"]!, imageID: image.id, codec: JSONCodec.self)
         }
     }
 

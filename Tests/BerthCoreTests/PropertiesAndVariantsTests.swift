@@ -1,5 +1,6 @@
 import Foundation
 import BerthCore
+import BerthJSON
 import Testing
 
 @Suite("Effective properties")
@@ -44,7 +45,8 @@ struct EffectivePropertiesTests {
     @Test(arguments: layerCases)
     func precedence(_ testCase: LayerCase) throws {
         let properties = try EffectiveProperties.resolve(
-            image: image(testCase.image), volumeImageMetadata: testCase.volume, overrides: testCase.overrides)
+            image: image(testCase.image), volumeImageMetadata: testCase.volume, overrides: testCase.overrides,
+            codec: JSONCodec.self)
         #expect(properties[testCase.key] == testCase.expected)
     }
 
@@ -57,7 +59,9 @@ struct EffectivePropertiesTests {
         (["boot_options": "{"], "boot_options is not valid JSON", "JSON list"),
     ])
     func invalidImageProperties(properties: [String: String], names: String, allowed: String) {
-        let failure = error { () throws(BerthError) in try EffectiveProperties.resolve(image: image(properties)) }
+        let failure = error { () throws(BerthError) in
+            try EffectiveProperties.resolve(image: image(properties), codec: JSONCodec.self)
+        }
         #expect(failure?.kind == .invalidImage)
         #expect(failure?.message.contains(names) == true, "\(failure?.message ?? "accepted")")
         #expect(failure?.message.contains(allowed) == true, "\(failure?.message ?? "accepted")")
@@ -66,15 +70,16 @@ struct EffectivePropertiesTests {
 
     @Test func invalidVolumeMetadataNamesTheVolume() {
         let failure = error { () throws(BerthError) in
-            try EffectiveProperties.resolve(image: image([:]), volumeImageMetadata: ["hw_disk_bus": "floppy"])
+            try EffectiveProperties.resolve(
+                image: image([:]), volumeImageMetadata: ["hw_disk_bus": "floppy"], codec: JSONCodec.self)
         }
         #expect(failure?.kind == .invalidImage)
         #expect(failure?.message.contains("volume_image_metadata") == true)
     }
 
     @Test func legacyVMModeNamesAreAccepted() throws {
-        #expect(try EffectiveProperties.resolve(image: image(["vm_mode": "pv"])).vmMode == .xen)
-        #expect(try EffectiveProperties.resolve(image: image(["vm_mode": "hv"])).vmMode == .hvm)
+        #expect(try EffectiveProperties.resolve(image: image(["vm_mode": "pv"]), codec: JSONCodec.self).vmMode == .xen)
+        #expect(try EffectiveProperties.resolve(image: image(["vm_mode": "hv"]), codec: JSONCodec.self).vmMode == .hvm)
     }
 }
 
@@ -117,7 +122,8 @@ struct BootVariantTests {
 
     @Test(arguments: selectionCases)
     func selection(_ testCase: SelectionCase) throws {
-        let selection = try BootVariantSelection.select(properties: testCase.properties, host: testCase.host)
+        let selection = try BootVariantSelection.select(
+            properties: testCase.properties, host: testCase.host, codec: JSONCodec.self)
         #expect(selection.index == testCase.index)
         #expect(selection.summary == testCase.summary)
     }
@@ -125,7 +131,8 @@ struct BootVariantTests {
     @Test func noneRunnableListsEveryVariantInOrder() {
         let properties = ["boot_options": "[\(Self.xenPV), \(Self.pae32)]"]
         let failure = error { () throws(BerthError) in
-            try BootVariantSelection.select(properties: properties, host: FakeHost(architectures: ["aarch64"]))
+            try BootVariantSelection.select(
+                properties: properties, host: FakeHost(architectures: ["aarch64"]), codec: JSONCodec.self)
         }
         #expect(failure?.kind == .hostIncompatible)
         let message = failure?.message ?? ""
@@ -140,7 +147,8 @@ struct BootVariantTests {
 
     @Test func implicitVariantThatCannotRun() {
         let failure = error { () throws(BerthError) in
-            try BootVariantSelection.select(properties: ["architecture": "ppc64le"], host: FakeHost())
+            try BootVariantSelection.select(
+                properties: ["architecture": "ppc64le"], host: FakeHost(), codec: JSONCodec.self)
         }
         #expect(failure?.kind == .hostIncompatible)
         #expect(failure?.message.contains("image properties (any/any/ppc64le): host has no ppc64le guests") == true)
@@ -151,7 +159,8 @@ struct BootVariantTests {
             "boot_options": "[\(Self.xenPV), \(Self.kvm)]", "kernel_id": "k-image", "hw_disk_bus": "ide",
             "kernel_args": "root=/dev/hda", "ramdisk_id": "r-image",
         ]
-        let resolved = try ResolvedBoot.resolve(image: image(props), overrides: VMOverrides(), host: FakeHost())
+        let resolved = try ResolvedBoot.resolve(
+            image: image(props), overrides: VMOverrides(), host: FakeHost(), codec: JSONCodec.self)
         #expect(resolved.selection.index == 2)
         #expect(resolved.kernelID == "k-kvm")
         // The image's ramdisk belongs to the image's kernel, not to the variant's.
@@ -176,17 +185,20 @@ struct BootVariantTests {
         // The image says aarch64; a variant naming only the hypervisor must not pick an x86_64 host.
         let props = ["architecture": "aarch64", "boot_options": #"[{"hypervisor_type": "kvm"}]"#]
         let failure = error { () throws(BerthError) in
-            try BootVariantSelection.select(properties: props, host: FakeHost())
+            try BootVariantSelection.select(properties: props, host: FakeHost(), codec: JSONCodec.self)
         }
         #expect(failure?.message.contains("variant 1 (kvm/any/aarch64): host has no aarch64 guests") == true)
         let arm = FakeHost(architectures: ["aarch64"])
-        #expect(try BootVariantSelection.select(properties: props, host: arm).summary == "variant 1 (kvm/any/aarch64)")
+        #expect(
+            try BootVariantSelection.select(properties: props, host: arm, codec: JSONCodec.self).summary
+                == "variant 1 (kvm/any/aarch64)")
     }
 
     @Test func xenVariantGetsXenDefaults() throws {
         let props = ["boot_options": "[\(Self.xenPV)]"]
         let host = FakeHost(hypervisorTypes: ["xen"], vmModes: ["xen"])
-        let resolved = try ResolvedBoot.resolve(image: image(props), overrides: VMOverrides(), host: host)
+        let resolved = try ResolvedBoot.resolve(
+            image: image(props), overrides: VMOverrides(), host: host, codec: JSONCodec.self)
         #expect(resolved.vmMode == .xen)
         #expect(resolved.diskBus == .xen)
         #expect(resolved.vifModel == .netfront)
@@ -198,7 +210,8 @@ struct BootVariantTests {
         let overrides = try VMOverrides(metadata: [
             "kernel_args": "root=/dev/sda", "hw_disk_bus": "scsi", "timezone": "Europe/Paris",
         ])
-        let resolved = try ResolvedBoot.resolve(image: image(props), overrides: overrides, host: FakeHost())
+        let resolved = try ResolvedBoot.resolve(
+            image: image(props), overrides: overrides, host: FakeHost(), codec: JSONCodec.self)
         #expect(resolved.kernelCommandLine?.text == "root=/dev/sda")
         #expect(resolved.diskBus == .scsi)
         #expect(resolved.clock == .timezone(try Timezone(validating: "Europe/Paris")))
@@ -209,7 +222,8 @@ struct BootVariantTests {
         // operator learns the decisive problem first.
         let props = ["architecture": "s390x", "kernel_id": "k", "kernel_args": "a\nb"]
         let failure = error { () throws(BerthError) in
-            try ResolvedBoot.resolve(image: image(props), overrides: VMOverrides(), host: FakeHost())
+            try ResolvedBoot.resolve(
+                image: image(props), overrides: VMOverrides(), host: FakeHost(), codec: JSONCodec.self)
         }
         #expect(failure?.kind == .hostIncompatible)
     }
@@ -228,7 +242,7 @@ struct BootVariantTests {
         ("[" + Array(repeating: "{}", count: 17).joined(separator: ",") + "]", "at most 16"),
     ])
     func malformedBootOptions(text: String, messageContains: String) {
-        let failure = error { () throws(BerthError) in try BootVariant.parseList(text) }
+        let failure = error { () throws(BerthError) in try BootVariant.parseList(text, codec: JSONCodec.self) }
         #expect(failure?.kind == .invalidImage)
         #expect(failure?.message.contains(messageContains) == true, "\(failure?.message ?? "accepted")")
     }
@@ -237,9 +251,10 @@ struct BootVariantTests {
         let text =
             #"[{"hypervisor_type": "KVM", "vm_mode": "pv", "architecture": "x86_64", "pae": true, "#
             + #""kernel_id": "k", "ramdisk_id": "r", "kernel_args": "ro", "hw_disk_bus": "xen", "extra": null}]"#
-        let failure = error { () throws(BerthError) in try BootVariant.parseList(text) }
+        let failure = error { () throws(BerthError) in try BootVariant.parseList(text, codec: JSONCodec.self) }
         #expect(failure?.message.contains("unknown field \"extra\"") == true)
-        let variants = try BootVariant.parseList(text.replacingOccurrences(of: #", "extra": null"#, with: ""))
+        let variants = try BootVariant.parseList(
+            text.replacingOccurrences(of: #", "extra": null"#, with: ""), codec: JSONCodec.self)
         #expect(
             variants == [
                 BootVariant(

@@ -19,4 +19,9 @@ struct SHA256Tests {
         let input = [UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000)
         #expect(SHA256Digest.hex(input) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
     }
+
+    @Test func fingerprintNamesTheAlgorithm() {
+        #expect(
+            SHA256Digest.fingerprint("abc") == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
 }

@@ -1,5 +1,6 @@
-/// A JSON document as a Swift value. Parsed from and serialised to bytes by json-c (`JSONCodec`);
-/// everything above the codec works on this type, so no other module touches a `json_object *`.
+/// A JSON document as a Swift value. Parsed from and serialised to bytes by json-c (BerthJSON's `JSONCodec`);
+/// everything above the codec works on this type, so no other module touches a `json_object *`. This module
+/// (the value, the Codable bridge, `JSONError`) links no C library, so pure modules such as BerthCore can use it.
 public enum JSONValue: Sendable, Hashable {
     case null
     case bool(Bool)

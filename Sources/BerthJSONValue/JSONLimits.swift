@@ -22,5 +22,6 @@ public struct JSONLimits: Sendable, Hashable {
         self.maxDepth = maxDepth
     }
 
-    var effectiveDepth: Int { min(max(maxDepth, 1), Self.depthCeiling) }
+    /// The depth actually honoured: `maxDepth` clamped to `1...depthCeiling`.
+    public var effectiveDepth: Int { min(max(maxDepth, 1), Self.depthCeiling) }
 }
