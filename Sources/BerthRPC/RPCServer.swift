@@ -232,7 +232,8 @@ public final class RPCServer: Service, EventSink, Sendable {
         }
         // Events of the finished work go out before the connection closes (bounded: the broker may be away).
         outbox.close()
-        let flushed = await withTimeLimit(.seconds(5)) { [outbox] in await outbox.flushed() }
+        // nil: the time limit ran out before the outbox had everything confirmed.
+        let flushed: Void? = await withTimeLimit(.seconds(5)) { [outbox] in await outbox.flushed() }
         if flushed == nil, outbox.pending > 0 {
             logger.warning("events not published before exit", metadata: ["count": "\(outbox.pending)"])
         }
