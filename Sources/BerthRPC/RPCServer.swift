@@ -101,7 +101,7 @@ public final class RPCServer: Service, EventSink, Sendable {
     let client: AMQPClient
     let topology: RPCServerTopology
     let logger: Logger
-    let intake: Mutex<MessageIntake>
+    let intake: MessageIntake
     /// Requests taken from the queues and not yet done with; a drain waits for it to reach 0.
     let inFlight = Watched(0)
     public var inFlightCount: Int { inFlight.value }
@@ -158,8 +158,8 @@ public final class RPCServer: Service, EventSink, Sendable {
         client = AMQPClient(configuration: clientConfiguration, logger: logger)
         reporter = ServiceReporter(client: client, configuration: configuration, logger: logger)
         upReportsEnded = Watched(configuration.reportInterval == nil)
-        intake = Mutex(
-            MessageIntake(dispatcher: RPCDispatcher(endpoints: endpoints.map(\.endpoint)), limits: configuration.limits))
+        intake = MessageIntake(
+            dispatcher: RPCDispatcher(endpoints: endpoints.map(\.endpoint)), limits: configuration.limits)
     }
 
     /// Connects and declares; throws with advice when the broker refuses a declaration (406).
@@ -279,14 +279,14 @@ public final class RPCServer: Service, EventSink, Sendable {
     // MARK: One delivery
 
     func process(_ delivery: AMQPDelivery) async {
-        let disposition = intake.withLock { intake in
-            if let oversized = delivery.oversized {
-                let address = (oversized.scanner as? OsloEnvelopeScanner)?.replyAddress
-                return intake.refuseOversized(size: oversized.size, reply: address.map(ReplyAddress.init))
-            }
+        let disposition: MessageDisposition
+        if let oversized = delivery.oversized {
+            let address = (oversized.scanner as? OsloEnvelopeScanner)?.replyAddress
+            disposition = intake.refuseOversized(size: oversized.size, reply: address.map(ReplyAddress.init))
+        } else {
             // A handed-on boot, or a dead letter replayed, carries the _unique_id this worker may have seen: not
             // a duplicate.
-            return intake.classify(
+            disposition = intake.classify(
                 contentType: delivery.properties.contentType, body: delivery.body,
                 redelivered: delivery.redelivered || HostHandOff(headers: delivery.properties.headers).isHandedOn
                     || delivery.properties.header(DeadLetter.Header.replayedReason) != nil)

@@ -25,7 +25,7 @@ struct MessageIntakeTests {
     }
 
     @Test func validCallIsDispatched() {
-        var intake = intake()
+        let intake = intake()
         let disposition = intake.classify(contentType: "application/json", body: call("ping"), redelivered: false)
         guard case .dispatch(let request, let method) = disposition else {
             Issue.record("expected dispatch, got \(disposition)")
@@ -37,7 +37,7 @@ struct MessageIntakeTests {
     }
 
     @Test func unknownMethodIsRefusedWithNoSuchMethod() {
-        var intake = intake()
+        let intake = intake()
         let disposition = intake.classify(contentType: "application/json", body: call("nope"), redelivered: false)
         guard case .refuse(_, let failure) = disposition else {
             Issue.record("expected refuse, got \(disposition)")
@@ -48,7 +48,7 @@ struct MessageIntakeTests {
     }
 
     @Test func wrongVersionIsRefusedWithUnsupportedVersion() {
-        var intake = intake()
+        let intake = intake()
         let disposition = intake.classify(
             contentType: "application/json", body: call("ping", extra: ["version": "2.0"]), redelivered: false)
         guard case .refuse(_, let failure) = disposition else {
@@ -60,7 +60,7 @@ struct MessageIntakeTests {
     }
 
     @Test func wrongContentTypeIsDeadLetteredButTheCallerIsAnswered() {
-        var intake = intake()
+        let intake = intake()
         let disposition = intake.classify(contentType: "text/plain", body: call("ping"), redelivered: false)
         guard case .deadLetter(let reason, let reply) = disposition else {
             Issue.record("expected dead letter, got \(disposition)")
@@ -80,7 +80,7 @@ struct MessageIntakeTests {
         ("no method", Array(#"{"oslo.version": "2.0", "oslo.message": "{\"args\": {}}"}"#.utf8)),
     ])
     func undecodableMessagesAreDeadLettered(name: String, body: [UInt8]) {
-        var intake = intake()
+        let intake = intake()
         let disposition = intake.classify(contentType: "application/json", body: body, redelivered: false)
         guard case .deadLetter(let reason, _) = disposition else {
             Issue.record("\(name): expected dead letter, got \(disposition)")
@@ -90,7 +90,7 @@ struct MessageIntakeTests {
     }
 
     @Test func oversizedBodyIsDeadLetteredWithoutParsing() {
-        var intake = intake(maxBytes: 1024)
+        let intake = intake(maxBytes: 1024)
         let body = [UInt8](repeating: 0x20, count: 8 << 20)
         let disposition = intake.classify(contentType: "application/json", body: body, redelivered: false)
         guard case .deadLetter(let reason, let reply) = disposition else {
@@ -113,7 +113,7 @@ struct MessageIntakeTests {
     }
 
     @Test func badArgsTypeIsAnsweredAndDeadLettered() {
-        var intake = intake()
+        let intake = intake()
         let disposition = intake.classify(
             contentType: "application/json", body: call("ping", extra: ["args": "not an object"]), redelivered: false)
         guard case .deadLetter(_, let reply) = disposition else {
@@ -124,7 +124,7 @@ struct MessageIntakeTests {
     }
 
     @Test func duplicateUniqueIDIsDroppedUnlessRedelivered() {
-        var intake = intake()
+        let intake = intake()
         let body = call("ping", uniqueID: "u-1")
         guard case .dispatch = intake.classify(contentType: "application/json", body: body, redelivered: false) else {
             Issue.record("first delivery must dispatch")
@@ -137,5 +137,24 @@ struct MessageIntakeTests {
             Issue.record("a redelivered message must dispatch again")
             return
         }
+    }
+
+    /// Delivery tasks classify at once, outside any lock but the duplicate filter's: of many copies arriving
+    /// together exactly one is dispatched.
+    @Test func concurrentCopiesDispatchOnce() async {
+        let intake = intake()
+        let body = call("ping", uniqueID: "u-concurrent")
+        let dispatched = await withTaskGroup(of: Bool.self) { group in
+            for _ in 0..<64 {
+                group.addTask {
+                    if case .dispatch = intake.classify(contentType: "application/json", body: body, redelivered: false) {
+                        return true
+                    }
+                    return false
+                }
+            }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        #expect(dispatched == 1)
     }
 }
