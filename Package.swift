@@ -42,6 +42,9 @@ let package = Package(
         // directly and reads its per-thread error in Swift (LibvirtCall).
         .target(name: "CRabbitMQShims", dependencies: ["CRabbitMQ"]),
 
+        // Pure Swift, no C: the dedicated threads blocking work (files, disks, libcurl, child processes) runs on,
+        // off the cooperative pool; below every module that does such work.
+        .target(name: "BerthBlocking"),
         // Pure: JSON as a Swift value, its Codable bridge and errors. No json-c, so BerthCore can use it.
         .target(name: "BerthJSONValue"),
         // json-c's parser and serialiser with the limits on hostile input, and the YAML writer; re-exports
@@ -63,7 +66,7 @@ let package = Package(
         // The image/volume catalog: the local directory catalog and Glance. Every image it takes or hands out goes
         // through BerthDiskImage's inspector.
         .target(
-            name: "BerthCatalog", dependencies: ["BerthCore", "BerthJSON", "BerthDigest", "BerthDiskImage", "CCurl"]),
+            name: "BerthCatalog", dependencies: ["BerthBlocking", "BerthCore", "BerthJSON", "BerthDigest", "BerthDiskImage", "CCurl"]),
         // Disk images for bare metal: format detection, qcow2 streaming conversion, partition tables, config drive.
         // Its byte loops (qcow2 conversion, inflate, zero detection, digests) run over whole disks: optimised even
         // in debug builds, or a test deploy of a few hundred MiB takes minutes instead of seconds.
@@ -95,7 +98,8 @@ let package = Package(
         .target(
             name: "BerthCompute",
             dependencies: [
-                "BerthJSON", "BerthWire", "BerthLibvirt", "BerthCore", "BerthCatalog", "BerthDiskImage", "BerthDigest",
+                "BerthBlocking", "BerthJSON", "BerthWire", "BerthLibvirt", "BerthCore", "BerthCatalog",
+                "BerthDiskImage", "BerthDigest",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -123,6 +127,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
 
+        .testTarget(name: "BerthBlockingTests", dependencies: ["BerthBlocking"]),
         .testTarget(name: "BerthJSONTests", dependencies: ["BerthJSON"]),
         .testTarget(name: "BerthWireTests", dependencies: ["BerthWire", "BerthJSON"], exclude: ["Fixtures"]),
         .testTarget(name: "BerthAMQPTests", dependencies: ["BerthAMQP", .product(name: "Logging", package: "swift-log")]),

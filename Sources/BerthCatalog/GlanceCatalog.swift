@@ -1,6 +1,6 @@
+import BerthBlocking
 import BerthCore
 import BerthJSON
-import Dispatch
 import Foundation
 import Synchronization
 
@@ -28,7 +28,6 @@ public final class GlanceCatalog: Catalog {
     let transport: GlanceTransport
     /// Cache files already hashed by this process, with the file identity at that time.
     private let verified: VerifiedData
-    private let queue = DispatchQueue(label: "berth.catalog.glance", qos: .userInitiated, attributes: .concurrent)
 
     /// Images per listing request.
     static let pageSize = 100
@@ -48,12 +47,10 @@ public final class GlanceCatalog: Catalog {
         self.transport = GlanceTransport(endpoint: endpoint, token: token)
     }
 
+    /// Runs blocking work on the host cache (hashing, inspecting, renaming) on its own threads, to completion.
     func perform<T: Sendable>(_ body: @escaping @Sendable () throws(CatalogError) -> T) async throws(CatalogError) -> T
     {
-        let result: Result<T, CatalogError> = await withCheckedContinuation { continuation in
-            queue.async { continuation.resume(returning: Result<T, CatalogError>(catching: body)) }
-        }
-        return try result.get()
+        try await CatalogThreads.glanceCache.runToCompletion(body)
     }
 
     // MARK: Images
@@ -283,10 +280,11 @@ public final class GlanceCatalog: Catalog {
         }
     }
 
-    /// An exclusive `flock` on `cacheDirectory/.<id>.lock`, waited for on a dispatch thread.
+    /// An exclusive `flock` on `cacheDirectory/.<id>.lock`, waited for on `CatalogThreads.cacheLocks`: the holder
+    /// finishes its download on the cache's threads, which waiters must therefore not fill.
     private func lockImage(_ id: CatalogID) async throws(CatalogError) -> Descriptor {
         let path = "\(cacheDirectory)/.\(id.value).lock"
-        return try await perform { () throws(CatalogError) in
+        return try await CatalogThreads.cacheLocks.runToCompletion { () throws(CatalogError) in
             try Files.makeDirectory(self.cacheDirectory, private: true)
             let descriptor = try Files.open(path, O_RDONLY | O_CREAT, mode: 0o600, action: "open the cache lock")
             _ = try Files.lock(descriptor, exclusive: true)
@@ -430,7 +428,7 @@ public final class GlanceCatalog: Catalog {
     }
 }
 
-/// A descriptor handed from one step of an operation to the next across the dispatch queue: one owner at a
+/// A descriptor handed from one step of an operation to the next across the catalog's threads: one owner at a
 /// time, never used by two threads at once.
 struct Handoff: @unchecked Sendable {
     let descriptor: Descriptor

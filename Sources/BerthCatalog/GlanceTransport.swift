@@ -1,7 +1,7 @@
 import BerthCore
 import BerthDigest
 import BerthJSON
-import Dispatch
+import BerthBlocking
 import Foundation
 
 #if canImport(Glibc)
@@ -139,7 +139,7 @@ final class GlanceTransport: Sendable {
         return headers
     }
 
-    /// Runs the exchange on a dispatch thread (libcurl blocks), following redirects only on the endpoint's
+    /// Runs the exchange on `CatalogThreads.glance` (libcurl blocks), following redirects only on the endpoint's
     /// origin, and maps libcurl's failures to `CatalogError`.
     private func exchange(
         _ request: CurlExchange.Request, limit: Int64, _ operation: GlanceOperation,
@@ -149,27 +149,21 @@ final class GlanceTransport: Sendable {
         let endpoint = self.endpoint
         let work = CurlExchange.Work(
             limit: limit, tooLarge: tooLarge, consume: consume)
-        let result: Result<CurlExchange.Answer, CatalogError> = await withCheckedContinuation { continuation in
-            DispatchQueue.global(qos: .userInitiated).async {
-                continuation.resume(
-                    returning: Result { () throws(CatalogError) in
-                        var request = request
-                        for _ in 0...Self.redirectLimit {
-                            let answer = try CurlExchange.perform(request, work: work, endpoint: endpoint, operation)
-                            guard let location = answer.redirect else { return answer }
-                            guard endpoint.isSameOrigin(location) else {
-                                throw .unavailable(
-                                    "Glance at \(endpoint) redirected to another origin "
-                                        + "(\(GlanceEndpoint.origin(of: location))); Berth does not follow it, so its token "
-                                        + "is not sent there. Point --catalog at the URL that serves the Glance API")
-                            }
-                            request.url = location.absoluteString
-                        }
-                        throw GlanceRecord.malformed("more than \(Self.redirectLimit) redirects")
-                    })
+        return try await CatalogThreads.glance.runToCompletion { () throws(CatalogError) in
+            var request = request
+            for _ in 0...Self.redirectLimit {
+                let answer = try CurlExchange.perform(request, work: work, endpoint: endpoint, operation)
+                guard let location = answer.redirect else { return answer }
+                guard endpoint.isSameOrigin(location) else {
+                    throw .unavailable(
+                        "Glance at \(endpoint) redirected to another origin "
+                            + "(\(GlanceEndpoint.origin(of: location))); Berth does not follow it, so its token "
+                            + "is not sent there. Point --catalog at the URL that serves the Glance API")
+                }
+                request.url = location.absoluteString
             }
+            throw GlanceRecord.malformed("more than \(Self.redirectLimit) redirects")
         }
-        return try result.get()
     }
 }
 

@@ -1,5 +1,5 @@
+import BerthBlocking
 import BerthCore
-import Dispatch
 import Foundation
 import Synchronization
 
@@ -22,7 +22,7 @@ import Synchronization
 ///
 /// Concurrency: big copies (image data, volume contents) happen before the exclusive lock is taken, into
 /// a temporary file only this operation knows; the lock covers just the checks and the renames, so a
-/// 20 GiB upload does not stall every boot on the host. Blocking file I/O runs on a Dispatch queue, not
+/// 20 GiB upload does not stall every boot on the host. Blocking file I/O runs on `CatalogThreads.local`, not
 /// on the cooperative pool.
 public final class LocalCatalog: Catalog {
     public let root: String
@@ -33,7 +33,6 @@ public final class LocalCatalog: Catalog {
     /// Image records already decoded, with their file's identity (see `readImage`).
     private let imageRecords = Mutex<[CatalogID: (stamp: DataStamp, image: CatalogImage)]>([:])
     private static let cachedRecordLimit = 4096
-    private let queue = DispatchQueue(label: "berth.catalog.local", qos: .userInitiated, attributes: .concurrent)
 
     /// Largest volume accepted, a sanity bound on a size that arrives from the bus.
     public static let maxVolumeGB = 16384
@@ -58,13 +57,11 @@ public final class LocalCatalog: Catalog {
 
     // MARK: Running operations
 
-    /// Runs blocking file work on the catalog's queue and resumes the caller with its result.
+    /// Runs blocking file work on the local catalogs' threads and resumes the caller with its result. It runs even
+    /// if the caller is cancelled: an operation's steps (stage, commit, clean up) are never skipped halfway.
     func perform<T: Sendable>(_ body: @escaping @Sendable () throws(CatalogError) -> T) async throws(CatalogError) -> T
     {
-        let result: Result<T, CatalogError> = await withCheckedContinuation { continuation in
-            queue.async { continuation.resume(returning: Result<T, CatalogError>(catching: body)) }
-        }
-        return try result.get()
+        try await CatalogThreads.local.runToCompletion(body)
     }
 
     func prepareLayout() throws(CatalogError) {

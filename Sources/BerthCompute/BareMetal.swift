@@ -1,3 +1,4 @@
+import BerthBlocking
 import BerthCatalog
 import BerthCore
 import BerthWire
@@ -242,16 +243,12 @@ public struct BareMetalService: Sendable {
         }
     }
 
-    /// Disk writes block for minutes; they run on a dispatch thread, not the cooperative pool.
+    /// Disk writes block for minutes; they run on `HostThreads.deploys`, not the cooperative pool, and to the end
+    /// once started.
     static func onDeployThread<T: Sendable>(_ body: @escaping @Sendable () throws(BerthError) -> T)
         async throws(BerthError) -> T
     {
-        let result: Result<T, BerthError> = await withCheckedContinuation { continuation in
-            DispatchQueue.global(qos: .userInitiated).async {
-                continuation.resume(returning: Result { () throws(BerthError) in try body() })
-            }
-        }
-        return try result.get()
+        try await HostThreads.deploys.runToCompletion(body)
     }
 }
 

@@ -1,3 +1,4 @@
+import BerthBlocking
 import BerthCatalog
 import BerthCore
 import BerthJSON
@@ -216,35 +217,37 @@ extension BerthError {
 
 /// `qemu-img`, run as a child process off the cooperative pool.
 enum QemuImg {
+    /// A snapshot whose request was cancelled (its reply timed out) before its turn starts no `qemu-img`.
     static func convert(source: String, to target: String) async throws(BerthError) {
-        let result: Result<Void, BerthError> = await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                let process = Process()
-                process.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-img")
-                // -U: read a disk a paused (or running) guest holds open; the pause is what makes it consistent.
-                process.arguments = ["convert", "-U", "-O", "qcow2", source, target]
-                let errors = Pipe()
-                process.standardError = errors
-                process.standardOutput = FileHandle.nullDevice
-                do {
-                    try process.run()
-                } catch {
-                    continuation.resume(returning: .failure(.snapshotFailed("cannot run qemu-img: \(error)")))
-                    return
-                }
-                let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                process.waitUntilExit()
-                if process.terminationStatus == 0 {
-                    continuation.resume(returning: .success(()))
-                } else {
-                    continuation.resume(
-                        returning: .failure(
-                            .snapshotFailed(
-                                "cannot read the instance's disk: qemu-img: \(text.trimmingCharacters(in: .whitespacesAndNewlines).prefix(500))"
-                            )))
-                }
+        let result: Result<Void, BerthError>
+        do {
+            result = try await HostThreads.snapshots.run { () -> Result<Void, BerthError> in
+                Result { () throws(BerthError) in try run(source: source, to: target) }
             }
+        } catch {
+            throw .snapshotFailed("the snapshot was cancelled before qemu-img started")
         }
         try result.get()
+    }
+
+    private static func run(source: String, to target: String) throws(BerthError) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-img")
+        // -U: read a disk a paused (or running) guest holds open; the pause is what makes it consistent.
+        process.arguments = ["convert", "-U", "-O", "qcow2", source, target]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        do {
+            try process.run()
+        } catch {
+            throw .snapshotFailed("cannot run qemu-img: \(error)")
+        }
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            let message = text.trimmingCharacters(in: .whitespacesAndNewlines).prefix(500)
+            throw .snapshotFailed("cannot read the instance's disk: qemu-img: \(message)")
+        }
     }
 }

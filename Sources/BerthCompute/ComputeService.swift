@@ -1,3 +1,4 @@
+import BerthBlocking
 import BerthCatalog
 import BerthCore
 import BerthDigest
@@ -375,7 +376,7 @@ public struct ComputeService: Sendable {
     /// with the words a bare-metal deploy of it gets, before any volume exists. The catalog inspects what it hands
     /// out; this also covers a copy that sat in the worker's cache since before the inspector existed.
     static func inspectBacking(_ path: String, of image: CatalogImage) async throws(BerthError) {
-        try await BareMetalService.onDeployThread { () throws(BerthError) in
+        try await HostThreads.inspections.runToCompletion { () throws(BerthError) in
             do throws(CatalogError) {
                 _ = try ImageDataInspection.inspect(path: path, declared: image.diskFormat)
             } catch {
